@@ -1,0 +1,555 @@
+"""Drive bash shells in one tmux server over one control-mode connection.
+
+Every shell is a window of the tmux session ``vterm``; the single control client
+attached to it sees every pane's raw output as it happens (DESIGN.md §3). Commands
+are typed as a bracketed paste, and their start, end, exit code and cwd come from
+the marks the shell prints (see ``shell.py``). One command runs per shell at a
+time; further ones wait in that shell's queue, so shells never wait on each other.
+
+This module knows nothing of Django, Celery or Redis: it reports through a
+``Listener``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import subprocess
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from .control import ControlClient, ControlClosed, TmuxCommandError
+from .protocol import quote, valid_key
+from .shell import BASHRC, NONCE_ENV, Mark, MarkParser
+
+log = logging.getLogger(__name__)
+
+TMUX_SESSION = "vterm"
+WINDOW_PREFIX = "vt-"
+TMUX_CONF = """\
+set -g default-terminal xterm-256color
+set -g history-limit 5000
+set -g escape-time 0
+set -g status off
+set -g remain-on-exit off
+set -g exit-empty off
+"""
+# After a timeout or interrupt, how long to wait before pressing harder.
+ESCALATE_AFTER = 2.0
+# How long after an end mark to wait for readline to announce it is reading.
+PROMPT_GRACE = 0.25
+
+
+class ShellError(RuntimeError):
+    """A request about a shell that cannot be carried out (gone, bad cwd...)."""
+
+
+@dataclass
+class CommandResult:
+    command_id: str
+    status: str  # succeeded | failed | timed_out | interrupted
+    exit_code: int | None
+    raw: bytes
+    truncated: bool
+    cwd: str | None
+    started_at: float | None  # wall clock, seconds
+    finished_at: float
+    duration_ms: float | None
+    reason: str = ""
+
+
+@dataclass
+class ShellInfo:
+    name: str
+    window_id: str
+    pane_id: str
+    cwd: str
+    cols: int
+    rows: int
+    busy: bool
+
+
+@dataclass
+class Screen:
+    cols: int
+    rows: int
+    lines: list[str]
+    cursor_x: int
+    cursor_y: int
+
+
+class Listener(Protocol):
+    def shell_output(self, name: str, data: bytes) -> None: ...
+    def command_started(self, name: str, command_id: str, started_at: float) -> None: ...
+    def command_finished(self, name: str, result: CommandResult) -> None: ...
+    def shell_exited(self, name: str, reason: str) -> None: ...
+    def server_lost(self) -> None: ...
+
+
+@dataclass
+class _Command:
+    id: str
+    text: str
+    timeout: float | None
+    state: str = "queued"  # queued -> typed -> running
+    raw: bytearray = field(default_factory=bytearray)
+    truncated: bool = False
+    started_mono: float | None = None
+    started_wall: float | None = None
+    deadline: float | None = None
+    stop_reason: str | None = None  # "timed_out" | "interrupted"
+    escalate_at: float | None = None
+    incomplete: bool = False
+
+
+@dataclass
+class _Shell:
+    name: str
+    window_id: str
+    pane_id: str
+    parser: MarkParser
+    cols: int
+    rows: int
+    cwd: str
+    ready: threading.Event = field(default_factory=threading.Event)
+    queue: deque = field(default_factory=deque)
+    current: _Command | None = None
+    exit_code: int | None = None
+    at_prompt: float | None = None  # when the end mark came, until readline is reading
+
+
+class TmuxDriver:
+    def __init__(
+        self,
+        socket_path: str,
+        listener: Listener,
+        *,
+        shell_env: dict[str, str],
+        output_limit: int = 1 << 20,
+        source_user_bashrc: bool = True,
+    ) -> None:
+        self.socket_path = socket_path
+        self.listener = listener
+        self.shell_env = dict(shell_env)
+        self.output_limit = output_limit
+        self.source_user_bashrc = source_user_bashrc
+        self._dir = os.path.dirname(socket_path)
+        self._rc_path = os.path.join(self._dir, "vterm.bashrc")
+        self._conf_path = os.path.join(self._dir, "tmux.conf")
+        self._lock = threading.RLock()
+        self._shells: dict[str, _Shell] = {}
+        self._by_pane: dict[str, _Shell] = {}
+        self._by_window: dict[str, _Shell] = {}
+        self._unclaimed: dict[str, list[bytes]] = {}
+        self._control: ControlClient | None = None
+        self._stop = threading.Event()
+        self._ticker: threading.Thread | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> list[ShellInfo]:
+        """Start (or find) the tmux server, attach, and adopt the shells it holds."""
+        os.makedirs(self._dir, mode=0o700, exist_ok=True)
+        os.chmod(self._dir, 0o700)  # nobody else may reach the socket
+        _write_if_changed(self._rc_path, BASHRC)
+        _write_if_changed(self._conf_path, TMUX_CONF)
+        if not self._tmux_ok("has-session", "-t", TMUX_SESSION):
+            subprocess.run(
+                self._tmux_argv("-f", self._conf_path, "new-session", "-d", "-s", TMUX_SESSION,
+                                "-n", "_vterm", "-x", "80", "-y", "24", "tail -f /dev/null"),
+                env=self._server_env(), check=True, capture_output=True, timeout=10,
+            )
+        self._control = ControlClient(
+            self._tmux_argv("-C", "attach-session", "-t", TMUX_SESSION),
+            env=self._server_env(), on_output=self._on_output, on_event=self._on_event,
+        )
+        adopted = self._adopt()
+        self._ticker = threading.Thread(target=self._tick_loop, name="tmux-ticker", daemon=True)
+        self._ticker.start()
+        return adopted
+
+    def close(self) -> None:
+        """Detach; the tmux server and its shells live on for the next worker."""
+        self._stop.set()
+        if self._control:
+            self._control.close()
+
+    def kill_server(self) -> None:
+        self._tmux_ok("kill-server")
+
+    @property
+    def alive(self) -> bool:
+        return self._control is not None and not self._control.closed.is_set()
+
+    def shell_names(self) -> list[str]:
+        with self._lock:
+            return list(self._shells)
+
+    def shell_pids(self) -> dict[str, int]:
+        """pid of each shell's process, for resource accounting."""
+        lines = self._call(f"list-panes -s -t {TMUX_SESSION} -F '#{{window_name}} #{{pane_pid}}'")
+        out = {}
+        for line in lines:
+            wname, _, pid = line.partition(" ")
+            if wname.startswith(WINDOW_PREFIX) and pid.isdigit():
+                out[wname[len(WINDOW_PREFIX):]] = int(pid)
+        return out
+
+    # -- shells ---------------------------------------------------------------
+
+    def create_shell(self, name: str, *, cwd: str, env: dict[str, str], cols: int, rows: int,
+                     timeout: float = 10.0) -> ShellInfo:
+        if not os.path.isdir(cwd):
+            raise ShellError(f"cwd: no such directory on the backend: {cwd}")
+        with self._lock:
+            if name in self._shells:
+                raise ShellError(f"shell {name} exists")
+        nonce = secrets.token_hex(16)
+        full_env = {**self.shell_env, **env, NONCE_ENV: nonce}
+        if self.source_user_bashrc:
+            full_env["VTERM_SOURCE_BASHRC"] = "1"
+        args = [f"new-window -d -P -F '#{{window_id}} #{{pane_id}}' -t {TMUX_SESSION}:",
+                "-n", quote(WINDOW_PREFIX + name), "-c", quote(cwd)]
+        for k, v in full_env.items():
+            args += ["-e", quote(f"{k}={v}")]
+        args += [quote(a) for a in ("bash", "--noprofile", "--rcfile", self._rc_path, "-i")]
+        window_id, pane_id = self._call(" ".join(args))[0].split()
+        shell = _Shell(name=name, window_id=window_id, pane_id=pane_id,
+                       parser=MarkParser(nonce), cols=cols, rows=rows, cwd=cwd)
+        with self._lock:
+            self._register(shell)
+        self._call(f"set-option -w -t {window_id} @vterm_nonce {nonce}")
+        self._apply_size(shell)
+        if not shell.ready.wait(timeout):
+            self.kill_shell(name)
+            raise ShellError("the shell did not start in time")
+        return self._info(shell)
+
+    def kill_shell(self, name: str) -> None:
+        with self._lock:
+            shell = self._shells.get(name)
+        if shell is None:
+            return
+        try:
+            self._call(f"kill-window -t {shell.window_id}")
+        except TmuxCommandError:
+            pass  # already gone
+        self._shell_gone(shell, "session ended")
+
+    def resize(self, name: str, cols: int, rows: int) -> None:
+        shell = self._get(name)
+        shell.cols, shell.rows = cols, rows
+        self._apply_size(shell)
+
+    def send_text(self, name: str, text: str) -> None:
+        shell = self._get(name)
+        if text:
+            self._call(f"send-keys -t {shell.pane_id} -l {quote(text)}")
+
+    def send_keys(self, name: str, keys: list[str]) -> None:
+        shell = self._get(name)
+        bad = [k for k in keys if not valid_key(k)]
+        if bad:
+            raise ShellError(f"keys: not key names: {bad}")
+        if keys:
+            self._call(f"send-keys -t {shell.pane_id} " + " ".join(quote(k) for k in keys))
+
+    def screen(self, name: str, *, escapes: bool = False, history: int = 0) -> Screen:
+        shell = self._get(name)
+        flags = "-p -e" if escapes else "-p"
+        if history:
+            flags += f" -S -{int(history)}"
+        lines = self._call(f"capture-pane {flags} -t {shell.pane_id}")
+        info = self._call(f"display-message -p -t {shell.pane_id} "
+                          "'#{cursor_x} #{cursor_y} #{pane_width} #{pane_height}'")
+        x, y, w, h = (int(v) for v in info[0].split())
+        lines = lines[: h + history] + [""] * max(0, h + history - len(lines))
+        return Screen(cols=w, rows=h, lines=lines, cursor_x=x, cursor_y=y)
+
+    def current_cwd(self, name: str) -> str:
+        shell = self._get(name)
+        out = self._call(f"display-message -p -t {shell.pane_id} '#{{pane_current_path}}'")
+        return out[0] if out and out[0] else shell.cwd
+
+    # -- commands -------------------------------------------------------------
+
+    def run(self, name: str, command_id: str, text: str, timeout: float | None = None) -> None:
+        """Queue a command; the listener hears when it starts and when it ends."""
+        shell = self._get(name)
+        with self._lock:
+            shell.queue.append(_Command(id=command_id, text=text, timeout=timeout))
+            self._start_next(shell)
+
+    def interrupt(self, name: str, command_id: str | None = None) -> bool:
+        """Ctrl-C the running command (or drop a queued one). False if nothing matched."""
+        shell = self._get(name)
+        with self._lock:
+            cur = shell.current
+            if cur is not None and (command_id is None or cur.id == command_id):
+                cur.stop_reason = cur.stop_reason or "interrupted"
+                cur.escalate_at = time.monotonic() + ESCALATE_AFTER
+                self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
+                return True
+            for queued in list(shell.queue):
+                if queued.id == command_id:
+                    shell.queue.remove(queued)
+                    self._finish(shell, queued, "interrupted", None, cwd=None,
+                                 reason="interrupted before it started")
+                    return True
+        if command_id is None:
+            self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
+            return True
+        return False
+
+    def _start_next(self, shell: _Shell) -> None:
+        # Called under the lock.
+        if shell.current is not None or not shell.queue or not shell.ready.is_set():
+            return
+        cmd = shell.queue.popleft()
+        shell.current = cmd
+        cmd.state = "typed"
+        if cmd.timeout:
+            cmd.deadline = time.monotonic() + cmd.timeout
+        text = cmd.text
+        if "\n" in text:
+            # One unit for bash: one start mark, one end mark, one exit code.
+            text = "{ " + text + "\n}"
+        # A bracketed paste: readline takes tabs and control keys literally.
+        self._send_nowait(f"send-keys -t {shell.pane_id} -l " + quote("\x1b[200~" + text + "\x1b[201~\r"))
+
+    # -- events from tmux (reader thread) ---------------------------------------
+
+    def _on_output(self, pane_id: str, data: bytes) -> None:
+        with self._lock:
+            shell = self._by_pane.get(pane_id)
+            if shell is None:
+                # A new window can speak before create_shell has registered it.
+                held = self._unclaimed.setdefault(pane_id, [])
+                if len(held) < 64:
+                    held.append(data)
+                return
+            for piece in shell.parser.feed(data):
+                if piece.data and shell.current is not None and shell.current.state == "running":
+                    self._capture(shell.current, piece.data)
+                if piece.mark is not None:
+                    self._on_mark(shell, piece.mark)
+        self.listener.shell_output(shell.name, data)
+
+    def _capture(self, cmd: _Command, data: bytes) -> None:
+        room = self.output_limit - len(cmd.raw)
+        if len(data) > room:
+            cmd.truncated = True
+            data = data[: max(room, 0)]
+        cmd.raw += data
+
+    def _on_mark(self, shell: _Shell, mark: Mark) -> None:
+        cmd = shell.current
+        if mark.kind == "R":
+            if shell.at_prompt is not None:
+                shell.at_prompt = None
+                shell.ready.set()
+                self._start_next(shell)
+        elif mark.kind == "D":
+            shell.cwd = mark.cwd or shell.cwd
+            # Readline is about to read: the next command goes in once it says so.
+            shell.ready.clear()
+            shell.at_prompt = time.monotonic()
+            if cmd is not None and cmd.state in ("typed", "running"):
+                if cmd.incomplete:
+                    cmd.raw = bytearray(b"vterm: incomplete command: the shell wanted more input "
+                                        b"(an unclosed quote, bracket or here-document?)\n")
+                    self._finish(shell, cmd, "failed", 2, cwd=shell.cwd, reason="incomplete command")
+                else:
+                    status = cmd.stop_reason or ("succeeded" if mark.exit_code == 0 else "failed")
+                    self._finish(shell, cmd, status, mark.exit_code, cwd=shell.cwd)
+        elif mark.kind == "C":
+            if cmd is not None and cmd.state == "typed":
+                cmd.state = "running"
+                cmd.started_mono = time.monotonic()
+                cmd.started_wall = time.time()
+                self.listener.command_started(shell.name, cmd.id, cmd.started_wall)
+        elif mark.kind == "P":
+            if cmd is not None and cmd.state == "typed" and not cmd.incomplete:
+                # The whole paste was read and bash still wants more: it never will.
+                cmd.incomplete = True
+                self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
+        elif mark.kind == "X":
+            shell.exit_code = mark.exit_code
+            if cmd is not None:
+                status = "succeeded" if mark.exit_code == 0 else "failed"
+                self._finish(shell, cmd, cmd.stop_reason or status, mark.exit_code, cwd=shell.cwd,
+                             reason="the shell exited")
+
+    def _on_event(self, name: str, args: list[str]) -> None:
+        if name in ("%window-close", "%unlinked-window-close") and args:
+            with self._lock:
+                shell = self._by_window.get(args[0])
+            if shell is not None:
+                self._shell_gone(shell, "the shell exited")
+        elif name in ("%exit", "%closed"):
+            if not self._stop.is_set():
+                self.listener.server_lost()
+
+    # -- internals --------------------------------------------------------------
+
+    def _finish(self, shell: _Shell, cmd: _Command, status: str, exit_code: int | None, *,
+                cwd: str | None, reason: str = "") -> None:
+        now_mono, now = time.monotonic(), time.time()
+        if shell.current is cmd:
+            shell.current = None
+        duration = (now_mono - cmd.started_mono) * 1000 if cmd.started_mono else None
+        if not reason and status in ("timed_out", "interrupted"):
+            reason = f"timed out after {cmd.timeout:g} s" if status == "timed_out" else "interrupted"
+        result = CommandResult(
+            command_id=cmd.id, status=status, exit_code=exit_code, raw=bytes(cmd.raw),
+            truncated=cmd.truncated, cwd=cwd, started_at=cmd.started_wall, finished_at=now,
+            duration_ms=round(duration, 3) if duration is not None else None, reason=reason,
+        )
+        self.listener.command_finished(shell.name, result)
+
+    def _shell_gone(self, shell: _Shell, reason: str) -> None:
+        with self._lock:
+            if self._shells.get(shell.name) is not shell:
+                return
+            del self._shells[shell.name]
+            self._by_pane.pop(shell.pane_id, None)
+            self._by_window.pop(shell.window_id, None)
+            pending = ([shell.current] if shell.current else []) + list(shell.queue)
+            shell.current = None
+            shell.queue.clear()
+        for cmd in pending:
+            self._finish(shell, cmd, "interrupted", shell.exit_code, cwd=shell.cwd, reason=reason)
+        self.listener.shell_exited(shell.name, reason)
+
+    def _tick_loop(self) -> None:
+        while not self._stop.wait(0.05):
+            now = time.monotonic()
+            stubborn = []
+            with self._lock:
+                for shell in list(self._shells.values()):
+                    if shell.at_prompt is not None and now - shell.at_prompt > PROMPT_GRACE:
+                        # No bracketed-paste switch seen (a user's inputrc?): go on anyway.
+                        shell.at_prompt = None
+                        shell.ready.set()
+                        self._start_next(shell)
+                    cmd = shell.current
+                    if cmd is None:
+                        continue
+                    if cmd.deadline is not None and now >= cmd.deadline and cmd.stop_reason is None:
+                        cmd.stop_reason = "timed_out"
+                        cmd.escalate_at = now + ESCALATE_AFTER
+                        self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
+                    elif cmd.escalate_at is not None and now >= cmd.escalate_at:
+                        # Ctrl-C was ignored: end the shell's children, keep the shell.
+                        cmd.escalate_at = now + ESCALATE_AFTER
+                        stubborn.append(shell)
+            for shell in stubborn:
+                self._kill_children(shell)
+
+    def _kill_children(self, shell: _Shell) -> None:
+        try:
+            pid = int(self._call(f"display-message -p -t {shell.pane_id} '#{{pane_pid}}'")[0])
+            out = subprocess.run(["pkill", "-KILL", "-P", str(pid)], capture_output=True, timeout=5)
+            log.info("killed children of shell %s (pkill rc %s)", shell.name, out.returncode)
+        except Exception:
+            log.exception("could not kill the children of shell %s", shell.name)
+
+    def _adopt(self) -> list[ShellInfo]:
+        fmt = "#{window_id} #{pane_id} #{window_name} #{@vterm_nonce} #{pane_current_command} #{pane_current_path}"
+        lines = self._call(f"list-panes -s -t {TMUX_SESSION} -F {quote(fmt)}")
+        sizes = self._call(f"list-windows -t {TMUX_SESSION} -F '#{{window_id}} #{{window_width}} #{{window_height}}'")
+        size_of = {w: (int(c), int(r)) for w, c, r in (s.split() for s in sizes)}
+        adopted = []
+        for line in lines:
+            parts = line.split(" ", 5)
+            if len(parts) < 6 or not parts[2].startswith(WINDOW_PREFIX) or not parts[3]:
+                continue
+            window_id, pane_id, wname, nonce, current, path = parts
+            cols, rows = size_of.get(window_id, (80, 24))
+            shell = _Shell(name=wname[len(WINDOW_PREFIX):], window_id=window_id, pane_id=pane_id,
+                           parser=MarkParser(nonce), cols=cols, rows=rows, cwd=path)
+            busy = current != "bash"
+            if not busy:
+                shell.ready.set()  # idle at its prompt; otherwise the next end mark readies it
+            with self._lock:
+                self._register(shell)
+            self._apply_size(shell)
+            info = self._info(shell)
+            info.busy = busy
+            adopted.append(info)
+        return adopted
+
+    def _register(self, shell: _Shell) -> None:
+        # Called under the lock.
+        self._shells[shell.name] = shell
+        self._by_pane[shell.pane_id] = shell
+        self._by_window[shell.window_id] = shell
+        for data in self._unclaimed.pop(shell.pane_id, []):
+            for piece in shell.parser.feed(data):
+                if piece.mark is not None:
+                    self._on_mark(shell, piece.mark)
+
+    def _apply_size(self, shell: _Shell) -> None:
+        # Per-window size for this control client (tmux >= 3.2); "window-size manual"
+        # would be simpler but crashes tmux 3.3a with a control client attached.
+        self._call(f"refresh-client -C {shell.window_id}:{shell.cols}x{shell.rows}")
+
+    def _info(self, shell: _Shell) -> ShellInfo:
+        return ShellInfo(name=shell.name, window_id=shell.window_id, pane_id=shell.pane_id,
+                         cwd=shell.cwd, cols=shell.cols, rows=shell.rows, busy=False)
+
+    def _get(self, name: str) -> _Shell:
+        with self._lock:
+            shell = self._shells.get(name)
+        if shell is None:
+            raise ShellError(f"no shell {name} on this backend")
+        return shell
+
+    def _send_nowait(self, command: str) -> None:
+        if self._control is None:
+            raise ControlClosed("not started")
+        fut = self._control.send(command)
+        fut.add_done_callback(_log_failure(command))
+
+    def _call(self, command: str, timeout: float = 10.0) -> list[str]:
+        # Never under self._lock: the reply is read by the thread that needs it.
+        if self._control is None:
+            raise ControlClosed("not started")
+        return self._control.call(command, timeout)
+
+    def _tmux_argv(self, *args: str) -> list[str]:
+        return ["tmux", "-S", self.socket_path, *args]
+
+    def _tmux_ok(self, *args: str) -> bool:
+        res = subprocess.run(self._tmux_argv(*args), env=self._server_env(),
+                             capture_output=True, timeout=10)
+        return res.returncode == 0
+
+    def _server_env(self) -> dict[str, str]:
+        # The tmux server's environment becomes every shell's: built, not inherited.
+        return dict(self.shell_env)
+
+
+def _log_failure(command: str):
+    def check(fut) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            log.warning("tmux command failed: %s: %s", command[:80], exc)
+    return check
+
+
+def _write_if_changed(path: str, text: str) -> None:
+    try:
+        with open(path) as f:
+            if f.read() == text:
+                return
+    except FileNotFoundError:
+        pass
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)

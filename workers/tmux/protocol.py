@@ -1,0 +1,57 @@
+"""Pure helpers for tmux's control-mode protocol and command language.
+
+Nothing here starts a process: these are the encodings, tested on their own.
+"""
+
+from __future__ import annotations
+
+import re
+
+_OCTAL = re.compile(rb"\\([0-7]{3})")
+
+
+def decode_output(data: bytes) -> bytes:
+    """Undo control mode's escaping of %output data (bytes < 32 and '\\' as \\ooo)."""
+    if b"\\" not in data:
+        return data
+    return _OCTAL.sub(lambda m: bytes((int(m.group(1), 8),)), data)
+
+
+def quote(text: str) -> str:
+    """Quote ``text`` as one double-quoted argument of tmux's command parser.
+
+    Everything the parser would interpret ($ and ~ expansion, escapes, quotes, ';',
+    '{', '#') is neutralised, and control characters travel as octal escapes, so the
+    argument reaches the command exactly as given and can never end the command or
+    start another one.
+    """
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch in '"\\$':
+            out.append("\\" + ch)
+        elif code < 32 or code == 127:
+            out.append("\\%03o" % code)
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+# Names that tmux's send-keys understands as keys; anything else is refused rather
+# than passed on, so a "key" can never smuggle in an option or a second command.
+_KEY_NAMES = {
+    "Enter", "Escape", "Tab", "BTab", "BSpace", "Space", "Up", "Down", "Left", "Right",
+    "Home", "End", "PageUp", "PageDown", "PPage", "NPage", "IC", "DC", "Insert", "Delete",
+    *(f"F{i}" for i in range(1, 13)),
+}
+_KEY_RE = re.compile(r"^(?:(?:C|M|S)-){0,3}(?P<base>[A-Za-z0-9]+|[!-~])$")
+
+
+def valid_key(name: str) -> bool:
+    """True when ``name`` is a tmux key name: C-c, M-x, Enter, Up, F5, a single char."""
+    m = _KEY_RE.match(name)
+    if not m:
+        return False
+    base = m.group("base")
+    return len(base) == 1 or base in _KEY_NAMES
