@@ -1,0 +1,69 @@
+from django.contrib import admin, messages
+
+from . import services
+from .models import Backend, Command, SessionEvent, TerminalSession
+
+
+@admin.register(Backend)
+class BackendAdmin(admin.ModelAdmin):
+    list_display = ["id", "hostname", "status", "capacity", "live_sessions", "last_heartbeat", "started_at"]
+    list_filter = ["status"]
+    search_fields = ["id", "hostname"]
+    readonly_fields = ["registered_at", "started_at", "last_heartbeat", "queue"]
+
+    @admin.display(description="live sessions")
+    def live_sessions(self, obj):
+        return obj.sessions.filter(status__in=TerminalSession.LIVE).count()
+
+
+class SessionEventInline(admin.TabularInline):
+    model = SessionEvent
+    extra = 0
+    can_delete = False
+    readonly_fields = ["at", "status", "reason", "backend"]
+
+
+class CommandInline(admin.TabularInline):
+    model = Command
+    extra = 0
+    can_delete = False
+    fields = ["seq", "command", "status", "exit_code", "cwd", "duration_ms", "submitted_at"]
+    readonly_fields = fields
+    ordering = ["-seq"]
+    show_change_link = True
+    max_num = 0
+
+
+@admin.register(TerminalSession)
+class TerminalSessionAdmin(admin.ModelAdmin):
+    list_display = ["id", "name", "owner", "status", "backend", "command_count", "created_at", "last_activity"]
+    list_filter = ["status", "backend", "created_at"]
+    search_fields = ["id", "name", "owner__username", "cwd"]
+    readonly_fields = ["id", "owner", "backend", "epoch", "status", "status_reason", "created_at", "last_activity",
+                       "terminated_at", "command_count"]
+    list_select_related = ["owner", "backend"]
+    inlines = [SessionEventInline, CommandInline]
+    actions = ["terminate"]
+
+    @admin.action(description="Terminate selected sessions")
+    def terminate(self, request, queryset):
+        n = 0
+        for session in queryset.select_related("backend"):
+            if session.is_live:
+                services.session_terminate(session, reason=f"terminated by {request.user.username} (admin)")
+                n += 1
+        self.message_user(request, f"{n} session(s) terminating.", messages.SUCCESS)
+
+
+@admin.register(Command)
+class CommandAdmin(admin.ModelAdmin):
+    list_display = ["id", "session", "seq", "short_command", "status", "exit_code", "duration_ms", "submitted_at"]
+    list_filter = ["status", "submitted_at"]
+    search_fields = ["id", "command", "session__id", "session__owner__username"]
+    list_select_related = ["session"]
+    exclude = ["output_raw"]
+    readonly_fields = [f.name for f in Command._meta.fields if f.name != "output_raw"]
+
+    @admin.display(description="command")
+    def short_command(self, obj):
+        return obj.command if len(obj.command) <= 60 else obj.command[:57] + "..."

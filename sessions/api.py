@@ -1,0 +1,151 @@
+"""REST API of API.md. Views are thin: validate, authorize (selectors), call services.
+
+They are async (adrf) so that a request waiting on a shell holds no thread; the
+ORM steps go through sync_to_async.
+"""
+
+from __future__ import annotations
+
+from adrf.views import APIView
+from asgiref.sync import sync_to_async
+from django.http import HttpResponse
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import status
+from rest_framework.pagination import PageNumberPagination
+from rest_framework.response import Response
+
+from . import selectors, services
+from .serializers import (
+    CommandCreateSerializer,
+    CommandSerializer,
+    InputSerializer,
+    ResizeSerializer,
+    ScreenSerializer,
+    SessionCreateSerializer,
+    SessionSerializer,
+)
+
+
+def _valid(serializer_class, request):
+    ser = serializer_class(data=request.data)
+    ser.is_valid(raise_exception=True)
+    return ser.validated_data
+
+
+def _paginated(request, view, queryset, serializer_class):
+    paginator = PageNumberPagination()
+    page = paginator.paginate_queryset(queryset, request, view=view)
+    return paginator.get_paginated_response(serializer_class(page, many=True).data)
+
+
+class SessionListView(APIView):
+    @extend_schema(responses=SessionSerializer(many=True))
+    async def get(self, request):
+        def build():
+            return _paginated(request, self, selectors.session_list_for_user(request.user), SessionSerializer)
+        return await sync_to_async(build)()
+
+    @extend_schema(request=SessionCreateSerializer, responses={201: SessionSerializer})
+    async def post(self, request):
+        data = _valid(SessionCreateSerializer, request)
+        session = await services.session_create(owner=request.user, **data)
+        return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
+
+
+class SessionDetailView(APIView):
+    @extend_schema(responses=SessionSerializer)
+    async def get(self, request, session_id):
+        session = await sync_to_async(selectors.session_get_for_user)(request.user, session_id)
+        return Response(SessionSerializer(session).data)
+
+    @extend_schema(responses={204: None})
+    async def delete(self, request, session_id):
+        def end():
+            session = selectors.session_get_for_user(request.user, session_id)
+            services.session_terminate(session)
+        await sync_to_async(end)()
+        return Response(status=status.HTTP_204_NO_CONTENT)
+
+
+class CommandListView(APIView):
+    @extend_schema(responses=CommandSerializer(many=True))
+    async def get(self, request, session_id):
+        def build():
+            session = selectors.session_get_for_user(request.user, session_id)
+            return _paginated(request, self, selectors.command_list(session), CommandSerializer)
+        return await sync_to_async(build)()
+
+    @extend_schema(request=CommandCreateSerializer, responses={201: CommandSerializer})
+    async def post(self, request, session_id):
+        data = _valid(CommandCreateSerializer, request)
+
+        def submit():
+            session = selectors.session_get_for_user(request.user, session_id)
+            return services.command_submit(session, command=data["command"], timeout=data.get("timeout"))
+        cmd = await sync_to_async(submit)()
+        wait = data.get("wait") or 0
+        body = await services.command_wait(cmd, wait) if wait else CommandSerializer(cmd).data
+        return Response(body, status=status.HTTP_201_CREATED)
+
+
+class CommandDetailView(APIView):
+    @extend_schema(responses=CommandSerializer)
+    async def get(self, request, session_id, command_id):
+        def read():
+            session = selectors.session_get_for_user(request.user, session_id)
+            return CommandSerializer(selectors.command_get(session, command_id)).data
+        return Response(await sync_to_async(read)())
+
+
+class CommandOutputView(APIView):
+    @extend_schema(parameters=[OpenApiParameter("raw", bool, description="the raw terminal bytes")],
+                   responses={(200, "text/plain"): str, (200, "application/octet-stream"): bytes})
+    async def get(self, request, session_id, command_id):
+        def read():
+            session = selectors.session_get_for_user(request.user, session_id)
+            return selectors.command_get(session, command_id)
+        cmd = await sync_to_async(read)()
+        if request.query_params.get("raw") in ("1", "true", "yes"):
+            return HttpResponse(bytes(cmd.output_raw), content_type="application/octet-stream")
+        return HttpResponse(cmd.output, content_type="text/plain; charset=utf-8")
+
+
+class CommandInterruptView(APIView):
+    @extend_schema(request=None, responses=CommandSerializer)
+    async def post(self, request, session_id, command_id):
+        def interrupt():
+            session = selectors.session_get_for_user(request.user, session_id)
+            cmd = selectors.command_get(session, command_id)
+            services.command_interrupt(cmd)
+            return CommandSerializer(cmd).data
+        return Response(await sync_to_async(interrupt)(), status=status.HTTP_202_ACCEPTED)
+
+
+class SessionInputView(APIView):
+    @extend_schema(request=InputSerializer, responses={202: None})
+    async def post(self, request, session_id):
+        data = _valid(InputSerializer, request)
+
+        def send():
+            session = selectors.session_get_for_user(request.user, session_id)
+            services.session_input(session, data=data.get("data"), keys=data.get("keys"))
+        await sync_to_async(send)()
+        return Response({"accepted": True}, status=status.HTTP_202_ACCEPTED)
+
+
+class SessionScreenView(APIView):
+    @extend_schema(responses=ScreenSerializer)
+    async def get(self, request, session_id):
+        session = await sync_to_async(selectors.session_get_for_user)(request.user, session_id)
+        return Response(await services.session_screen(session))
+
+
+class SessionResizeView(APIView):
+    @extend_schema(request=ResizeSerializer, responses=SessionSerializer)
+    async def post(self, request, session_id):
+        data = _valid(ResizeSerializer, request)
+
+        def resize():
+            session = selectors.session_get_for_user(request.user, session_id)
+            return SessionSerializer(services.session_resize(session, **data)).data
+        return Response(await sync_to_async(resize)())

@@ -1,0 +1,122 @@
+"""What vterm keeps durably: backends, sessions, commands and what happened to them."""
+
+import uuid
+
+from django.conf import settings
+from django.db import models
+
+
+class Backend(models.Model):
+    class Status(models.TextChoices):
+        HEALTHY = "healthy"
+        DRAINING = "draining"
+        DEAD = "dead"
+
+    id = models.CharField(primary_key=True, max_length=100)
+    hostname = models.CharField(max_length=255)
+    queue = models.CharField(max_length=120)
+    capacity = models.PositiveIntegerField(default=200)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.HEALTHY, db_index=True)
+    last_heartbeat = models.DateTimeField(null=True, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    registered_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["id"]
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class TerminalSession(models.Model):
+    class Status(models.TextChoices):
+        INITIALIZING = "initializing"
+        ACTIVE = "active"
+        IDLE = "idle"
+        MIGRATING = "migrating"
+        TERMINATING = "terminating"
+        TERMINATED = "terminated"
+        LOST = "lost"
+
+    LIVE = (Status.INITIALIZING, Status.ACTIVE, Status.IDLE, Status.MIGRATING)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    name = models.CharField(max_length=100, blank=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="terminal_sessions")
+    backend = models.ForeignKey(Backend, null=True, blank=True, on_delete=models.SET_NULL, related_name="sessions")
+    # Fencing token: bumped on every placement, so a backend acting on an old placement is refused.
+    epoch = models.PositiveIntegerField(default=0)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.INITIALIZING, db_index=True)
+    status_reason = models.CharField(max_length=500, blank=True)
+    cwd = models.TextField(blank=True)
+    env = models.JSONField(default=dict, blank=True)
+    cols = models.PositiveIntegerField(default=120)
+    rows = models.PositiveIntegerField(default=40)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    last_activity = models.DateTimeField(auto_now_add=True)
+    terminated_at = models.DateTimeField(null=True, blank=True)
+    command_count = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["owner", "status"])]
+
+    def __str__(self) -> str:
+        return self.name or str(self.id)
+
+    @property
+    def is_live(self) -> bool:
+        return self.status in self.LIVE
+
+
+class SessionEvent(models.Model):
+    """A session's status history: every change, with its reason."""
+
+    session = models.ForeignKey(TerminalSession, on_delete=models.CASCADE, related_name="events")
+    status = models.CharField(max_length=16, choices=TerminalSession.Status.choices)
+    reason = models.CharField(max_length=500, blank=True)
+    backend = models.CharField(max_length=100, blank=True)
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["at", "id"]
+
+
+class Command(models.Model):
+    class Status(models.TextChoices):
+        QUEUED = "queued"
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        TIMED_OUT = "timed_out"
+        INTERRUPTED = "interrupted"
+
+    FINAL = (Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.INTERRUPTED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(TerminalSession, on_delete=models.CASCADE, related_name="commands")
+    seq = models.PositiveIntegerField()
+    command = models.TextField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.QUEUED, db_index=True)
+    reason = models.CharField(max_length=500, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    output = models.TextField(blank=True)
+    output_raw = models.BinaryField(blank=True, default=b"")
+    output_truncated = models.BooleanField(default=False)
+    cwd = models.TextField(blank=True)
+    timeout = models.FloatField(null=True, blank=True)
+    submitted_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["session", "seq"]
+        constraints = [models.UniqueConstraint(fields=["session", "seq"], name="command_seq_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.session_id}#{self.seq}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL

@@ -1,0 +1,36 @@
+"""Request/reply with a backend worker: a Celery task out, a Redis list back.
+
+Celery's result backend would do, but a list per call that the caller blocks on
+(BLPOP) is one Redis round trip and needs no polling.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+
+from vterm_project.celery import app as celery_app
+
+from .redis_state import REPLY_TTL, async_client, reply_key, sync_client
+
+
+def send_to_backend(queue: str, task: str, *args, **kwargs) -> None:
+    celery_app.send_task(task, args=list(args), kwargs=kwargs, queue=queue)
+
+
+async def call_backend(queue: str, task: str, *args, timeout: float, **kwargs) -> dict | None:
+    """Run ``task`` on the backend behind ``queue``; its reply, or None after ``timeout``."""
+    token = uuid.uuid4().hex
+    send_to_backend(queue, task, *args, reply_to=token, **kwargs)
+    got = await async_client().blpop([reply_key(token)], timeout=timeout)
+    return json.loads(got[1]) if got else None
+
+
+def post_reply(token: str | None, payload: dict) -> None:
+    if not token:
+        return
+    key = reply_key(token)
+    pipe = sync_client().pipeline()
+    pipe.rpush(key, json.dumps(payload))
+    pipe.expire(key, REPLY_TTL)
+    pipe.execute()

@@ -1,0 +1,31 @@
+"""Reads: who may see what. Someone else's session is exactly as missing as no session."""
+
+from __future__ import annotations
+
+from django.db.models import QuerySet
+from django.http import Http404
+
+from .models import Command, TerminalSession
+
+
+def session_list_for_user(user) -> QuerySet[TerminalSession]:
+    qs = TerminalSession.objects.select_related("owner", "backend")
+    return qs if user.is_staff else qs.filter(owner=user)
+
+
+def session_get_for_user(user, session_id) -> TerminalSession:
+    try:
+        return session_list_for_user(user).get(pk=session_id)
+    except (TerminalSession.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such session.") from None
+
+
+def command_list(session: TerminalSession) -> QuerySet[Command]:
+    return Command.objects.filter(session=session).order_by("seq")
+
+
+def command_get(session: TerminalSession, command_id) -> Command:
+    try:
+        return Command.objects.get(session=session, pk=command_id)
+    except (Command.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such command.") from None

@@ -1,0 +1,262 @@
+"""Business logic: what happens to sessions, commands and backends.
+
+Views, consumers, admin actions and Celery tasks call these; they hold no logic of
+their own. Functions that wait on a backend are async (the web tier must not hold a
+thread while a shell works); the database steps they take are plain sync helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import timedelta
+
+from asgiref.sync import sync_to_async
+from django.conf import settings
+from django.db import transaction
+from django.db.models import Count, F, Q
+from django.utils import timezone
+from rest_framework.exceptions import ValidationError
+
+from workers.routing import backend_queue
+
+from .api_errors import Conflict, ServiceUnavailable
+from .broadcast import session_broadcast
+from .models import Backend, Command, SessionEvent, TerminalSession
+from .redis_state import async_client, command_done_key, heartbeat_key, sync_client
+from .replies import call_backend, send_to_backend
+from .serializers import CommandSerializer
+
+log = logging.getLogger(__name__)
+
+T = "workers.tasks."
+
+
+# -- backends -------------------------------------------------------------------------
+
+
+def backend_register(*, backend_id: str, hostname: str, capacity: int) -> Backend:
+    now = timezone.now()
+    backend, _ = Backend.objects.update_or_create(
+        id=backend_id,
+        defaults={"hostname": hostname, "queue": backend_queue(backend_id), "capacity": capacity,
+                  "status": Backend.Status.HEALTHY, "started_at": now, "last_heartbeat": now},
+    )
+    backend_heartbeat(backend_id=backend_id)
+    return backend
+
+
+def backend_heartbeat(*, backend_id: str) -> None:
+    ttl = settings.VTERM["HEARTBEAT_TTL"]
+    sync_client().set(heartbeat_key(backend_id), timezone.now().isoformat(), ex=max(1, int(ttl)))
+    Backend.objects.filter(pk=backend_id).update(last_heartbeat=timezone.now())
+
+
+def backends_alive_cutoff():
+    return timezone.now() - timedelta(seconds=settings.VTERM["HEARTBEAT_TTL"])
+
+
+def backend_pick_least_loaded(*, exclude: tuple[str, ...] = ()) -> Backend | None:
+    """The healthy backend with the most room, or None when all are full or gone."""
+    candidates = (
+        Backend.objects.filter(status=Backend.Status.HEALTHY, last_heartbeat__gte=backends_alive_cutoff())
+        .exclude(id__in=exclude)
+        .annotate(load=Count("sessions", filter=Q(sessions__status__in=TerminalSession.LIVE)))
+    )
+    room = [b for b in candidates if b.load < b.capacity]
+    if not room:
+        return None
+    return min(room, key=lambda b: (b.load / max(b.capacity, 1), b.load, b.id))
+
+
+# -- sessions -------------------------------------------------------------------------
+
+
+def session_set_status(session: TerminalSession, status: str, reason: str = "") -> None:
+    fields = {"status": status, "status_reason": reason[:500]}
+    if status in (TerminalSession.Status.TERMINATED, TerminalSession.Status.LOST):
+        fields["terminated_at"] = timezone.now()
+    TerminalSession.objects.filter(pk=session.pk).update(**fields)
+    for k, v in fields.items():
+        setattr(session, k, v)
+    SessionEvent.objects.create(session=session, status=status, reason=reason[:500],
+                                backend=session.backend_id or "")
+    session_broadcast(session.pk, {"type": "session.status", "status": status, "reason": reason})
+
+
+def _session_place(*, owner, name: str, cwd: str, env: dict, cols: int, rows: int) -> TerminalSession:
+    backend = backend_pick_least_loaded()
+    if backend is None:
+        raise ServiceUnavailable("No healthy backend has room for a new session.")
+    with transaction.atomic():
+        session = TerminalSession.objects.create(owner=owner, name=name, backend=backend, epoch=1,
+                                                 cwd=cwd, env=env, cols=cols, rows=rows)
+        SessionEvent.objects.create(session=session, status=session.status, reason="created",
+                                    backend=backend.id)
+    return session
+
+
+def _session_start_failed(session: TerminalSession, field: str, error: str) -> None:
+    session.delete()
+
+
+async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | None = None,
+                         cols: int = 120, rows: int = 40) -> TerminalSession:
+    """Place a session on the least-loaded backend and wait (bounded) for its shell."""
+    session = await sync_to_async(_session_place)(owner=owner, name=name, cwd=cwd, env=env or {},
+                                                  cols=cols, rows=rows)
+    reply = await call_backend(
+        session.backend.queue, T + "session_start", str(session.pk), session.epoch, cwd, env or {}, cols, rows,
+        timeout=settings.VTERM["SESSION_START_TIMEOUT"],
+    )
+    if reply is not None and not reply.get("ok"):
+        await sync_to_async(_session_start_failed)(session, reply.get("field", ""), reply.get("error", ""))
+        if reply.get("field"):
+            raise ValidationError({reply["field"]: [reply["error"]]})
+        raise ServiceUnavailable(f"The backend could not start the shell: {reply.get('error')}")
+    # No reply in time: the session stays "initializing" and the backend finishes it later.
+    return await sync_to_async(_session_reload)(session.pk)
+
+
+def _session_reload(session_id) -> TerminalSession:
+    return TerminalSession.objects.select_related("owner", "backend").get(pk=session_id)
+
+
+def session_started(*, session_id: str, epoch: int, cwd: str) -> bool:
+    """The backend's shell is up. False when the placement moved on meanwhile (fencing)."""
+    updated = TerminalSession.objects.filter(pk=session_id, epoch=epoch).update(cwd=cwd)
+    if not updated:
+        return False
+    session = TerminalSession.objects.get(pk=session_id)
+    if session.status in (TerminalSession.Status.INITIALIZING, TerminalSession.Status.MIGRATING):
+        session_set_status(session, TerminalSession.Status.ACTIVE, "shell started")
+    return True
+
+
+def session_terminate(session: TerminalSession, reason: str = "ended by its owner") -> None:
+    if not session.is_live:
+        return
+    backend = session.backend
+    alive = backend is not None and sync_client().exists(heartbeat_key(backend.id))
+    if alive:
+        session_set_status(session, TerminalSession.Status.TERMINATING, reason)
+        send_to_backend(backend.queue, T + "session_stop", str(session.pk), reason)
+    else:
+        session_set_status(session, TerminalSession.Status.TERMINATED, reason)
+        _commands_interrupt_unfinished(session, "the session ended")
+
+
+def session_shell_exited(*, session_id: str, reason: str) -> None:
+    session = TerminalSession.objects.filter(pk=session_id).first()
+    if session is None or session.status in (TerminalSession.Status.TERMINATED, TerminalSession.Status.LOST):
+        return
+    if session.status == TerminalSession.Status.TERMINATING:
+        reason = session.status_reason or reason
+    session_set_status(session, TerminalSession.Status.TERMINATED, reason)
+    _commands_interrupt_unfinished(session, reason)
+
+
+def _commands_interrupt_unfinished(session: TerminalSession, reason: str) -> None:
+    now = timezone.now()
+    Command.objects.filter(session=session).exclude(status__in=Command.FINAL).update(
+        status=Command.Status.INTERRUPTED, reason=reason[:500], finished_at=now)
+
+
+def _session_require_live(session: TerminalSession) -> None:
+    if not session.is_live:
+        raise Conflict(f"The session is {session.status}.")
+    if session.backend is None:
+        raise ServiceUnavailable("The session has no backend at the moment.")
+
+
+def session_resize(session: TerminalSession, *, cols: int, rows: int) -> TerminalSession:
+    _session_require_live(session)
+    TerminalSession.objects.filter(pk=session.pk).update(cols=cols, rows=rows)
+    session.cols, session.rows = cols, rows
+    send_to_backend(session.backend.queue, T + "session_resize", str(session.pk), cols, rows)
+    return session
+
+
+def session_input(session: TerminalSession, *, data: str | None = None, keys: list[str] | None = None) -> None:
+    _session_require_live(session)
+    TerminalSession.objects.filter(pk=session.pk).update(last_activity=timezone.now())
+    send_to_backend(session.backend.queue, T + "session_input", str(session.pk), data, keys)
+
+
+async def session_screen(session: TerminalSession, *, escapes: bool = False) -> dict:
+    await sync_to_async(_session_require_live)(session)
+    reply = await call_backend(session.backend.queue, T + "session_screen", str(session.pk), escapes,
+                               timeout=settings.VTERM["RPC_TIMEOUT"])
+    if reply is None:
+        raise ServiceUnavailable("The session's backend did not answer in time.")
+    if not reply.get("ok"):
+        raise Conflict(reply.get("error", "The screen could not be read."))
+    return reply["screen"]
+
+
+# -- commands -------------------------------------------------------------------------
+
+
+def command_submit(session: TerminalSession, *, command: str, timeout: float | None = None) -> Command:
+    """Record the command, then queue it on the session's backend once the row is committed."""
+    _session_require_live(session)
+    queue = session.backend.queue
+    with transaction.atomic():
+        TerminalSession.objects.filter(pk=session.pk).update(command_count=F("command_count") + 1,
+                                                             last_activity=timezone.now())
+        seq = TerminalSession.objects.values_list("command_count", flat=True).get(pk=session.pk)
+        cmd = Command.objects.create(session=session, seq=seq, command=command, timeout=timeout)
+        transaction.on_commit(lambda: send_to_backend(
+            queue, T + "command_run", str(cmd.pk), str(session.pk), session.epoch, command, timeout))
+    session.command_count = seq
+    return cmd
+
+
+async def command_wait(cmd: Command, wait: float) -> dict:
+    """The command as JSON once it has finished, or as it stands after ``wait`` seconds."""
+    if wait > 0:
+        got = await async_client().blpop([command_done_key(str(cmd.pk))], timeout=wait)
+        if got:
+            return json.loads(got[1])
+    fresh = await Command.objects.aget(pk=cmd.pk)
+    return CommandSerializer(fresh).data
+
+
+def command_interrupt(cmd: Command) -> None:
+    if cmd.is_final:
+        raise Conflict(f"The command has already ended ({cmd.status}).")
+    session = cmd.session
+    _session_require_live(session)
+    send_to_backend(session.backend.queue, T + "command_interrupt", str(session.pk), str(cmd.pk))
+
+
+def command_started(*, command_id: str, started_at) -> dict | None:
+    updated = Command.objects.filter(pk=command_id, status=Command.Status.QUEUED).update(
+        status=Command.Status.RUNNING, started_at=started_at)
+    if not updated:
+        return None
+    return CommandSerializer(Command.objects.get(pk=command_id)).data
+
+
+def command_finished(*, command_id: str, status: str, exit_code, output: str, output_raw: bytes,
+                     truncated: bool, cwd: str | None, started_at, finished_at, duration_ms,
+                     reason: str = "") -> dict | None:
+    """Store a command's end, then tell its waiter and viewers. Returns its JSON."""
+    cmd = Command.objects.filter(pk=command_id).first()
+    if cmd is None:
+        return None
+    cmd.status, cmd.exit_code, cmd.output, cmd.output_raw = status, exit_code, output, output_raw
+    cmd.output_truncated, cmd.cwd, cmd.reason = truncated, cwd or "", reason[:500]
+    cmd.started_at = cmd.started_at or started_at
+    cmd.finished_at, cmd.duration_ms = finished_at, duration_ms
+    cmd.save(update_fields=["status", "exit_code", "output", "output_raw", "output_truncated", "cwd",
+                            "reason", "started_at", "finished_at", "duration_ms"])
+    TerminalSession.objects.filter(pk=cmd.session_id).update(last_activity=finished_at)
+    data = CommandSerializer(cmd).data
+    key = command_done_key(command_id)
+    payload = json.dumps(data)
+    pipe = sync_client().pipeline()
+    pipe.rpush(key, payload)
+    pipe.expire(key, 300)
+    pipe.execute()
+    return data

@@ -1,0 +1,18 @@
+from django.urls import path
+
+from . import api
+
+urlpatterns = [
+    path("sessions/", api.SessionListView.as_view(), name="session-list"),
+    path("sessions/<uuid:session_id>/", api.SessionDetailView.as_view(), name="session-detail"),
+    path("sessions/<uuid:session_id>/commands/", api.CommandListView.as_view(), name="command-list"),
+    path("sessions/<uuid:session_id>/commands/<uuid:command_id>/", api.CommandDetailView.as_view(),
+         name="command-detail"),
+    path("sessions/<uuid:session_id>/commands/<uuid:command_id>/output", api.CommandOutputView.as_view(),
+         name="command-output"),
+    path("sessions/<uuid:session_id>/commands/<uuid:command_id>/interrupt/", api.CommandInterruptView.as_view(),
+         name="command-interrupt"),
+    path("sessions/<uuid:session_id>/input/", api.SessionInputView.as_view(), name="session-input"),
+    path("sessions/<uuid:session_id>/screen/", api.SessionScreenView.as_view(), name="session-screen"),
+    path("sessions/<uuid:session_id>/resize/", api.SessionResizeView.as_view(), name="session-resize"),
+]

@@ -1,0 +1,184 @@
+"""vterm settings: everything that differs between machines comes from the environment."""
+
+import os
+from pathlib import Path
+
+import dj_database_url
+
+
+def env_bool(name: str, default: bool = False) -> bool:
+    return os.environ.get(name, str(default)).strip().lower() in ("1", "true", "yes", "on")
+
+
+def env_int(name: str, default: int) -> int:
+    return int(os.environ.get(name, default))
+
+
+def env_float(name: str, default: float) -> float:
+    return float(os.environ.get(name, default))
+
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(os.environ.get("VTERM_DATA_DIR", BASE_DIR / "var")).resolve()
+DATA_DIR.mkdir(parents=True, exist_ok=True)
+
+SECRET_KEY = os.environ.get("SECRET_KEY", "insecure-dev-only-change-me")
+DEBUG = env_bool("DEBUG", False)
+ALLOWED_HOSTS = [h.strip() for h in os.environ.get("ALLOWED_HOSTS", "localhost,127.0.0.1,[::1]").split(",") if h.strip()]
+CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
+
+INSTALLED_APPS = [
+    "daphne",
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django_prometheus",
+    "channels",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "sessions.apps.TerminalSessionsConfig",
+    "workers.apps.WorkersConfig",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "vterm_project.urls"
+ASGI_APPLICATION = "vterm_project.asgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+# https://github.com/jazzband/dj-database-url
+DATABASES = {
+    "default": dj_database_url.parse(
+        os.environ.get("DATABASE_URL", f"sqlite:///{DATA_DIR / 'vterm.sqlite3'}"),
+        conn_max_age=env_int("DB_CONN_MAX_AGE", 60),
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # Several processes write: WAL lets readers go on, IMMEDIATE avoids lock upgrades
+    # failing with "database is locked". https://docs.djangoproject.com/en/5.2/ref/databases/#sqlite-notes
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 30,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA busy_timeout=30000;",
+    }
+    DATABASES["default"]["CONN_MAX_AGE"] = 0 if env_bool("VTERM_SQLITE_NO_PERSIST", False) else 60
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+LOGIN_URL = "/login/"
+LOGIN_REDIRECT_URL = "/"
+LOGOUT_REDIRECT_URL = "/login/"
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+STATIC_URL = "/static/"
+STATIC_ROOT = DATA_DIR / "static"
+
+REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# https://channels.readthedocs.io/en/latest/topics/channel_layers.html
+CHANNEL_LAYERS = {
+    "default": {
+        "BACKEND": "channels_redis.core.RedisChannelLayer",
+        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30, "prefix": "vterm:asgi"},
+    }
+}
+
+# https://docs.celeryq.dev/en/stable/userguide/configuration.html
+CELERY_BROKER_URL = REDIS_URL
+CELERY_TASK_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_IGNORE_RESULT = True  # replies travel on Redis lists of our own (sessions/replies.py)
+CELERY_TASK_DEFAULT_QUEUE = "vterm.control"
+CELERY_WORKER_PREFETCH_MULTIPLIER = 16
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Redis redelivers unacknowledged tasks after this long (DESIGN.md §9).
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "global_keyprefix": os.environ.get("VTERM_REDIS_PREFIX", "")}
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = False
+CELERY_BEAT_SCHEDULE = {
+    "vterm-reconcile": {"task": "workers.tasks.pool_reconcile", "schedule": env_float("VTERM_RECONCILE_INTERVAL", 5.0)},
+}
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "sessions.auth.BearerTokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "sessions.api_errors.exception_handler",
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "vterm API",
+    "DESCRIPTION": "Persistent terminal sessions: create sessions, run commands, read output.",
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
+    "loggers": {"django.channels.server": {"level": "WARNING"}},
+}
+
+# --- vterm ----------------------------------------------------------------------
+VTERM = {
+    # This worker's identity; its queue name is derived from it (workers/routing.py).
+    "BACKEND_ID": os.environ.get("VTERM_BACKEND_ID", ""),
+    "BACKEND_CAPACITY": env_int("VTERM_BACKEND_CAPACITY", 200),
+    "HEARTBEAT_INTERVAL": env_float("VTERM_HEARTBEAT_INTERVAL", 2.0),
+    # A backend whose heartbeat is older than this is dead.
+    "HEARTBEAT_TTL": env_float("VTERM_HEARTBEAT_TTL", 10.0),
+    "OUTPUT_LIMIT": env_int("VTERM_OUTPUT_LIMIT", 1 << 20),
+    "COMMAND_MAX_BYTES": env_int("VTERM_COMMAND_MAX_BYTES", 64 * 1024),
+    "INPUT_MAX_BYTES": env_int("VTERM_INPUT_MAX_BYTES", 64 * 1024),
+    "MAX_WAIT": env_float("VTERM_MAX_WAIT", 300.0),
+    "MAX_TIMEOUT": env_float("VTERM_MAX_TIMEOUT", 7 * 24 * 3600.0),
+    "SESSION_START_TIMEOUT": env_float("VTERM_SESSION_START_TIMEOUT", 15.0),
+    "RPC_TIMEOUT": env_float("VTERM_RPC_TIMEOUT", 5.0),
+    "STREAM_MAXLEN": env_int("VTERM_STREAM_MAXLEN", 10000),
+    "OUTPUT_FLUSH_INTERVAL": env_float("VTERM_OUTPUT_FLUSH_INTERVAL", 0.005),
+    "SOURCE_USER_BASHRC": env_bool("VTERM_SOURCE_BASHRC", False),
+    "SHELL_PATH": os.environ.get("VTERM_SHELL_PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    "REDIS_PREFIX": os.environ.get("VTERM_REDIS_PREFIX", ""),
+}

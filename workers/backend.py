@@ -1,0 +1,241 @@
+"""The backend runtime: one per worker process, owning one tmux server.
+
+It wires the framework-free tmux driver to the rest of vterm: results go to the
+database through one writer thread (in order, off the driver's reader thread),
+output goes to a numbered Redis stream and the channel layer in small batches,
+and a heartbeat says the backend is alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import os
+import queue
+import socket
+import threading
+import time
+from collections import defaultdict
+from datetime import datetime, timezone as dt_timezone
+from typing import Callable
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from sessions import services
+from sessions.broadcast import install_submitter, session_broadcast
+from sessions.redis_state import output_stream_key, sync_client
+
+from .routing import local_backend_id
+from .tmux.driver import CommandResult, TmuxDriver
+from .tmux.shell import clean_output
+
+log = logging.getLogger(__name__)
+
+
+def _dt(ts: float | None) -> datetime | None:
+    return datetime.fromtimestamp(ts, tz=dt_timezone.utc) if ts is not None else None
+
+
+def shell_base_env() -> dict[str, str]:
+    """A shell's environment is built from nothing: no secret of the service reaches it."""
+    home = os.environ.get("HOME", "/root")
+    user = os.environ.get("USER") or os.environ.get("LOGNAME") or "vterm"
+    return {
+        "PATH": settings.VTERM["SHELL_PATH"],
+        "HOME": home,
+        "USER": user,
+        "LOGNAME": user,
+        "SHELL": "/bin/bash",
+        "LANG": "C.UTF-8",
+        "LC_ALL": "C.UTF-8",
+        "TERM": "xterm-256color",
+        "COLORTERM": "truecolor",
+    }
+
+
+class BackendRuntime:
+    def __init__(self, backend_id: str | None = None) -> None:
+        self.backend_id = backend_id or local_backend_id()
+        data_dir = os.path.join(str(settings.DATA_DIR), "tmux", self.backend_id)
+        self.driver = TmuxDriver(
+            os.path.join(data_dir, "tmux.sock"),
+            listener=self,
+            shell_env=shell_base_env(),
+            output_limit=settings.VTERM["OUTPUT_LIMIT"],
+            source_user_bashrc=settings.VTERM["SOURCE_USER_BASHRC"],
+        )
+        self._writes: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._finished: set[str] = set()
+        self._out_lock = threading.Lock()
+        self._out: dict[str, bytearray] = defaultdict(bytearray)
+        self._seq: dict[str, int] = {}
+        self._decoders = defaultdict(lambda: codecs.getincrementaldecoder("utf-8")("replace"))
+        self._stop = threading.Event()
+        self._loop = asyncio.new_event_loop()
+        self._threads: list[threading.Thread] = []
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def start(self) -> None:
+        for target, name in ((self._loop.run_forever, "vterm-loop"), (self._write_loop, "vterm-writer"),
+                             (self._flush_loop, "vterm-output"), (self._heartbeat_loop, "vterm-heartbeat")):
+            t = threading.Thread(target=target, name=name, daemon=True)
+            t.start()
+            self._threads.append(t)
+        install_submitter(lambda coro: asyncio.run_coroutine_threadsafe(coro, self._loop))
+        adopted = self.driver.start()
+        services.backend_register(backend_id=self.backend_id, hostname=socket.gethostname(),
+                                  capacity=settings.VTERM["BACKEND_CAPACITY"])
+        log.info("backend %s up: tmux %s, %d shell(s) adopted", self.backend_id, self.driver.socket_path,
+                 len(adopted))
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.driver.close()
+        self._writes.put(None)
+        for t in self._threads:
+            if t.name == "vterm-writer":
+                t.join(timeout=10)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+
+    # -- requests from tasks ----------------------------------------------------
+
+    def session_start(self, session_id: str, epoch: int, cwd: str, env: dict, cols: int, rows: int) -> dict:
+        cwd = cwd or os.environ.get("HOME", "/")
+        info = self.driver.create_shell(session_id, cwd=cwd, env=env, cols=cols, rows=rows)
+        close_old_connections()
+        if not services.session_started(session_id=session_id, epoch=epoch, cwd=info.cwd):
+            self.driver.kill_shell(session_id)
+            return {"ok": False, "error": "the session was placed elsewhere meanwhile"}
+        return {"ok": True, "cwd": info.cwd}
+
+    # -- driver listener (driver threads) ---------------------------------------
+
+    def shell_output(self, name: str, data: bytes) -> None:
+        with self._out_lock:
+            self._out[name] += data
+
+    def command_started(self, name: str, command_id: str, started_at: float) -> None:
+        def write() -> None:
+            if command_id in self._finished:
+                return  # already over: its final write says everything
+            data = services.command_started(command_id=command_id, started_at=_dt(started_at))
+            if data is not None:
+                session_broadcast(name, {"type": "command.event", "command": data})
+        self._writes.put(write)
+
+    def command_finished(self, name: str, result: CommandResult) -> None:
+        self._finished.add(result.command_id)
+
+        def write() -> None:
+            self._finished.discard(result.command_id)
+            data = services.command_finished(
+                command_id=result.command_id, status=result.status, exit_code=result.exit_code,
+                output=clean_output(result.raw), output_raw=result.raw, truncated=result.truncated,
+                cwd=result.cwd, started_at=_dt(result.started_at), finished_at=_dt(result.finished_at),
+                duration_ms=result.duration_ms, reason=result.reason,
+            )
+            if data is not None:
+                session_broadcast(name, {"type": "command.event", "command": data})
+        self._writes.put(write)
+
+    def shell_exited(self, name: str, reason: str) -> None:
+        self._writes.put(lambda: services.session_shell_exited(session_id=name, reason=reason))
+
+    def command_lost(self, session_id: str, command_id: str, reason: str) -> None:
+        """A command for a shell this backend does not have: it ends, it is not dropped."""
+        self.command_finished(session_id, CommandResult(
+            command_id=command_id, status="interrupted", exit_code=None, raw=b"", truncated=False,
+            cwd=None, started_at=None, finished_at=time.time(), duration_ms=None, reason=reason))
+
+    def server_lost(self) -> None:
+        log.error("backend %s lost its tmux server", self.backend_id)
+
+    # -- threads ----------------------------------------------------------------
+
+    def _write_loop(self) -> None:
+        while True:
+            job = self._writes.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:
+                log.exception("backend write failed")
+                close_old_connections()
+
+    def _flush_loop(self) -> None:
+        """Batch output: one stream entry and one group message per session per tick."""
+        interval = settings.VTERM["OUTPUT_FLUSH_INTERVAL"]
+        maxlen = settings.VTERM["STREAM_MAXLEN"]
+        r = sync_client()
+        while not self._stop.wait(interval):
+            with self._out_lock:
+                if not self._out:
+                    continue
+                batch, self._out = self._out, defaultdict(bytearray)
+            try:
+                pipe = r.pipeline(transaction=False)
+                frames = []
+                for name, data in batch.items():
+                    seq = self._next_seq(r, name)
+                    # A character split between two batches is decoded whole in the later one.
+                    text = self._decoders[name].decode(bytes(data))
+                    # The stream id is the frame's seq: replay is XRANGE from since+1.
+                    pipe.xadd(output_stream_key(name), {"d": text.encode()}, id=f"{seq}-1",
+                              maxlen=maxlen, approximate=True)
+                    frames.append((name, seq, text))
+                pipe.execute()
+                for name, seq, text in frames:
+                    session_broadcast(name, {"type": "output.frame", "seq": seq, "data": text})
+            except Exception:
+                log.exception("output flush failed")
+
+    def _next_seq(self, r, name: str) -> int:
+        seq = self._seq.get(name)
+        if seq is None:
+            last = r.xrevrange(output_stream_key(name), count=1)
+            seq = int(last[0][0].split(b"-")[0]) if last else 0
+        seq += 1
+        self._seq[name] = seq
+        return seq
+
+    def _heartbeat_loop(self) -> None:
+        interval = settings.VTERM["HEARTBEAT_INTERVAL"]
+        while not self._stop.wait(interval):
+            try:
+                services.backend_heartbeat(backend_id=self.backend_id)
+            except Exception:
+                log.exception("heartbeat failed")
+                close_old_connections()
+
+
+_runtime: BackendRuntime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> BackendRuntime:
+    """This process's backend runtime (started by the worker's boot signal)."""
+    if _runtime is None:
+        raise RuntimeError("this process is not a backend worker")
+    return _runtime
+
+
+def runtime_start() -> BackendRuntime:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = BackendRuntime()
+            _runtime.start()
+        return _runtime
+
+
+def runtime_stop() -> None:
+    global _runtime
+    with _runtime_lock:
+        if _runtime is not None:
+            _runtime.stop()
+            _runtime = None
+

@@ -1,0 +1,15 @@
+"""Where work for a backend goes: the one place that turns an identity into a queue."""
+
+import os
+import socket
+
+CONTROL_QUEUE = "vterm.control"
+
+
+def local_backend_id() -> str:
+    """This worker's backend id: VTERM_BACKEND_ID, else the host name (a pod's stable name)."""
+    return os.environ.get("VTERM_BACKEND_ID") or socket.gethostname()
+
+
+def backend_queue(backend_id: str) -> str:
+    return f"backend.{backend_id}"
