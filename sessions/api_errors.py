@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import logging
+
 from rest_framework import status
 from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+
+log = logging.getLogger(__name__)
 
 
 class ServiceUnavailable(APIException):
@@ -31,6 +36,7 @@ def exception_handler(exc, context):
         from redis.exceptions import RedisError
 
         if isinstance(exc, RedisError):
+            log.warning("redis error on %s: %r", context["request"].path, exc)
             # Redis down or paused: fail fast and say so, rather than a 500.
             response = Response({"detail": "The session store (Redis) is unavailable; try again shortly."},
                                 status=status.HTTP_503_SERVICE_UNAVAILABLE)

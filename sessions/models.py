@@ -56,6 +56,8 @@ class TerminalSession(models.Model):
     last_activity = models.DateTimeField(auto_now_add=True)
     terminated_at = models.DateTimeField(null=True, blank=True)
     command_count = models.PositiveIntegerField(default=0)
+    # Sampled by the backend: {"memory_bytes", "cpu_percent", "processes", "sampled_at"}.
+    resource_usage = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]
@@ -120,3 +122,22 @@ class Command(models.Model):
     @property
     def is_final(self) -> bool:
         return self.status in self.FINAL
+
+
+class AuditEvent(models.Model):
+    """Who did what to which session, from where, when (kept when the session is gone)."""
+
+    at = models.DateTimeField(auto_now_add=True, db_index=True)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                             related_name="+")
+    username = models.CharField(max_length=150, blank=True, db_index=True)
+    action = models.CharField(max_length=40, db_index=True)
+    session_id = models.UUIDField(null=True, blank=True, db_index=True)
+    remote_addr = models.CharField(max_length=100, blank=True)
+    detail = models.JSONField(default=dict, blank=True)
+
+    class Meta:
+        ordering = ["-at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username} {self.action} {self.session_id or ''}"

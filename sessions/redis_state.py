@@ -37,20 +37,37 @@ def session_group(session_id: str) -> str:
     return f"session.{session_id}"
 
 
+# Short timeouts: with Redis paused or gone, a request fails fast (503) instead of hanging.
+SOCKET_TIMEOUT = 5.0
+
+
 @functools.cache
 def sync_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=None, socket_connect_timeout=2,
+    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=2,
                                 health_check_interval=30)
 
 
-_async_clients: dict[int, aredis.Redis] = {}
+_async_clients: dict[tuple[int, bool], aredis.Redis] = {}
 
 
-def async_client() -> aredis.Redis:
-    """One client per event loop: redis.asyncio connections belong to the loop that made them."""
+def async_client(blocking: bool = False) -> aredis.Redis:
+    """One client per event loop (redis.asyncio connections belong to the loop that made them).
+
+    ``blocking`` clients have no socket timeout, for BLPOP; bound those with ``blpop``.
+    """
     loop = asyncio.get_running_loop()
-    client = _async_clients.get(id(loop))
+    client = _async_clients.get((id(loop), blocking))
     if client is None:
-        client = aredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30)
-        _async_clients[id(loop)] = client
+        client = aredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30,
+                                       socket_timeout=None if blocking else SOCKET_TIMEOUT)
+        _async_clients[(id(loop), blocking)] = client
     return client
+
+
+async def blpop(key: str, timeout: float) -> bytes | None:
+    """BLPOP one key for up to ``timeout`` seconds; a Redis that stops answering raises TimeoutError."""
+    try:
+        got = await asyncio.wait_for(async_client(blocking=True).blpop([key], timeout=timeout), timeout + 3)
+    except asyncio.TimeoutError:
+        raise redis.exceptions.TimeoutError("Redis did not answer in time") from None
+    return got[1] if got else None

@@ -11,7 +11,7 @@ import uuid
 
 from vterm_project.celery import app as celery_app
 
-from .redis_state import REPLY_TTL, async_client, reply_key, sync_client
+from .redis_state import REPLY_TTL, blpop, reply_key, sync_client
 
 
 def send_to_backend(queue: str, task: str, *args, **kwargs) -> None:
@@ -22,8 +22,8 @@ async def call_backend(queue: str, task: str, *args, timeout: float, **kwargs) -
     """Run ``task`` on the backend behind ``queue``; its reply, or None after ``timeout``."""
     token = uuid.uuid4().hex
     send_to_backend(queue, task, *args, reply_to=token, **kwargs)
-    got = await async_client().blpop([reply_key(token)], timeout=timeout)
-    return json.loads(got[1]) if got else None
+    got = await blpop(reply_key(token), timeout)
+    return json.loads(got) if got else None
 
 
 def post_reply(token: str | None, payload: dict) -> None:

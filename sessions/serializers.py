@@ -24,6 +24,15 @@ ROWS_RANGE = (2, 500)
 _BAD_COMMAND_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
+class StrictCharField(serializers.CharField):
+    """A string, and only a string: DRF would quietly turn 42 or true into "42" / "True"."""
+
+    def to_internal_value(self, data):
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
 class SessionSerializer(serializers.ModelSerializer):
     owner = serializers.CharField(source="owner.username", read_only=True)
     backend = serializers.CharField(source="backend_id", read_only=True, allow_null=True)
@@ -36,9 +45,9 @@ class SessionSerializer(serializers.ModelSerializer):
 
 
 class SessionCreateSerializer(serializers.Serializer):
-    name = serializers.CharField(max_length=100, required=False, allow_blank=True, default="")
-    cwd = serializers.CharField(max_length=4096, required=False, allow_blank=True, default="", trim_whitespace=False)
-    env = serializers.DictField(child=serializers.CharField(allow_blank=True, trim_whitespace=False,
+    name = StrictCharField(max_length=100, required=False, allow_blank=True, default="")
+    cwd = StrictCharField(max_length=4096, required=False, allow_blank=True, default="", trim_whitespace=False)
+    env = serializers.DictField(child=StrictCharField(allow_blank=True, trim_whitespace=False,
                                                             max_length=MAX_ENV_VALUE),
                                 required=False, default=dict)
     cols = serializers.IntegerField(min_value=COLS_RANGE[0], max_value=COLS_RANGE[1], required=False, default=120)
@@ -86,7 +95,7 @@ def _positive_seconds(name: str, maximum: float):
 
 
 class CommandCreateSerializer(serializers.Serializer):
-    command = serializers.CharField(trim_whitespace=False, allow_blank=False)
+    command = StrictCharField(trim_whitespace=False, allow_blank=False)
     timeout = _positive_seconds("timeout", settings.VTERM["MAX_TIMEOUT"])
     wait = _positive_seconds("wait", settings.VTERM["MAX_WAIT"])
 
@@ -117,8 +126,8 @@ class CommandCreateSerializer(serializers.Serializer):
 
 
 class InputSerializer(serializers.Serializer):
-    data = serializers.CharField(required=False, trim_whitespace=False, allow_blank=True)
-    keys = serializers.ListField(child=serializers.CharField(max_length=32), required=False, max_length=256)
+    data = StrictCharField(required=False, trim_whitespace=False, allow_blank=True)
+    keys = serializers.ListField(child=StrictCharField(max_length=32), required=False, max_length=256)
 
     def validate_data(self, value: str) -> str:
         limit = settings.VTERM["INPUT_MAX_BYTES"]
@@ -148,5 +157,5 @@ class ResizeSerializer(serializers.Serializer):
 class ScreenSerializer(serializers.Serializer):
     cols = serializers.IntegerField()
     rows = serializers.IntegerField()
-    lines = serializers.ListField(child=serializers.CharField(allow_blank=True))
+    lines = serializers.ListField(child=StrictCharField(allow_blank=True))
     cursor = serializers.DictField(child=serializers.IntegerField())

@@ -23,7 +23,7 @@ from workers.routing import backend_queue
 from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast
 from .models import Backend, Command, SessionEvent, TerminalSession
-from .redis_state import async_client, command_done_key, heartbeat_key, sync_client
+from .redis_state import blpop, command_done_key, heartbeat_key, sync_client
 from .replies import call_backend, send_to_backend
 from .serializers import CommandSerializer
 
@@ -215,9 +215,9 @@ def command_submit(session: TerminalSession, *, command: str, timeout: float | N
 async def command_wait(cmd: Command, wait: float) -> dict:
     """The command as JSON once it has finished, or as it stands after ``wait`` seconds."""
     if wait > 0:
-        got = await async_client().blpop([command_done_key(str(cmd.pk))], timeout=wait)
+        got = await blpop(command_done_key(str(cmd.pk)), wait)
         if got:
-            return json.loads(got[1])
+            return json.loads(got)
     fresh = await Command.objects.aget(pk=cmd.pk)
     return CommandSerializer(fresh).data
 

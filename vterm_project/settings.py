@@ -130,9 +130,7 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "global_keyprefix": os.environ.get("VTERM_REDIS_PREFIX", "")}
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = False
-CELERY_BEAT_SCHEDULE = {
-    "vterm-reconcile": {"task": "workers.tasks.pool_reconcile", "schedule": env_float("VTERM_RECONCILE_INTERVAL", 5.0)},
-}
+CELERY_BEAT_SCHEDULE: dict = {}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

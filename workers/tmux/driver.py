@@ -12,10 +12,13 @@ This module knows nothing of Django, Celery or Redis: it reports through a
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import secrets
+import struct
 import subprocess
+import termios
 import threading
 import time
 from collections import deque
@@ -40,6 +43,8 @@ set -g exit-empty off
 """
 # After a timeout or interrupt, how long to wait before pressing harder.
 ESCALATE_AFTER = 2.0
+# Longest wait for tmux to pass a resize on to the terminal.
+RESIZE_GRACE = 1.0
 # How long after an end mark to wait for readline to announce it is reading.
 PROMPT_GRACE = 0.25
 
@@ -120,6 +125,8 @@ class _Shell:
     current: _Command | None = None
     exit_code: int | None = None
     at_prompt: float | None = None  # when the end mark came, until readline is reading
+    tty: str = ""
+    resize_until: float | None = None  # a resize is on its way to the terminal until then
 
 
 class TmuxDriver:
@@ -212,13 +219,13 @@ class TmuxDriver:
         full_env = {**self.shell_env, **env, NONCE_ENV: nonce}
         if self.source_user_bashrc:
             full_env["VTERM_SOURCE_BASHRC"] = "1"
-        args = [f"new-window -d -P -F '#{{window_id}} #{{pane_id}}' -t {TMUX_SESSION}:",
+        args = [f"new-window -d -P -F '#{{window_id}} #{{pane_id}} #{{pane_tty}}' -t {TMUX_SESSION}:",
                 "-n", quote(WINDOW_PREFIX + name), "-c", quote(cwd)]
         for k, v in full_env.items():
             args += ["-e", quote(f"{k}={v}")]
         args += [quote(a) for a in ("bash", "--noprofile", "--rcfile", self._rc_path, "-i")]
-        window_id, pane_id = self._call(" ".join(args))[0].split()
-        shell = _Shell(name=name, window_id=window_id, pane_id=pane_id,
+        window_id, pane_id, tty = self._call(" ".join(args))[0].split()
+        shell = _Shell(name=name, window_id=window_id, pane_id=pane_id, tty=tty,
                        parser=MarkParser(nonce), cols=cols, rows=rows, cwd=cwd)
         with self._lock:
             self._register(shell)
@@ -242,7 +249,11 @@ class TmuxDriver:
 
     def resize(self, name: str, cols: int, rows: int) -> None:
         shell = self._get(name)
-        shell.cols, shell.rows = cols, rows
+        with self._lock:
+            shell.cols, shell.rows = cols, rows
+            # tmux applies a pane's new size to its terminal on a timer; commands that
+            # follow wait for it (not the caller, and not other shells).
+            shell.resize_until = time.monotonic() + RESIZE_GRACE
         self._apply_size(shell)
 
     def send_text(self, name: str, text: str) -> None:
@@ -309,6 +320,10 @@ class TmuxDriver:
         # Called under the lock.
         if shell.current is not None or not shell.queue or not shell.ready.is_set():
             return
+        if shell.resize_until is not None:
+            if time.monotonic() < shell.resize_until and _tty_size(shell.tty) not in (None, (shell.rows, shell.cols)):
+                return  # the ticker tries again
+            shell.resize_until = None
         cmd = shell.queue.popleft()
         shell.current = cmd
         cmd.state = "typed"
@@ -436,6 +451,8 @@ class TmuxDriver:
                         shell.at_prompt = None
                         shell.ready.set()
                         self._start_next(shell)
+                    if shell.resize_until is not None:
+                        self._start_next(shell)
                     cmd = shell.current
                     if cmd is None:
                         continue
@@ -459,18 +476,19 @@ class TmuxDriver:
             log.exception("could not kill the children of shell %s", shell.name)
 
     def _adopt(self) -> list[ShellInfo]:
-        fmt = "#{window_id} #{pane_id} #{window_name} #{@vterm_nonce} #{pane_current_command} #{pane_current_path}"
+        fmt = ("#{window_id} #{pane_id} #{pane_tty} #{window_name} #{@vterm_nonce} #{pane_current_command} "
+               "#{pane_current_path}")
         lines = self._call(f"list-panes -s -t {TMUX_SESSION} -F {quote(fmt)}")
         sizes = self._call(f"list-windows -t {TMUX_SESSION} -F '#{{window_id}} #{{window_width}} #{{window_height}}'")
         size_of = {w: (int(c), int(r)) for w, c, r in (s.split() for s in sizes)}
         adopted = []
         for line in lines:
-            parts = line.split(" ", 5)
-            if len(parts) < 6 or not parts[2].startswith(WINDOW_PREFIX) or not parts[3]:
+            parts = line.split(" ", 6)
+            if len(parts) < 7 or not parts[3].startswith(WINDOW_PREFIX) or not parts[4]:
                 continue
-            window_id, pane_id, wname, nonce, current, path = parts
+            window_id, pane_id, tty, wname, nonce, current, path = parts
             cols, rows = size_of.get(window_id, (80, 24))
-            shell = _Shell(name=wname[len(WINDOW_PREFIX):], window_id=window_id, pane_id=pane_id,
+            shell = _Shell(name=wname[len(WINDOW_PREFIX):], window_id=window_id, pane_id=pane_id, tty=tty,
                            parser=MarkParser(nonce), cols=cols, rows=rows, cwd=path)
             busy = current != "bash"
             if not busy:
@@ -540,6 +558,21 @@ def _log_failure(command: str):
         if exc is not None:
             log.warning("tmux command failed: %s: %s", command[:80], exc)
     return check
+
+
+def _tty_size(tty: str) -> tuple[int, int] | None:
+    """(rows, cols) the kernel has for a terminal, or None when it cannot be read."""
+    try:
+        fd = os.open(tty, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        rows, cols = struct.unpack("hhhh", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
+        return rows, cols
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
 
 
 def _write_if_changed(path: str, text: str) -> None:

@@ -1,0 +1,62 @@
+# vterm: `make run` starts the whole stack, `make test` runs the whole suite.
+# Both install what they need first: a .venv with the project, tmux and redis-server.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+APT_PACKAGES := tmux redis-server
+TEST_APT_PACKAGES := chromium chromium-driver haproxy
+
+.PHONY: run test test-faults bench venv system-deps test-deps lint clean kill-shells
+
+run: venv system-deps
+	$(PY) -m vterm_project.devstack
+
+test: venv system-deps test-deps
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-faults: venv system-deps
+	$(PY) -m pytest tests/faults -m slow $(PYTEST_ARGS)
+
+bench: venv system-deps
+	$(PY) manage.py vterm_bench $(BENCH_ARGS)
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[dev]"
+	touch $(STAMP)
+
+# Debian/Ubuntu packages, installed only when a command is missing.
+system-deps:
+	@missing=""; \
+	command -v tmux >/dev/null || missing="$$missing tmux"; \
+	command -v redis-server >/dev/null || missing="$$missing redis-server"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+test-deps:
+	@missing=""; \
+	command -v chromium >/dev/null || missing="$$missing chromium"; \
+	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
+	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	fi
+
+lint: venv
+	$(VENV)/bin/ruff check .
+
+# Shells outlive the web and worker processes on purpose; this ends them.
+kill-shells:
+	@for s in var/tmux/*/tmux.sock; do [ -S "$$s" ] && tmux -S "$$s" kill-server || true; done
+
+clean: kill-shells
+	rm -rf var .pytest_cache

@@ -1,0 +1,134 @@
+"""Fixtures that start the real thing: Redis, Daphne, Celery backend workers, tmux.
+
+Redis: $VTERM_TEST_REDIS_URL, else database 14 of the Redis on 127.0.0.1:6379 when it
+answers, else a private redis-server on a free port. The database is flushed before
+and after. SQLite lives in a temporary directory; tmux servers are killed at the end.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import redis
+
+from vterm_project.devstack import Stack, StackConfig, free_port, redis_answers
+
+ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+
+def _claim_redis_db() -> tuple[int, object]:
+    """A Redis database number no other test run on this machine is using (flock on a file)."""
+    for db in range(15, 5, -1):
+        f = open(f"{tempfile.gettempdir()}/vterm-test-redis-db-{db}.lock", "w")
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return db, f
+        except OSError:
+            f.close()
+    raise RuntimeError("no free Redis test database (6-15): too many test runs at once")
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    db, lock = _claim_redis_db()
+    url = os.environ.get("VTERM_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{db}")
+    proc = None
+    tmp = None
+    if not redis_answers(url):
+        tmp = tempfile.mkdtemp(prefix="vterm-redis-")
+        port = free_port()
+        proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+                                 "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"redis://127.0.0.1:{port}/0"
+        deadline = time.monotonic() + 10
+        while not redis_answers(url) and time.monotonic() < deadline:
+            time.sleep(0.1)
+    client = redis.Redis.from_url(url)
+    client.flushdb()
+    yield url
+    client.flushdb()
+    if proc:
+        proc.terminate()
+        proc.wait(10)
+        shutil.rmtree(tmp, ignore_errors=True)
+    lock.close()
+
+
+def make_stack(redis_url: str, tmp: Path, *, backends: int = 2, prefix: str = "tb", **extra_env) -> Stack:
+    cfg = StackConfig(data_dir=tmp, port=free_port(), backends=backends, redis_url=redis_url, flower_port=None,
+                      beat=False, backend_prefix=prefix,
+                      extra_env={"VTERM_HEARTBEAT_INTERVAL": "1", "SECRET_KEY": "test-secret-key-not-for-shells",
+                                 **{k: str(v) for k, v in extra_env.items()}})
+    return Stack(cfg)
+
+
+@pytest.fixture(scope="session")
+def stack(redis_url, tmp_path_factory):
+    """One live stack for the integration tests: web, two backend workers."""
+    tmp = tmp_path_factory.mktemp("stack")
+    st = make_stack(redis_url, tmp)
+    try:
+        st.start()
+        yield st
+    finally:
+        st.stop()
+        _keep_logs(st, "stack")
+
+
+def _keep_logs(st: Stack, name: str) -> None:
+    dest = ARTIFACTS / "logs" / name
+    dest.mkdir(parents=True, exist_ok=True)
+    for f in Path(st.log_dir).glob("*.log"):
+        shutil.copy(f, dest / f.name)
+
+
+class Api:
+    """An httpx client for one user, with the small helpers the tests share."""
+
+    def __init__(self, base_url: str, token: str) -> None:
+        self.token = token
+        self.http = httpx.Client(base_url=base_url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
+
+    def create_session(self, **body) -> dict:
+        r = self.http.post("/api/v1/sessions/", json=body)
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def run(self, session_id: str, command: str, wait: float = 30, **extra) -> dict:
+        r = self.http.post(f"/api/v1/sessions/{session_id}/commands/", json={"command": command, "wait": wait, **extra})
+        assert r.status_code == 201, r.text
+        return r.json()
+
+    def wait_command(self, session_id: str, command_id: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while True:
+            body = self.http.get(f"/api/v1/sessions/{session_id}/commands/{command_id}/").json()
+            if body["status"] not in ("queued", "running") or time.monotonic() > deadline:
+                return body
+            time.sleep(0.05)
+
+
+@pytest.fixture(scope="session")
+def alice(stack) -> Api:
+    return Api(stack.url, stack.token("alice"))
+
+
+@pytest.fixture(scope="session")
+def bob(stack) -> Api:
+    return Api(stack.url, stack.token("bob"))
+
+
+@pytest.fixture
+def session(alice):
+    s = alice.create_session(name="test")
+    yield s
+    alice.http.delete(f"/api/v1/sessions/{s['id']}/")
