@@ -6,8 +6,6 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
-APT_PACKAGES := tmux redis-server
-TEST_APT_PACKAGES := chromium chromium-driver haproxy
 
 .PHONY: run test test-faults bench venv system-deps test-deps lint clean kill-shells
 
@@ -46,6 +44,8 @@ test-deps:
 	command -v chromium >/dev/null || missing="$$missing chromium"; \
 	command -v chromedriver >/dev/null || missing="$$missing chromium-driver"; \
 	command -v haproxy >/dev/null || missing="$$missing haproxy"; \
+	command -v promtool >/dev/null || missing="$$missing prometheus"; \
+	{ docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
