@@ -150,7 +150,7 @@ class MarkParser:
 
 def _partial_prefix_len(buf: bytes, pos: int) -> int:
     """Length of the longest suffix of buf[pos:] that is a proper prefix of a mark start."""
-    for n in range(min(len(_MARK_START) - 1, len(buf) - pos), 0, -1):
+    for n in range(min(max(len(_MARK_START), len(_READY)) - 1, len(buf) - pos), 0, -1):
         if buf.endswith(_MARK_START[:n]) or buf.endswith(_READY[:n]):
             return n
     return 0

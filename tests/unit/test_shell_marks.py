@@ -1,0 +1,69 @@
+"""Pure logic of the shell integration: mark parsing, control-mode decoding, output cleaning."""
+
+from __future__ import annotations
+
+from workers.tmux.protocol import decode_output
+from workers.tmux.shell import Mark, MarkParser, clean_output
+
+NONCE = "n0nce"
+
+
+def feed_all(parser: MarkParser, chunks: list[bytes]) -> tuple[bytes, list[Mark]]:
+    data, marks = b"", []
+    for chunk in chunks:
+        for piece in parser.feed(chunk):
+            data += piece.data
+            if piece.mark:
+                marks.append(piece.mark)
+    return data, marks
+
+
+def test_marks_are_recognised_and_removed():
+    stream = (b"\x1b]133;C;n0nce\x07hello\r\n"
+              b"\x1b]133;D;3;n0nce;/tmp/a%20b\x07\x1b[?2004hprompt$ ")
+    data, marks = feed_all(MarkParser(NONCE), [stream])
+    assert [m.kind for m in marks] == ["C", "D", "R"]
+    assert marks[1] == Mark("D", exit_code=3, cwd="/tmp/a b")
+    assert data == b"hello\r\n\x1b[?2004hprompt$ "
+
+
+def test_marks_split_across_chunks_at_every_byte():
+    stream = b"out\x1b]133;D;0;n0nce;/x\x07more\x1b[?2004h"
+    for cut in range(1, len(stream)):
+        data, marks = feed_all(MarkParser(NONCE), [stream[:cut], stream[cut:]])
+        assert [m.kind for m in marks] == ["D", "R"], cut
+        assert data == b"outmore\x1b[?2004h", cut
+
+
+def test_foreign_nonce_is_output_not_a_mark():
+    stream = b"\x1b]133;D;0;other;/x\x07\x1b]133;C;evil\x07tail"
+    data, marks = feed_all(MarkParser(NONCE), [stream])
+    assert marks == []
+    assert data == stream
+
+
+def test_unterminated_look_alike_does_not_swallow_output_forever():
+    parser = MarkParser(NONCE)
+    data, marks = feed_all(parser, [b"\x1b]133;D;0;n0nce", b"\x1b[31mred"])
+    assert marks == [] and data.endswith(b"red")
+
+
+def test_cwd_with_percent_encoded_non_ascii_bytes():
+    data, marks = feed_all(MarkParser(NONCE), [b"\x1b]133;D;0;n0nce;/tmp/%C3%A9t%C3%A9\x07"])
+    assert marks[0].cwd == "/tmp/été"
+
+
+def test_exit_mark():
+    _, marks = feed_all(MarkParser(NONCE), [b"\x1b]133;X;5;n0nce\x07"])
+    assert marks == [Mark("X", exit_code=5)]
+
+
+def test_decode_output_octal_escapes():
+    assert decode_output(rb"a\015\012b\134c") == b"a\r\nb\\c"
+    assert decode_output("é".encode()) == "é".encode()
+
+
+def test_clean_output_removes_escapes_and_folds_crlf():
+    raw = b"\x1b[1;31mred\x1b[0m\r\n\x1b]0;title\x07line\r\nx\ry\n"
+    assert clean_output(raw) == "red\nline\nx\ry\n"
+    assert clean_output(b"\xff ok") == "\ufffd ok"
