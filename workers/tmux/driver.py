@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from .control import ControlClient, ControlClosed, TmuxCommandError
-from .protocol import quote, valid_key
+from .protocol import quote, quote_format, valid_key
 from .shell import BASHRC, NONCE_ENV, Mark, MarkParser
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,8 @@ class ShellInfo:
     cols: int
     rows: int
     busy: bool
+    epoch: int = 0  # the placement this shell was made for (a fencing token, opaque here)
+    last_command: str = ""  # id of the command last typed into it (survives the worker)
 
 
 @dataclass
@@ -127,6 +129,8 @@ class _Shell:
     at_prompt: float | None = None  # when the end mark came, until readline is reading
     tty: str = ""
     resize_until: float | None = None  # a resize is on its way to the terminal until then
+    epoch: int = 0
+    last_command: str = ""
 
 
 class TmuxDriver:
@@ -209,7 +213,7 @@ class TmuxDriver:
     # -- shells ---------------------------------------------------------------
 
     def create_shell(self, name: str, *, cwd: str, env: dict[str, str], cols: int, rows: int,
-                     timeout: float = 10.0) -> ShellInfo:
+                     timeout: float = 10.0, epoch: int = 0) -> ShellInfo:
         if not os.path.isdir(cwd):
             raise ShellError(f"cwd: no such directory on the backend: {cwd}")
         with self._lock:
@@ -220,15 +224,16 @@ class TmuxDriver:
         if self.source_user_bashrc:
             full_env["VTERM_SOURCE_BASHRC"] = "1"
         args = [f"new-window -d -P -F '#{{window_id}} #{{pane_id}} #{{pane_tty}}' -t {TMUX_SESSION}:",
-                "-n", quote(WINDOW_PREFIX + name), "-c", quote(cwd)]
+                "-n", quote_format(WINDOW_PREFIX + name), "-c", quote_format(cwd)]
         for k, v in full_env.items():
             args += ["-e", quote(f"{k}={v}")]
         args += [quote(a) for a in ("bash", "--noprofile", "--rcfile", self._rc_path, "-i")]
         window_id, pane_id, tty = self._call(" ".join(args))[0].split()
         shell = _Shell(name=name, window_id=window_id, pane_id=pane_id, tty=tty,
-                       parser=MarkParser(nonce), cols=cols, rows=rows, cwd=cwd)
+                       parser=MarkParser(nonce), cols=cols, rows=rows, cwd=cwd, epoch=int(epoch))
         with self._lock:
             self._register(shell)
+        self._call(f"set-option -w -t {window_id} @vterm_epoch {int(epoch)}")
         self._call(f"set-option -w -t {window_id} @vterm_nonce {nonce}")
         self._apply_size(shell)
         if not shell.ready.wait(timeout):
@@ -236,7 +241,7 @@ class TmuxDriver:
             raise ShellError("the shell did not start in time")
         return self._info(shell)
 
-    def kill_shell(self, name: str) -> None:
+    def kill_shell(self, name: str, reason: str = "session ended") -> None:
         with self._lock:
             shell = self._shells.get(name)
         if shell is None:
@@ -245,7 +250,34 @@ class TmuxDriver:
             self._call(f"kill-window -t {shell.window_id}")
         except TmuxCommandError:
             pass  # already gone
-        self._shell_gone(shell, "session ended")
+        self._shell_gone(shell, reason)
+
+    def shell_info(self, name: str) -> ShellInfo:
+        shell = self._get(name)
+        info = self._info(shell)
+        info.busy = shell.current is not None
+        return info
+
+    def drop_queued(self, name: str) -> list[str]:
+        """Take the shell's waiting commands off its queue, unfinished (they will run elsewhere)."""
+        shell = self._get(name)
+        with self._lock:
+            ids = [c.id for c in shell.queue]
+            shell.queue.clear()
+        return ids
+
+    def adopt_command(self, name: str, command_id: str, started_at: float | None) -> None:
+        """Take a command that is still running in an adopted shell as the current one.
+
+        Its end mark then finishes it; output from before the adoption is not captured.
+        """
+        shell = self._get(name)
+        with self._lock:
+            if shell.current is not None:
+                raise ShellError(f"shell {name} already has a current command")
+            shell.current = _Command(id=command_id, text="", timeout=None, state="running",
+                                     started_mono=time.monotonic(), started_wall=started_at or time.time())
+            shell.ready.clear()
 
     def resize(self, name: str, cols: int, rows: int) -> None:
         shell = self._get(name)
@@ -327,6 +359,9 @@ class TmuxDriver:
         cmd = shell.queue.popleft()
         shell.current = cmd
         cmd.state = "typed"
+        shell.last_command = cmd.id
+        # Kept by tmux, so a worker that restarts knows what this shell was last given.
+        self._send_nowait(f"set-option -w -t {shell.window_id} @vterm_cmd {quote(cmd.id)}")
         if cmd.timeout:
             cmd.deadline = time.monotonic() + cmd.timeout
         text = cmd.text
@@ -476,20 +511,21 @@ class TmuxDriver:
             log.exception("could not kill the children of shell %s", shell.name)
 
     def _adopt(self) -> list[ShellInfo]:
-        fmt = ("#{window_id} #{pane_id} #{pane_tty} #{window_name} #{@vterm_nonce} #{pane_current_command} "
-               "#{pane_current_path}")
+        fmt = ("#{window_id} #{pane_id} #{pane_tty} #{window_name} #{@vterm_nonce} #{@vterm_epoch} #{@vterm_cmd} "
+               "#{pane_current_command} #{pane_current_path}")
         lines = self._call(f"list-panes -s -t {TMUX_SESSION} -F {quote(fmt)}")
         sizes = self._call(f"list-windows -t {TMUX_SESSION} -F '#{{window_id}} #{{window_width}} #{{window_height}}'")
         size_of = {w: (int(c), int(r)) for w, c, r in (s.split() for s in sizes)}
         adopted = []
         for line in lines:
-            parts = line.split(" ", 6)
-            if len(parts) < 7 or not parts[3].startswith(WINDOW_PREFIX) or not parts[4]:
+            parts = line.split(" ", 8)
+            if len(parts) < 9 or not parts[3].startswith(WINDOW_PREFIX) or not parts[4]:
                 continue
-            window_id, pane_id, tty, wname, nonce, current, path = parts
+            window_id, pane_id, tty, wname, nonce, epoch, last_cmd, current, path = parts
             cols, rows = size_of.get(window_id, (80, 24))
             shell = _Shell(name=wname[len(WINDOW_PREFIX):], window_id=window_id, pane_id=pane_id, tty=tty,
-                           parser=MarkParser(nonce), cols=cols, rows=rows, cwd=path)
+                           parser=MarkParser(nonce), cols=cols, rows=rows, cwd=path,
+                           epoch=int(epoch) if epoch.isdigit() else 0, last_command=last_cmd)
             busy = current != "bash"
             if not busy:
                 shell.ready.set()  # idle at its prompt; otherwise the next end mark readies it
@@ -518,7 +554,8 @@ class TmuxDriver:
 
     def _info(self, shell: _Shell) -> ShellInfo:
         return ShellInfo(name=shell.name, window_id=shell.window_id, pane_id=shell.pane_id,
-                         cwd=shell.cwd, cols=shell.cols, rows=shell.rows, busy=False)
+                         cwd=shell.cwd, cols=shell.cols, rows=shell.rows, busy=False, epoch=shell.epoch,
+                         last_command=shell.last_command)
 
     def _get(self, name: str) -> _Shell:
         with self._lock:

@@ -28,7 +28,8 @@ def quote(text: str) -> str:
     out = ['"']
     for ch in text:
         code = ord(ch)
-        if ch in '"\\$':
+        # '~' too: tmux expands a leading one to $HOME even inside double quotes.
+        if ch in '"\\$~':
             out.append("\\" + ch)
         elif code < 32 or code == 127:
             out.append("\\%03o" % code)
@@ -36,6 +37,14 @@ def quote(text: str) -> str:
             out.append(ch)
     out.append('"')
     return "".join(out)
+
+
+def quote_format(text: str) -> str:
+    """``quote`` for an argument that tmux then expands as a format (new-window -n / -c).
+
+    Such arguments run ``#(shell command)`` and replace ``#{...}``; ``##`` is a literal '#'.
+    """
+    return quote(text.replace("#", "##"))
 
 
 # Names that tmux's send-keys understands as keys; anything else is refused rather
@@ -50,7 +59,7 @@ _KEY_RE = re.compile(r"^(?:(?:C|M|S)-){0,3}(?P<base>[A-Za-z0-9]+|[!-~])$")
 
 def valid_key(name: str) -> bool:
     """True when ``name`` is a tmux key name: C-c, M-x, Enter, Up, F5, a single char."""
-    m = _KEY_RE.match(name)
+    m = _KEY_RE.fullmatch(name)  # not match(): "$" would let a trailing newline through
     if not m:
         return False
     base = m.group("base")
