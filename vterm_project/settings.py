@@ -98,6 +98,11 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "/login/"
 LOGIN_REDIRECT_URL = "/"
 LOGOUT_REDIRECT_URL = "/login/"
+# Every login (admin, /login/, /api-auth/) goes through the throttled backend (docs/security.md).
+AUTHENTICATION_BACKENDS = ["sessions.login_throttle.ThrottledModelBackend"]
+# Largest request body; a bigger one is answered 413 before Django reads it (vterm_project/body_limit.py).
+# https://docs.djangoproject.com/en/5.2/ref/settings/#data-upload-max-memory-size
+DATA_UPLOAD_MAX_MEMORY_SIZE = env_int("VTERM_MAX_REQUEST_BYTES", 2 * 1024 * 1024)
 
 LANGUAGE_CODE = "en-us"
 TIME_ZONE = "UTC"
@@ -148,6 +153,8 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Persistent terminal sessions: create sessions, run commands, read output.",
     "VERSION": "1",
     "SERVE_INCLUDE_SCHEMA": False,
+    # The schema and its docs page need a user too (only /healthz and /readyz answer without one).
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
 }
 
 LOGGING = {
@@ -179,4 +186,17 @@ VTERM = {
     "SOURCE_USER_BASHRC": env_bool("VTERM_SOURCE_BASHRC", False),
     "SHELL_PATH": os.environ.get("VTERM_SHELL_PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
     "REDIS_PREFIX": os.environ.get("VTERM_REDIS_PREFIX", ""),
+    # Security (sessions/ratelimit.py, sessions/login_throttle.py; docs/security.md). 0 turns a limit off.
+    "MAX_SESSIONS_PER_USER": env_int("VTERM_MAX_SESSIONS_PER_USER", 100),
+    "QUOTA_RETRY_AFTER": env_int("VTERM_QUOTA_RETRY_AFTER", 10),
+    # Token buckets per user, shared by all web nodes: tokens per second and burst.
+    "COMMAND_RATE": env_float("VTERM_COMMAND_RATE", 100.0),
+    "COMMAND_BURST": env_float("VTERM_COMMAND_BURST", 200.0),
+    "INPUT_RATE": env_float("VTERM_INPUT_RATE", 200.0),
+    "INPUT_BURST": env_float("VTERM_INPUT_BURST", 400.0),
+    # Failed logins per (username, client address) within the window before logins are refused.
+    "LOGIN_MAX_FAILURES": env_int("VTERM_LOGIN_MAX_FAILURES", 5),
+    "LOGIN_WINDOW": env_int("VTERM_LOGIN_WINDOW", 300),
+    # Session recordings (asciicast) come from the output stream: the window's entries carry a time.
+    "RECORDING_ENABLED": env_bool("VTERM_RECORDING", True),
 }

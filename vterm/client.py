@@ -1,0 +1,420 @@
+"""Python client for vterm's REST and WebSocket API (API.md), synchronous and asyncio.
+
+    from vterm.client import Client
+
+    with Client("http://127.0.0.1:8000", token) as vt:
+        s = vt.create_session(name="build", cwd="/tmp")
+        r = vt.run(s, "make test")          # waits until it ends, however long
+        print(r.exit_code, r.cwd, r.output)
+        with vt.terminal(s) as term:         # the live terminal over the WebSocket
+            term.send_input("top\\n")
+            for frame in term:
+                ...
+
+``AsyncClient`` has the same methods as coroutines (``async with`` / ``async for``).
+Errors are exceptions from ``vterm.errors`` carrying the server's message and status;
+a command that exits non-zero is not an error (see ``CommandResult.ok``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any, Self
+
+import httpx
+
+from .errors import (
+    AuthError,
+    BadRequest,
+    Conflict,
+    ConnectionFailed,
+    NotFound,
+    RateLimited,
+    StreamClosed,
+    Unavailable,
+    VtermError,
+    error_for_response,
+)
+from .stream import AsyncTerminal, Terminal, ws_url
+from .types import CommandResult, Frame, ResourceUsage, Screen, Session
+
+__all__ = [
+    "AsyncClient",
+    "AsyncTerminal",
+    "AuthError",
+    "BadRequest",
+    "Client",
+    "CommandResult",
+    "Conflict",
+    "ConnectionFailed",
+    "Frame",
+    "NotFound",
+    "RateLimited",
+    "ResourceUsage",
+    "Screen",
+    "Session",
+    "StreamClosed",
+    "Terminal",
+    "Unavailable",
+    "VtermError",
+]
+
+API = "/api/v1"
+# The server bounds ``wait`` (VTERM_MAX_WAIT, 300 s by default); longer waits continue by polling.
+MAX_SERVER_WAIT = 60.0
+POLL_MIN, POLL_MAX = 0.05, 1.0
+
+def _sid(session: str | Session) -> str:
+    return session.id if isinstance(session, Session) else str(session)
+
+
+def _cid(command: str | CommandResult) -> str:
+    return command.id if isinstance(command, CommandResult) else str(command)
+
+
+def _session_body(name: str | None, cwd: str | None, env: dict[str, str] | None, cols: int | None,
+                  rows: int | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"name": name, "cwd": cwd, "env": env, "cols": cols, "rows": rows}
+    return {k: v for k, v in body.items() if v is not None}
+
+
+def _command_body(command: str, timeout: float | None, wait: float | None) -> dict[str, Any]:
+    body: dict[str, Any] = {"command": command}
+    if timeout is not None:
+        body["timeout"] = timeout
+    if wait:
+        body["wait"] = wait
+    return body
+
+
+def _parse(response: httpx.Response) -> Any:
+    """The JSON of a successful answer, or the matching exception."""
+    try:
+        body = response.json() if response.content else None
+    except ValueError:
+        body = response.text
+    if response.is_success:
+        return body
+    raise error_for_response(response.status_code, body, response.headers, response.reason_phrase)
+
+
+def _unreachable(base_url: str, exc: Exception) -> ConnectionFailed:
+    if isinstance(exc, httpx.TimeoutException):
+        return ConnectionFailed(f"vterm at {base_url} did not answer in time ({type(exc).__name__})")
+    return ConnectionFailed(f"cannot reach vterm at {base_url}: {exc}")
+
+
+class _Remaining:
+    """A deadline that may be None (no limit)."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.end = None if seconds is None else time.monotonic() + seconds
+
+    def left(self) -> float | None:
+        return None if self.end is None else max(0.0, self.end - time.monotonic())
+
+    def over(self) -> bool:
+        return self.end is not None and time.monotonic() >= self.end
+
+    def server_wait(self) -> float:
+        left = self.left()
+        return MAX_SERVER_WAIT if left is None else min(MAX_SERVER_WAIT, left)
+
+
+class Client:
+    """A synchronous vterm client (httpx). Use as a context manager or call ``close()``.
+
+    ``url`` is the service's base URL (``http://host:port``), ``token`` an API token
+    (``manage.py create_api_token USER``). ``timeout`` bounds each HTTP request that
+    does not wait on a command.
+    """
+
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0,
+                 transport: httpx.BaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._http = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
+                                  timeout=timeout, transport=transport)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    def _request(self, method: str, path: str, *, extra_time: float = 0.0, **kw: Any) -> Any:
+        try:
+            r = self._http.request(method, path, timeout=self.timeout + extra_time, **kw)
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
+        return _parse(r)
+
+    def _pages(self, path: str) -> Iterator[dict]:
+        url: str | None = path
+        while url:
+            page = self._request("GET", url)
+            yield from page["results"]
+            url = page.get("next")
+
+    # -- sessions ---------------------------------------------------------------
+
+    def create_session(self, *, name: str | None = None, cwd: str | None = None, env: dict[str, str] | None = None,
+                       cols: int | None = None, rows: int | None = None) -> Session:
+        """Start a new shell. ``cwd`` must be an absolute path that exists on the backend."""
+        return Session.from_json(self._request("POST", f"{API}/sessions/",
+                                               json=_session_body(name, cwd, env, cols, rows)))
+
+    def list_sessions(self) -> list[Session]:
+        """Every session this user may see (all pages), newest first."""
+        return [Session.from_json(d) for d in self._pages(f"{API}/sessions/")]
+
+    def count_sessions(self) -> int:
+        """How many sessions this user may see; one request, so also a check of URL and token."""
+        return self._request("GET", f"{API}/sessions/")["count"]
+
+    def get_session(self, session: str | Session) -> Session:
+        return Session.from_json(self._request("GET", f"{API}/sessions/{_sid(session)}/"))
+
+    def end_session(self, session: str | Session) -> None:
+        """End the session (its shell is killed; the record and history stay)."""
+        self._request("DELETE", f"{API}/sessions/{_sid(session)}/")
+
+    # -- commands ---------------------------------------------------------------
+
+    def submit(self, session: str | Session, command: str, *, timeout: float | None = None,
+               wait: float | None = None) -> CommandResult:
+        """Queue a command; with ``wait`` (≤ the server's limit) the answer waits for it to end."""
+        return CommandResult.from_json(self._request(
+            "POST", f"{API}/sessions/{_sid(session)}/commands/", json=_command_body(command, timeout, wait),
+            extra_time=wait or 0.0))
+
+    def run(self, session: str | Session, command: str, *, timeout: float | None = None,
+            wait: float | None = None) -> CommandResult:
+        """Run ``command`` in the session and return its result once it has ended.
+
+        ``timeout``: the server ends the command (``timed_out``) after this many seconds.
+        ``wait``: give up waiting after this long and return the command as it stands
+        (check ``.done``); ``None`` waits as long as the command runs. Non-zero exit codes
+        raise nothing: see ``.ok`` / ``.exit_code``.
+        """
+        deadline = _Remaining(wait)
+        cmd = self.submit(session, command, timeout=timeout, wait=deadline.server_wait())
+        if cmd.done or deadline.over():
+            return cmd
+        return self.wait_command(session, cmd, wait=deadline.left())
+
+    def wait_command(self, session: str | Session, command: str | CommandResult, *,
+                     wait: float | None = None) -> CommandResult:
+        """Poll a command until it has ended, or ``wait`` seconds have passed."""
+        deadline = _Remaining(wait)
+        pause = POLL_MIN
+        while True:
+            cmd = self.get_command(session, command)
+            if cmd.done or deadline.over():
+                return cmd
+            left = deadline.left()
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(POLL_MAX, pause * 1.5)
+
+    def get_command(self, session: str | Session, command: str | CommandResult) -> CommandResult:
+        return CommandResult.from_json(self._request("GET", f"{API}/sessions/{_sid(session)}/commands/{_cid(command)}/"))
+
+    def history(self, session: str | Session) -> list[CommandResult]:
+        """The session's commands, oldest first."""
+        return [CommandResult.from_json(d) for d in self._pages(f"{API}/sessions/{_sid(session)}/commands/")]
+
+    def raw_output(self, session: str | Session, command: str | CommandResult) -> bytes:
+        """The exact bytes the command wrote to the terminal, escapes and all."""
+        try:
+            r = self._http.get(f"{API}/sessions/{_sid(session)}/commands/{_cid(command)}/output", params={"raw": 1})
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
+        if not r.is_success:
+            _parse(r)
+        return r.content
+
+    def interrupt(self, session: str | Session, command: str | CommandResult) -> CommandResult:
+        """Send Ctrl-C to a queued or running command (409 Conflict once it has ended)."""
+        return CommandResult.from_json(self._request(
+            "POST", f"{API}/sessions/{_sid(session)}/commands/{_cid(command)}/interrupt/"))
+
+    # -- the terminal -----------------------------------------------------------
+
+    def send_input(self, session: str | Session, data: str) -> None:
+        """Type ``data`` into the terminal, literally (``"\\r"`` is Enter)."""
+        self._request("POST", f"{API}/sessions/{_sid(session)}/input/", json={"data": data})
+
+    def send_keys(self, session: str | Session, keys: list[str]) -> None:
+        """Press tmux-named keys: ``["C-c"]``, ``["Up", "Enter"]``."""
+        self._request("POST", f"{API}/sessions/{_sid(session)}/input/", json={"keys": list(keys)})
+
+    def screen(self, session: str | Session) -> Screen:
+        return Screen.from_json(self._request("GET", f"{API}/sessions/{_sid(session)}/screen/"))
+
+    def resize(self, session: str | Session, cols: int, rows: int) -> Session:
+        return Session.from_json(self._request("POST", f"{API}/sessions/{_sid(session)}/resize/",
+                                               json={"cols": cols, "rows": rows}))
+
+    def terminal(self, session: str | Session, *, since: int | None = None, reconnect: bool = True) -> Terminal:
+        """Open the session's WebSocket terminal (frames, input, resize, run, interrupt).
+
+        ``since``: resume after this output seq (replay of what the server still keeps).
+        With ``reconnect``, iteration reconnects after a dropped connection, resuming
+        from the last seq seen, so no output is lost or repeated.
+        """
+        term = Terminal(ws_url(self.url, _sid(session)), self.token, since=since, reconnect=reconnect,
+                        open_timeout=self.timeout)
+        term.connect()
+        return term
+
+    def stream_output(self, session: str | Session, *, since: int | None = None) -> Iterator[str]:
+        """The session's terminal output as it comes (raw text with escapes), until it closes."""
+        with self.terminal(session, since=since) as term:
+            for frame in term:
+                if frame.type == "output":
+                    yield frame.data
+                elif frame.type == "snapshot" and frame.lines is not None:
+                    yield "\n".join(frame.lines)
+
+    # -- service ----------------------------------------------------------------
+
+    def ready(self) -> dict:
+        """``/readyz``: which of database, Redis and backends answer (no auth needed)."""
+        try:
+            r = self._http.get("/readyz")
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
+        try:
+            return r.json()
+        except ValueError:
+            raise VtermError(f"{self.url}/readyz did not answer JSON: is this a vterm server?", r.status_code) from None
+
+
+class AsyncClient:
+    """The asyncio twin of ``Client``: the same methods, as coroutines."""
+
+    def __init__(self, url: str, token: str, *, timeout: float = 30.0,
+                 transport: httpx.AsyncBaseTransport | None = None) -> None:
+        self.url = url.rstrip("/")
+        self.token = token
+        self.timeout = timeout
+        self._http = httpx.AsyncClient(base_url=self.url, headers={"Authorization": f"Bearer {token}"},
+                                       timeout=timeout, transport=transport)
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def _request(self, method: str, path: str, *, extra_time: float = 0.0, **kw: Any) -> Any:
+        try:
+            r = await self._http.request(method, path, timeout=self.timeout + extra_time, **kw)
+        except httpx.TransportError as exc:
+            raise _unreachable(self.url, exc) from exc
+        return _parse(r)
+
+    async def _pages(self, path: str) -> list[dict]:
+        out: list[dict] = []
+        url: str | None = path
+        while url:
+            page = await self._request("GET", url)
+            out.extend(page["results"])
+            url = page.get("next")
+        return out
+
+    async def create_session(self, *, name: str | None = None, cwd: str | None = None,
+                             env: dict[str, str] | None = None, cols: int | None = None,
+                             rows: int | None = None) -> Session:
+        return Session.from_json(await self._request("POST", f"{API}/sessions/",
+                                                     json=_session_body(name, cwd, env, cols, rows)))
+
+    async def list_sessions(self) -> list[Session]:
+        return [Session.from_json(d) for d in await self._pages(f"{API}/sessions/")]
+
+    async def count_sessions(self) -> int:
+        return (await self._request("GET", f"{API}/sessions/"))["count"]
+
+    async def get_session(self, session: str | Session) -> Session:
+        return Session.from_json(await self._request("GET", f"{API}/sessions/{_sid(session)}/"))
+
+    async def end_session(self, session: str | Session) -> None:
+        await self._request("DELETE", f"{API}/sessions/{_sid(session)}/")
+
+    async def submit(self, session: str | Session, command: str, *, timeout: float | None = None,
+                     wait: float | None = None) -> CommandResult:
+        return CommandResult.from_json(await self._request(
+            "POST", f"{API}/sessions/{_sid(session)}/commands/", json=_command_body(command, timeout, wait),
+            extra_time=wait or 0.0))
+
+    async def run(self, session: str | Session, command: str, *, timeout: float | None = None,
+                  wait: float | None = None) -> CommandResult:
+        """See ``Client.run``."""
+        deadline = _Remaining(wait)
+        cmd = await self.submit(session, command, timeout=timeout, wait=deadline.server_wait())
+        if cmd.done or deadline.over():
+            return cmd
+        return await self.wait_command(session, cmd, wait=deadline.left())
+
+    async def wait_command(self, session: str | Session, command: str | CommandResult, *,
+                           wait: float | None = None) -> CommandResult:
+        import asyncio
+
+        deadline = _Remaining(wait)
+        pause = POLL_MIN
+        while True:
+            cmd = await self.get_command(session, command)
+            if cmd.done or deadline.over():
+                return cmd
+            left = deadline.left()
+            await asyncio.sleep(pause if left is None else min(pause, left))
+            pause = min(POLL_MAX, pause * 1.5)
+
+    async def get_command(self, session: str | Session, command: str | CommandResult) -> CommandResult:
+        return CommandResult.from_json(
+            await self._request("GET", f"{API}/sessions/{_sid(session)}/commands/{_cid(command)}/"))
+
+    async def history(self, session: str | Session) -> list[CommandResult]:
+        return [CommandResult.from_json(d) for d in await self._pages(f"{API}/sessions/{_sid(session)}/commands/")]
+
+    async def interrupt(self, session: str | Session, command: str | CommandResult) -> CommandResult:
+        return CommandResult.from_json(await self._request(
+            "POST", f"{API}/sessions/{_sid(session)}/commands/{_cid(command)}/interrupt/"))
+
+    async def send_input(self, session: str | Session, data: str) -> None:
+        await self._request("POST", f"{API}/sessions/{_sid(session)}/input/", json={"data": data})
+
+    async def send_keys(self, session: str | Session, keys: list[str]) -> None:
+        await self._request("POST", f"{API}/sessions/{_sid(session)}/input/", json={"keys": list(keys)})
+
+    async def screen(self, session: str | Session) -> Screen:
+        return Screen.from_json(await self._request("GET", f"{API}/sessions/{_sid(session)}/screen/"))
+
+    async def resize(self, session: str | Session, cols: int, rows: int) -> Session:
+        return Session.from_json(await self._request("POST", f"{API}/sessions/{_sid(session)}/resize/",
+                                                     json={"cols": cols, "rows": rows}))
+
+    async def terminal(self, session: str | Session, *, since: int | None = None,
+                       reconnect: bool = True) -> AsyncTerminal:
+        """See ``Client.terminal``."""
+        term = AsyncTerminal(ws_url(self.url, _sid(session)), self.token, since=since, reconnect=reconnect,
+                             open_timeout=self.timeout)
+        await term.connect()
+        return term
+
+    async def stream_output(self, session: str | Session, *, since: int | None = None) -> AsyncIterator[str]:
+        term = await self.terminal(session, since=since)
+        async with term:
+            async for frame in term:
+                if frame.type == "output":
+                    yield frame.data
+                elif frame.type == "snapshot" and frame.lines is not None:
+                    yield "\n".join(frame.lines)
