@@ -1,7 +1,11 @@
+import json
+
 from django.contrib import admin, messages
+from django.http import StreamingHttpResponse
 
 from . import services
-from .models import Backend, Command, SessionEvent, TerminalSession
+from .audit import audit_export_lines
+from .models import AuditEvent, Backend, Command, SessionEvent, TerminalSession
 
 
 @admin.register(Backend)
@@ -67,3 +71,36 @@ class CommandAdmin(admin.ModelAdmin):
     @admin.display(description="command")
     def short_command(self, obj):
         return obj.command if len(obj.command) <= 60 else obj.command[:57] + "..."
+
+
+@admin.register(AuditEvent)
+class AuditEventAdmin(admin.ModelAdmin):
+    """The audit trail: read-only, filterable, exportable as JSON lines (sessions/audit.py)."""
+
+    list_display = ("at", "username", "action", "session_id", "remote_addr", "short_detail")
+    list_filter = ("action", "at", "username")
+    search_fields = ("username", "action", "session_id", "remote_addr")
+    date_hierarchy = "at"
+    readonly_fields = ("at", "user", "username", "action", "session_id", "remote_addr", "detail")
+    actions = ("export_jsonl",)
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    @admin.display(description="detail")
+    def short_detail(self, obj):
+        text = json.dumps(obj.detail, ensure_ascii=False)
+        return text if len(text) <= 80 else text[:77] + "..."
+
+    @admin.action(description="Export selected events as JSON lines")
+    def export_jsonl(self, request, queryset):
+        response = StreamingHttpResponse(audit_export_lines(queryset.order_by("at", "id").iterator()),
+                                         content_type="application/x-ndjson")
+        response["Content-Disposition"] = 'attachment; filename="vterm-audit.jsonl"'
+        return response

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.db import transaction
 from django.db.models import Count, F, Q
 from django.utils import timezone
@@ -24,6 +25,7 @@ from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast
 from .models import Backend, Command, SessionEvent, TerminalSession
 from .redis_state import blpop, command_done_key, heartbeat_key, sync_client
+from .ratelimit import ratelimit_check, session_quota_check
 from .replies import call_backend, send_to_backend
 from .serializers import CommandSerializer
 
@@ -89,6 +91,9 @@ def _session_place(*, owner, name: str, cwd: str, env: dict, cols: int, rows: in
     if backend is None:
         raise ServiceUnavailable("No healthy backend has room for a new session.")
     with transaction.atomic():
+        # Lock the owner's row, so that two web nodes cannot both take the last allowed session.
+        get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
+        session_quota_check(owner)
         session = TerminalSession.objects.create(owner=owner, name=name, backend=backend, epoch=1,
                                                  cwd=cwd, env=env, cols=cols, rows=rows)
         SessionEvent.objects.create(session=session, status=session.status, reason="created",
@@ -179,6 +184,7 @@ def session_resize(session: TerminalSession, *, cols: int, rows: int) -> Termina
 
 def session_input(session: TerminalSession, *, data: str | None = None, keys: list[str] | None = None) -> None:
     _session_require_live(session)
+    ratelimit_check(session.owner_id, "input")
     TerminalSession.objects.filter(pk=session.pk).update(last_activity=timezone.now())
     send_to_backend(session.backend.queue, T + "session_input", str(session.pk), data, keys)
 
@@ -200,6 +206,7 @@ async def session_screen(session: TerminalSession, *, escapes: bool = False) -> 
 def command_submit(session: TerminalSession, *, command: str, timeout: float | None = None) -> Command:
     """Record the command, then queue it on the session's backend once the row is committed."""
     _session_require_live(session)
+    ratelimit_check(session.owner_id, "command")  # the owner's budget, whoever (staff) submits
     queue = session.backend.queue
     with transaction.atomic():
         TerminalSession.objects.filter(pk=session.pk).update(command_count=F("command_count") + 1,
