@@ -24,7 +24,7 @@ from workers.routing import backend_queue
 from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast
 from .models import Backend, Command, SessionEvent, TerminalSession
-from .redis_state import blpop, command_done_key, heartbeat_key, sync_client
+from .redis_state import async_client, blpop, command_done_key, heartbeat_key, output_stream_key, sync_client
 from .ratelimit import ratelimit_check, session_quota_check
 from .replies import call_backend, send_to_backend
 from .serializers import CommandSerializer
@@ -267,3 +267,44 @@ def command_finished(*, command_id: str, status: str, exit_code, output: str, ou
     pipe.expire(key, 300)
     pipe.execute()
     return data
+
+
+# -- terminal output (WebSocket viewers) -------------------------------------------------
+# The backend numbers a session's output frames and keeps them in a bounded Redis stream
+# whose entry ids are "<seq>-1" (workers/backend.py); viewers replay and mend from it.
+
+
+async def output_last_seq(session_id) -> int:
+    """The seq of the session's newest output frame (0: none yet)."""
+    last = await async_client().xrevrange(output_stream_key(str(session_id)), count=1)
+    return int(last[0][0].split(b"-")[0]) if last else 0
+
+
+async def output_frames(session_id, *, after: int, upto: int, count: int) -> list[tuple[int, str]]:
+    """Output frames after seq ``after`` up to ``upto``, at most ``count``, oldest first."""
+    if upto <= after:
+        return []
+    entries = await async_client().xrange(output_stream_key(str(session_id)), min=f"{after + 1}-0",
+                                          max=f"{upto}-1", count=count)
+    return [(int(eid.split(b"-")[0]), fields[b"d"].decode("utf-8", "replace")) for eid, fields in entries]
+
+
+async def session_snapshot(session: TerminalSession, tries: int = 3) -> dict:
+    """The screen (with its escapes) and the seq of the last output frame it shows.
+
+    Output may arrive while tmux captures; the capture is taken again until the seq is
+    the same before and after, so that the frames after it neither repeat nor miss much.
+    """
+    for _ in range(tries):
+        before = await output_last_seq(session.pk)
+        screen = await session_screen(session, escapes=True)
+        after = await output_last_seq(session.pk)
+        if before == after:
+            break
+    return {**screen, "seq": after}
+
+
+def session_interrupt(session: TerminalSession) -> None:
+    """Ctrl-C in the session: ends its running command (as interrupted) or the foreground program."""
+    _session_require_live(session)
+    send_to_backend(session.backend.queue, T + "command_interrupt", str(session.pk))

@@ -7,10 +7,17 @@ from django.core.asgi import get_asgi_application
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vterm_project.settings")
 django_asgi_app = get_asgi_application()
 
-from channels.routing import ProtocolTypeRouter  # noqa: E402
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler  # noqa: E402
+from channels.auth import AuthMiddlewareStack
+from channels.routing import ProtocolTypeRouter, URLRouter
+from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
+
+from sessions.ws_auth import BearerTokenAuthMiddleware, allowed_hosts_origin_validator
+from sessions.ws_routing import websocket_urlpatterns
 
 application = ProtocolTypeRouter({
     # Only /static/ goes to the static handler; everything else passes straight through.
     "http": ASGIStaticFilesHandler(django_asgi_app),
+    # Cookie (browser) or Bearer header (programs); a cross-site Origin is refused.
+    "websocket": allowed_hosts_origin_validator(
+        AuthMiddlewareStack(BearerTokenAuthMiddleware(URLRouter(websocket_urlpatterns)))),
 })

@@ -27,6 +27,7 @@ from sessions import services
 from sessions.broadcast import install_submitter, session_broadcast
 from sessions.redis_state import output_stream_key, sync_client
 
+from .output_frames import StreamBudget, frame_pieces
 from .routing import local_backend_id
 from .tmux.driver import CommandResult, TmuxDriver
 from .tmux.shell import clean_output
@@ -71,6 +72,7 @@ class BackendRuntime:
         self._out_lock = threading.Lock()
         self._out: dict[str, bytearray] = defaultdict(bytearray)
         self._seq: dict[str, int] = {}
+        self._stream_budgets = defaultdict(lambda: StreamBudget(settings.VTERM["STREAM_MAX_CHARS"]))
         self._decoders = defaultdict(lambda: codecs.getincrementaldecoder("utf-8")("replace"))
         self._stop = threading.Event()
         self._loop = asyncio.new_event_loop()
@@ -167,9 +169,10 @@ class BackendRuntime:
                 close_old_connections()
 
     def _flush_loop(self) -> None:
-        """Batch output: one stream entry and one group message per session per tick."""
+        """Batch output: one stream entry and one group message per session per tick (more for a flood)."""
         interval = settings.VTERM["OUTPUT_FLUSH_INTERVAL"]
         maxlen = settings.VTERM["STREAM_MAXLEN"]
+        frame_max = settings.VTERM["OUTPUT_FRAME_MAX"]
         r = sync_client()
         while not self._stop.wait(interval):
             with self._out_lock:
@@ -180,13 +183,17 @@ class BackendRuntime:
                 pipe = r.pipeline(transaction=False)
                 frames = []
                 for name, data in batch.items():
-                    seq = self._next_seq(r, name)
                     # A character split between two batches is decoded whole in the later one.
                     text = self._decoders[name].decode(bytes(data))
-                    # The stream id is the frame's seq: replay is XRANGE from since+1.
-                    pipe.xadd(output_stream_key(name), {"d": text.encode()}, id=f"{seq}-1",
-                              maxlen=maxlen, approximate=True)
-                    frames.append((name, seq, text))
+                    for piece in frame_pieces(text, frame_max):
+                        seq = self._next_seq(r, name)
+                        # The stream id is the frame's seq: replay is XRANGE from since+1.
+                        pipe.xadd(output_stream_key(name), {"d": piece.encode()}, id=f"{seq}-1",
+                                  maxlen=maxlen, approximate=True)
+                        trim_below = self._stream_budgets[name].add(seq, len(piece))
+                        if trim_below:
+                            pipe.xtrim(output_stream_key(name), minid=f"{trim_below}-0", approximate=True)
+                        frames.append((name, seq, piece))
                 pipe.execute()
                 for name, seq, text in frames:
                     session_broadcast(name, {"type": "output.frame", "seq": seq, "data": text})

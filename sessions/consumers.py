@@ -1,0 +1,259 @@
+"""The WebSocket terminal of API.md: `/ws/v1/sessions/{id}/`.
+
+Thin: frames are validated with the serializers and handed to services. What this
+file does own is the delivery of one session's numbered output to one viewer: live
+frames from the channel-layer group, replay and gap-mending from the Redis stream,
+snapshots when frames are gone, and flow control (sessions/ws_flow.py). See
+docs/websocket.md.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import ClassVar
+from urllib.parse import parse_qs
+
+from asgiref.sync import sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.http import Http404
+from redis.exceptions import RedisError
+from rest_framework.exceptions import APIException, ValidationError
+
+from . import selectors, services
+from .models import Command
+from .redis_state import session_group
+from .serializers import CommandSerializer, SessionSerializer
+from .ws_flow import OutputWindow
+from .ws_serializers import AckFrameSerializer, InputSerializer, ResizeSerializer, RunFrameSerializer
+
+log = logging.getLogger(__name__)
+
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_LARGE = 1009
+PUMP_BATCH = 64  # stream entries read per XRANGE while catching up
+
+
+def _errors_text(detail) -> str:
+    """DRF error detail as one line that names the fields: "cols: Ensure this value ..."."""
+    if isinstance(detail, dict):
+        return "; ".join(f"{k}: {_errors_text(v)}" if k != "non_field_errors" else _errors_text(v)
+                         for k, v in detail.items())
+    if isinstance(detail, list):
+        return " ".join(_errors_text(v) for v in detail)
+    return str(detail)
+
+
+class TerminalConsumer(AsyncWebsocketConsumer):
+    session = None
+
+    # -- connection ------------------------------------------------------------------
+
+    async def connect(self) -> None:
+        # Accept first: a close code (4401/4404) can only be sent on an open WebSocket.
+        await self.accept()
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.close(code=CLOSE_UNAUTHENTICATED)
+            return
+        self.user = user
+        self.session_id = self.scope["url_route"]["kwargs"]["session_id"]
+        try:
+            self.session = await sync_to_async(selectors.session_get_for_user)(user, self.session_id)
+        except Http404:
+            await self.close(code=CLOSE_NOT_FOUND)
+            return
+        self.session_id = str(self.session.pk)
+        cfg = settings.VTERM
+        self.window = OutputWindow(high=cfg["WS_WINDOW_HIGH"], low=cfg["WS_WINDOW_LOW"], skip=cfg["WS_SKIP_AFTER"])
+        self.refs: dict[str, str] = {}  # command id -> the client's ref, for commands it ran
+        self.group = session_group(self.session_id)
+        # Join before reading the stream: a frame written meanwhile arrives live (deduplicated by seq).
+        await self.channel_layer.group_add(self.group, self.channel_name)
+        since, since_error = self._since()
+        latest = await services.output_last_seq(self.session_id)
+        self.window.start(0, latest)
+        await self.send_json({
+            "type": "hello", "session": await self._session_json(), "seq": latest,
+            "flow": {"high": self.window.high, "low": self.window.low},
+        })
+        if since_error:
+            await self.send_error("bad_since", since_error)
+        if since is not None and since <= latest:
+            self.window.start(since, latest)
+            await self._pump()
+        else:
+            await self._send_snapshot(fallback_seq=latest)
+
+    async def disconnect(self, code) -> None:
+        if self.session is not None:
+            await self.channel_layer.group_discard(self.group, self.channel_name)
+
+    def _since(self) -> tuple[int | None, str]:
+        values = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get("since")
+        if not values:
+            return None, ""
+        raw = values[-1]
+        if not raw.isdigit() or len(raw) > 18:
+            return None, f"since must be a whole number of 0 or more, not {raw[:40]!r}; sent a snapshot instead."
+        return int(raw), ""
+
+    @sync_to_async
+    def _session_json(self) -> dict:
+        return dict(SessionSerializer(self.session).data)
+
+    async def send_json(self, content: dict) -> None:
+        await self.send(text_data=json.dumps(content, ensure_ascii=False))
+
+    async def send_error(self, code: str, message: str) -> None:
+        await self.send_json({"type": "error", "code": code, "message": message})
+
+    # -- client frames ----------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        if self.session is None:
+            return
+        if text_data is None:
+            await self.send_error("bad_frame", "Binary frames are not understood; send JSON text frames.")
+            return
+        if len(text_data) > settings.VTERM["WS_MAX_FRAME"]:
+            await self.close(code=CLOSE_TOO_LARGE)
+            return
+        try:
+            frame = json.loads(text_data)
+        except ValueError:
+            await self.send_error("bad_json", "The frame is not JSON.")
+            return
+        if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):
+            await self.send_error("bad_frame", 'A frame is a JSON object with a string "type".')
+            return
+        kind = frame["type"]
+        handler = self.FRAME_HANDLERS.get(kind)
+        if handler is None:
+            await self.send_error("unknown_type", f"Unknown frame type {kind[:40]!r}; expected one of "
+                                                  f"{', '.join(sorted(self.FRAME_HANDLERS))}.")
+            return
+        try:
+            await handler(self, frame)
+        except ValidationError as exc:
+            await self.send_error("invalid", f"{kind}: {_errors_text(exc.detail)}")
+        except APIException as exc:  # Conflict (session not live), ServiceUnavailable
+            code = exc.get_codes()
+            await self.send_error(code if isinstance(code, str) else "error", f"{kind}: {_errors_text(exc.detail)}")
+        except Http404:
+            await self.send_error("not_found", f"{kind}: the session no longer exists.")
+        except RedisError:
+            await self.send_error("unavailable", f"{kind}: the session store (Redis) is unavailable.")
+        except Exception:
+            log.exception("websocket %s frame failed on session %s", kind, self.session_id)
+            await self.send_error("internal", f"{kind}: failed; the session carries on.")
+
+    @staticmethod
+    def _valid(serializer_class, frame: dict) -> dict:
+        ser = serializer_class(data={k: v for k, v in frame.items() if k != "type"})
+        ser.is_valid(raise_exception=True)
+        return ser.validated_data
+
+    async def on_input(self, frame: dict) -> None:
+        data = self._valid(InputSerializer, frame)
+        await sync_to_async(services.session_input)(self.session, data=data.get("data"), keys=data.get("keys"))
+
+    async def on_resize(self, frame: dict) -> None:
+        data = self._valid(ResizeSerializer, frame)
+        await sync_to_async(services.session_resize)(self.session, **data)
+
+    async def on_run(self, frame: dict) -> None:
+        data = self._valid(RunFrameSerializer, frame)
+
+        def submit() -> Command:
+            # Fresh: ownership and placement (backend, epoch) as they are now.
+            session = selectors.session_get_for_user(self.user, self.session_id)
+            return services.command_submit(session, command=data["command"], timeout=data.get("timeout"))
+        cmd = await sync_to_async(submit)()
+        ref = data.get("ref")
+        if ref is not None:
+            self.refs[str(cmd.pk)] = ref
+        # The client learns the command's id at once; later frames follow its state.
+        await self._send_command(await sync_to_async(lambda: dict(CommandSerializer(cmd).data))())
+
+    async def on_interrupt(self, frame: dict) -> None:
+        await sync_to_async(services.session_interrupt)(self.session)
+
+    async def on_ack(self, frame: dict) -> None:
+        seq = self._valid(AckFrameSerializer, frame)["seq"]
+        self.window.ack(seq)
+        await self._pump()
+
+    async def on_ping(self, frame: dict) -> None:
+        await self.send_json({"type": "pong"})
+
+    FRAME_HANDLERS: ClassVar[dict] = {"input": on_input, "resize": on_resize, "run": on_run, "interrupt": on_interrupt,
+                      "ack": on_ack, "ping": on_ping}
+
+    # -- output -----------------------------------------------------------------------
+
+    async def _send_output(self, seq: int, data: str) -> None:
+        await self.send_json({"type": "output", "seq": seq, "data": data})
+        self.window.record_sent(seq, len(data))
+
+    async def _pump(self) -> None:
+        """Send what the window allows from the stream, up to the newest frame known."""
+        w = self.window
+        while w.behind and not w.paused:
+            if w.too_far_behind:
+                await self._send_snapshot(fallback_seq=w.sent)
+                return
+            frames = await services.output_frames(self.session_id, after=w.sent, upto=w.latest, count=PUMP_BATCH)
+            if not frames or frames[0][0] != w.sent + 1:
+                # Trimmed from the stream (or never written): the screen stands in for them.
+                await self._send_snapshot(fallback_seq=frames[0][0] - 1 if frames else w.latest)
+                return
+            for seq, data in frames:
+                await self._send_output(seq, data)
+                if w.paused:
+                    return
+
+    async def _send_snapshot(self, *, fallback_seq: int) -> None:
+        try:
+            snap = await services.session_snapshot(self.session)
+        except (APIException, RedisError) as exc:
+            # No screen to capture (session over, backend away): continue from what the stream has.
+            log.info("no snapshot for %s: %s", self.session_id, exc)
+            snap = {"lines": [], "seq": fallback_seq}
+        size = sum(len(line) for line in snap["lines"])
+        await self.send_json({"type": "snapshot", **snap})
+        self.window.record_snapshot(snap["seq"], size)
+        if self.window.behind and not self.window.paused and not self.window.too_far_behind:
+            await self._pump()
+
+    # -- channel-layer messages (from backends and services) ---------------------------
+
+    async def output_frame(self, event: dict) -> None:
+        seq, data = event["seq"], event["data"]
+        if self.window.saw_live(seq, len(data)):
+            await self._send_output(seq, data)
+        elif seq > self.window.sent + 1 and not self.window.paused:
+            await self._pump()  # a gap: the channel layer dropped frames (it does, over capacity)
+
+    async def command_event(self, event: dict) -> None:
+        await self._send_command(event["command"])
+
+    async def _send_command(self, command: dict) -> None:
+        cid = str(command.get("id"))
+        frame = {"type": "command", "command": command}
+        ref = self.refs.get(cid)
+        if ref is not None:
+            frame["ref"] = ref
+            if command.get("status") in Command.FINAL:
+                self.refs.pop(cid, None)
+        await self.send_json(frame)
+
+    async def session_status(self, event: dict) -> None:
+        # Placement may have changed (migration): input and resize go to where the session is now.
+        try:
+            self.session = await sync_to_async(selectors.session_get_for_user)(self.user, self.session_id)
+        except Http404:
+            pass
+        await self.send_json({"type": "status", "status": event["status"], "reason": event.get("reason", "")})
