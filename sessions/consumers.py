@@ -21,7 +21,7 @@ from django.http import Http404
 from redis.exceptions import RedisError
 from rest_framework.exceptions import APIException, ValidationError
 
-from . import selectors, services
+from . import audit, selectors, services
 from .models import Command
 from .redis_state import session_group
 from .serializers import CommandSerializer, SessionSerializer
@@ -66,6 +66,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.session_id = str(self.session.pk)
+        await self._audit(audit.SESSION_ATTACH)
         cfg = settings.VTERM
         self.window = OutputWindow(high=cfg["WS_WINDOW_HIGH"], low=cfg["WS_WINDOW_LOW"], skip=cfg["WS_SKIP_AFTER"])
         self.refs: dict[str, str] = {}  # command id -> the client's ref, for commands it ran
@@ -86,6 +87,11 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             await self._pump()
         else:
             await self._send_snapshot(fallback_seq=latest)
+
+    async def _audit(self, action: str, detail: dict | None = None) -> None:
+        client = self.scope.get("client") or ("", 0)
+        await sync_to_async(audit.audit_record)(self.user, action, self.session_id, remote_addr=str(client[0]),
+                                                detail={"via": "websocket", **(detail or {})})
 
     async def disconnect(self, code) -> None:
         if self.session is not None:
@@ -163,6 +169,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     async def on_resize(self, frame: dict) -> None:
         data = self._valid(ResizeSerializer, frame)
         await sync_to_async(services.session_resize)(self.session, **data)
+        await self._audit(audit.SESSION_RESIZE, dict(data))
 
     async def on_run(self, frame: dict) -> None:
         data = self._valid(RunFrameSerializer, frame)
@@ -172,6 +179,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             session = selectors.session_get_for_user(self.user, self.session_id)
             return services.command_submit(session, command=data["command"], timeout=data.get("timeout"))
         cmd = await sync_to_async(submit)()
+        await self._audit(audit.COMMAND_RUN, audit.audit_command_detail(cmd.pk, cmd.command))
         ref = data.get("ref")
         if ref is not None:
             self.refs[str(cmd.pk)] = ref
@@ -180,6 +188,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     async def on_interrupt(self, frame: dict) -> None:
         await sync_to_async(services.session_interrupt)(self.session)
+        await self._audit(audit.COMMAND_INTERRUPT)
 
     async def on_ack(self, frame: dict) -> None:
         seq = self._valid(AckFrameSerializer, frame)["seq"]

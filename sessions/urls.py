@@ -15,4 +15,5 @@ urlpatterns = [
     path("sessions/<uuid:session_id>/input/", api.SessionInputView.as_view(), name="session-input"),
     path("sessions/<uuid:session_id>/screen/", api.SessionScreenView.as_view(), name="session-screen"),
     path("sessions/<uuid:session_id>/resize/", api.SessionResizeView.as_view(), name="session-resize"),
+    path("sessions/<uuid:session_id>/recording.cast", api.SessionRecordingView.as_view(), name="session-recording"),
 ]

@@ -13,10 +13,12 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
 from sessions.ws_auth import BearerTokenAuthMiddleware, allowed_hosts_origin_validator
 from sessions.ws_routing import websocket_urlpatterns
+from vterm_project.body_limit import RequestBodyLimit
 
 application = ProtocolTypeRouter({
     # Only /static/ goes to the static handler; everything else passes straight through.
-    "http": ASGIStaticFilesHandler(django_asgi_app),
+    # A body over DATA_UPLOAD_MAX_MEMORY_SIZE is answered 413 before Django reads it.
+    "http": RequestBodyLimit(ASGIStaticFilesHandler(django_asgi_app)),
     # Cookie (browser) or Bearer header (programs); a cross-site Origin is refused.
     "websocket": allowed_hosts_origin_validator(
         AuthMiddlewareStack(BearerTokenAuthMiddleware(URLRouter(websocket_urlpatterns)))),

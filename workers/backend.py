@@ -182,13 +182,15 @@ class BackendRuntime:
             try:
                 pipe = r.pipeline(transaction=False)
                 frames = []
+                now = f"{time.time():.6f}"
                 for name, data in batch.items():
                     # A character split between two batches is decoded whole in the later one.
                     text = self._decoders[name].decode(bytes(data))
                     for piece in frame_pieces(text, frame_max):
                         seq = self._next_seq(r, name)
                         # The stream id is the frame's seq: replay is XRANGE from since+1.
-                        pipe.xadd(output_stream_key(name), {"d": piece.encode()}, id=f"{seq}-1",
+                        # "t": when it was written, for the session recording (sessions/recording.py).
+                        pipe.xadd(output_stream_key(name), {"d": piece.encode(), "t": now}, id=f"{seq}-1",
                                   maxlen=maxlen, approximate=True)
                         trim_below = self._stream_budgets[name].add(seq, len(piece))
                         if trim_below:
