@@ -95,7 +95,8 @@ class Attachment:
         if frame.type == "output":
             self._write(frame.data.encode("utf-8", "replace"))
         elif frame.type == "snapshot" and frame.lines is not None:
-            self._write(paint(frame.lines))
+            cur = frame.raw.get("cursor") or {}
+            self._write(paint(frame.lines, (cur["x"], cur["y"]) if "x" in cur and "y" in cur else None))
         elif frame.type == "status" and frame.status in ENDED:
             self._finish(0, f"[session {frame.status}{': ' + frame.raw['reason'] if frame.raw.get('reason') else ''}]")
         elif frame.type == "error":

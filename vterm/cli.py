@@ -212,8 +212,8 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
     if result.output_truncated:
         print("vterm: output truncated by the server (raw bytes: GET …/output?raw=1)", file=sys.stderr)
     if result.status == "timed_out":
-        print(f"vterm: command timed out{f' after {args.timeout:g}s' if args.timeout else ''}"
-              f"{': ' + result.reason if result.reason else ''}", file=sys.stderr)
+        limit = f"after {args.timeout:g}s" if args.timeout else "by the server"
+        print(f"vterm: command timed out ({result.reason or limit})", file=sys.stderr)
     elif result.status == "interrupted":
         print(f"vterm: command interrupted{': ' + result.reason if result.reason else ''}", file=sys.stderr)
     return _exit_code_of(result)

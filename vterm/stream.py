@@ -35,6 +35,7 @@ FINAL_CLOSE = {4401: AuthError, 4403: AuthError, 4404: NotFound}
 NORMAL_CLOSE = {1000, 1001}
 RECONNECT_ATTEMPTS = 8
 MAX_FRAME = 16 * 1024 * 1024
+DEFAULT_ACK_EVERY = 32 * 1024
 
 
 def ws_url(base_url: str, session_id: str, since: int | None = None) -> str:
@@ -82,7 +83,7 @@ def _closed_error(exc: ConnectionClosed) -> VtermError | None:
 
 class _Base:
     def __init__(self, url: str, token: str, *, since: int | None = None, reconnect: bool = True,
-                 open_timeout: float = 30.0) -> None:
+                 open_timeout: float = 30.0, auto_ack: bool = True) -> None:
         self.url = url
         self.token = token
         self.reconnect = reconnect
@@ -92,6 +93,11 @@ class _Base:
         self.closed = False
         # Called with the attempt number (1, 2, ...) before each reconnect, e.g. to tell the user.
         self.on_reconnect: Callable[[int], None] | None = None
+        # Flow control (API.md hello "flow"): the server pauses a viewer whose unacknowledged
+        # output passes its high watermark, so frames handed out are acknowledged as we go.
+        self.auto_ack = auto_ack
+        self._unacked = 0
+        self._ack_every = DEFAULT_ACK_EVERY
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"}
@@ -101,15 +107,28 @@ class _Base:
         frame = Frame.from_json(json.loads(raw))
         if frame.type == "hello":
             self.hello = frame
+            self._unacked = 0
+            flow = frame.raw.get("flow") or {}
+            if isinstance(flow.get("low"), int) and flow["low"] > 0:
+                self._ack_every = max(1, min(flow["low"], flow.get("high", flow["low"]) // 4))
             if self.last_seq is None and frame.seq is not None:
                 self.last_seq = frame.seq
         elif frame.type == "output" and frame.seq is not None:
             if self.last_seq is not None and frame.seq <= self.last_seq:
                 return None
             self.last_seq = frame.seq
+            self._unacked += len(frame.data)
         elif frame.type == "snapshot" and frame.seq is not None:
             self.last_seq = frame.seq
+            self._unacked += sum(len(line) for line in frame.lines or [])
         return frame
+
+    def _ack_due(self) -> int | None:
+        """The seq to acknowledge now, if enough output has been handed out since the last ack."""
+        if self.auto_ack and self._unacked >= self._ack_every and self.last_seq is not None:
+            self._unacked = 0
+            return self.last_seq
+        return None
 
     @staticmethod
     def _msg(kind: str, **fields: Any) -> str:
@@ -167,10 +186,16 @@ class Terminal(_Base):
                 return frame
 
     def recv(self, timeout: float | None = None) -> Frame | None:
-        """The next frame, or None after ``timeout`` seconds. Reconnects if allowed."""
+        """The next frame, or None after ``timeout`` seconds. Reconnects if allowed.
+
+        Output handed out by earlier calls counts as processed: it is acknowledged here.
+        """
         attempt = 0
         while True:
             try:
+                due = self._ack_due()
+                if due is not None and self._ws is not None:
+                    self._ws.send(self._msg("ack", seq=due))
                 return self._recv_frame(timeout)
             except TimeoutError:
                 return None
@@ -283,6 +308,9 @@ class AsyncTerminal(_Base):
         attempt = 0
         while True:
             try:
+                due = self._ack_due()
+                if due is not None and self._ws is not None:
+                    await self._ws.send(self._msg("ack", seq=due))
                 return await self._recv_frame(timeout)
             except TimeoutError:
                 return None
