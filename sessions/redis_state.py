@@ -32,6 +32,25 @@ def output_stream_key(session_id: str) -> str:
     return f"{_p()}out:{session_id}"
 
 
+def backend_stats_key(backend_id: str) -> str:
+    """Hash of a backend's resource figures, written with its heartbeat (workers/backend_stats.py)."""
+    return f"{_p()}backend:{backend_id}:stats"
+
+
+def pool_decision_key() -> str:
+    """The autoscaler's last decision (JSON; sessions/autoscaler.py)."""
+    return f"{_p()}pool:decision"
+
+
+def pool_desired_key() -> str:
+    """How many backends the pool wants; executors (local scaler, KEDA via the metric) follow it."""
+    return f"{_p()}pool:desired"
+
+
+def pool_autoscaler_state_key() -> str:
+    return f"{_p()}pool:autoscaler"
+
+
 def session_group(session_id: str) -> str:
     """Channel-layer group of a session's viewers."""
     return f"session.{session_id}"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from datetime import timedelta
 
 from asgiref.sync import sync_to_async
@@ -21,6 +22,7 @@ from rest_framework.exceptions import ValidationError
 
 from workers.routing import backend_queue
 
+from . import metrics
 from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast
 from .models import Backend, Command, SessionEvent, TerminalSession
@@ -84,6 +86,8 @@ def session_set_status(session: TerminalSession, status: str, reason: str = "") 
     SessionEvent.objects.create(session=session, status=status, reason=reason[:500],
                                 backend=session.backend_id or "")
     session_broadcast(session.pk, {"type": "session.status", "status": status, "reason": reason})
+    if status == TerminalSession.Status.LOST:
+        metrics.record_session_drop(session.backend_id)
 
 
 def _session_place(*, owner, name: str, cwd: str, env: dict, cols: int, rows: int) -> TerminalSession:
@@ -108,6 +112,7 @@ def _session_start_failed(session: TerminalSession, field: str, error: str) -> N
 async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | None = None,
                          cols: int = 120, rows: int = 40) -> TerminalSession:
     """Place a session on the least-loaded backend and wait (bounded) for its shell."""
+    began = time.monotonic()
     session = await sync_to_async(_session_place)(owner=owner, name=name, cwd=cwd, env=env or {},
                                                   cols=cols, rows=rows)
     reply = await call_backend(
@@ -120,6 +125,8 @@ async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | No
             raise ValidationError({reply["field"]: [reply["error"]]})
         raise ServiceUnavailable(f"The backend could not start the shell: {reply.get('error')}")
     # No reply in time: the session stays "initializing" and the backend finishes it later.
+    if reply is not None:
+        metrics.record_session_created(time.monotonic() - began)
     return await sync_to_async(_session_reload)(session.pk)
 
 
@@ -237,6 +244,13 @@ def command_interrupt(cmd: Command) -> None:
     send_to_backend(session.backend.queue, T + "command_interrupt", str(session.pk), str(cmd.pk))
 
 
+def _command_overhead(cmd: Command) -> float | None:
+    """What vterm added to a command: submission to result, less its run time in the shell."""
+    if cmd.finished_at is None or cmd.submitted_at is None or cmd.duration_ms is None:
+        return None
+    return (cmd.finished_at - cmd.submitted_at).total_seconds() - cmd.duration_ms / 1000.0
+
+
 def command_started(*, command_id: str, started_at) -> dict | None:
     updated = Command.objects.filter(pk=command_id, status=Command.Status.QUEUED).update(
         status=Command.Status.RUNNING, started_at=started_at)
@@ -265,6 +279,7 @@ def command_finished(*, command_id: str, status: str, exit_code, output: str, ou
     pipe = sync_client().pipeline()
     pipe.rpush(key, payload)
     pipe.expire(key, 300)
+    metrics.record_command_finished(status=status, latency_s=_command_overhead(cmd), pipe=pipe)
     pipe.execute()
     return data
 

@@ -1,8 +1,10 @@
 from django.urls import path
 
-from . import api
+from . import api, pool_api
 
 urlpatterns = [
+    path("backends/", pool_api.BackendListView.as_view(), name="backend-list"),
+    path("pool/", pool_api.PoolView.as_view(), name="pool"),
     path("sessions/", api.SessionListView.as_view(), name="session-list"),
     path("sessions/<uuid:session_id>/", api.SessionDetailView.as_view(), name="session-detail"),
     path("sessions/<uuid:session_id>/commands/", api.CommandListView.as_view(), name="command-list"),

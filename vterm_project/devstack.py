@@ -58,6 +58,8 @@ class StackConfig:
     beat: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     backend_prefix: str = "backend"
+    # The autoscaler's local executor (vterm_project/local_scaler.py); runs only with beat.
+    scaler: bool = True
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).resolve()
@@ -74,6 +76,7 @@ class StackConfig:
             "VTERM_DATA_DIR": str(self.data_dir),
             "REDIS_URL": self.redis_url,
             "PYTHONUNBUFFERED": "1",
+            "VTERM_BACKENDS": str(self.backends),  # the pool's minimum (settings.VTERM POOL_MIN_BACKENDS)
         })
         if self.database_url:
             env["DATABASE_URL"] = self.database_url
@@ -100,6 +103,10 @@ class StackConfig:
             procs.append(Proc("beat", [py, "-m", "celery", "-A", "vterm_project", "beat", "--loglevel=WARNING",
                                        "--schedule", str(self.data_dir / "celerybeat-schedule")],
                               {"VTERM_ROLE": "beat"}))
+        if self.beat and self.scaler:
+            procs.append(Proc("scaler", [py, str(ROOT / "manage.py"), "vterm_local_scaler", "--prefix",
+                                         self.backend_prefix, "--base", str(self.backends)],
+                              {"VTERM_ROLE": "scaler"}))
         if self.flower_port:
             procs.append(Proc("flower", [py, "-m", "celery", "-A", "vterm_project", "flower",
                                          f"--port={self.flower_port}", "--address=127.0.0.1"],
@@ -179,10 +186,10 @@ class Stack:
             proc.wait(5)
 
     def kill_tmux_servers(self) -> None:
-        for bid in self.config.backend_ids():
-            sock = self.config.data_dir / "tmux" / bid / "tmux.sock"
+        # Every backend's, including those the local scaler added.
+        for sock in sorted((self.config.data_dir / "tmux").glob("*/tmux.sock")):
             if sock.exists():
-                subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True)
+                subprocess.run(["tmux", "-S", str(sock), "kill-server"], check=False, capture_output=True)
 
     def stop(self) -> None:
         for name in [n for n in self.procs if n != "redis"] + (["redis"] if "redis" in self.procs else []):

@@ -135,7 +135,12 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "global_keyprefix": os.environ.get("VTERM_REDIS_PREFIX", "")}
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = False
-CELERY_BEAT_SCHEDULE: dict = {}
+CELERY_BEAT_SCHEDULE: dict = {
+    # The pool's autoscaler (sessions/autoscaler.py); executors follow its decision.
+    "pool-autoscale": {"task": "workers.tasks.pool_autoscale",
+                       "schedule": env_float("VTERM_AUTOSCALE_INTERVAL", 15.0),
+                       "options": {"expires": env_float("VTERM_AUTOSCALE_INTERVAL", 15.0)}},
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -190,6 +195,24 @@ VTERM = {
     "SOURCE_USER_BASHRC": env_bool("VTERM_SOURCE_BASHRC", False),
     "SHELL_PATH": os.environ.get("VTERM_SHELL_PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
     "REDIS_PREFIX": os.environ.get("VTERM_REDIS_PREFIX", ""),
+    # Pool and autoscaler (sessions/pool.py, sessions/autoscaler.py; docs/operations.md).
+    "STATS_INTERVAL": env_float("VTERM_STATS_INTERVAL", 5.0),
+    "POOL_MIN_BACKENDS": env_int("VTERM_POOL_MIN_BACKENDS", env_int("VTERM_BACKENDS", 2)),
+    "POOL_MAX_BACKENDS": env_int("VTERM_POOL_MAX_BACKENDS", 8),
+    "AUTOSCALE_INTERVAL": env_float("VTERM_AUTOSCALE_INTERVAL", 15.0),
+    "AUTOSCALE_HIGH_LOAD": env_float("VTERM_AUTOSCALE_HIGH_LOAD", 0.75),
+    "AUTOSCALE_LOW_LOAD": env_float("VTERM_AUTOSCALE_LOW_LOAD", 0.30),
+    "AUTOSCALE_TARGET_LOAD": env_float("VTERM_AUTOSCALE_TARGET_LOAD", 0.60),
+    "AUTOSCALE_LATENCY_P99": env_float("VTERM_AUTOSCALE_LATENCY_P99", 0.05),
+    "AUTOSCALE_ERROR_RATE": env_float("VTERM_AUTOSCALE_ERROR_RATE", 0.05),
+    "AUTOSCALE_UP_AFTER": env_int("VTERM_AUTOSCALE_UP_AFTER", 2),
+    "AUTOSCALE_DOWN_AFTER": env_int("VTERM_AUTOSCALE_DOWN_AFTER", 4),
+    "AUTOSCALE_COOLDOWN": env_float("VTERM_AUTOSCALE_COOLDOWN", 60.0),
+    # /metrics: a bearer token (from anywhere), and the networks that may scrape without one.
+    "METRICS_TOKEN": os.environ.get("VTERM_METRICS_TOKEN", ""),
+    "METRICS_ALLOW_NETWORKS": [n.strip() for n in os.environ.get(
+        "VTERM_METRICS_ALLOW_NETWORKS",
+        "127.0.0.0/8,::1/128,10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fc00::/7").split(",") if n.strip()],
     # WebSocket terminal (docs/websocket.md): largest client frame (bigger: close 1009), and flow
     # control in characters: pause a viewer above HIGH unacknowledged, resume under LOW, and send
     # a snapshot instead of the backlog when more than SKIP_AFTER was held back meanwhile.

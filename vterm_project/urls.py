@@ -2,12 +2,13 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from sessions import health
+from sessions import health, metrics_view
 
 urlpatterns = [
     path("healthz", health.healthz),
     path("readyz", health.readyz),
-    path("", include("django_prometheus.urls")),
+    # django-prometheus' series plus vterm's, for scrapers only (sessions/metrics_view.py).
+    path("metrics", metrics_view.metrics, name="prometheus-django-metrics"),
     path("admin/", admin.site.urls),
     path("api/v1/", include("sessions.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -25,9 +25,11 @@ from django.db import close_old_connections
 
 from sessions import services
 from sessions.broadcast import install_submitter, session_broadcast
-from sessions.redis_state import output_stream_key, sync_client
+from sessions.metrics import record_output_bytes
+from sessions.redis_state import backend_stats_key, output_stream_key, sync_client
 
 from .output_frames import StreamBudget, frame_pieces
+from .backend_stats import StatsSampler
 from .routing import local_backend_id
 from .tmux.driver import CommandResult, TmuxDriver
 from .tmux.shell import clean_output
@@ -196,6 +198,7 @@ class BackendRuntime:
                         if trim_below:
                             pipe.xtrim(output_stream_key(name), minid=f"{trim_below}-0", approximate=True)
                         frames.append((name, seq, piece))
+                record_output_bytes(self.backend_id, sum(len(d) for d in batch.values()), pipe=pipe)
                 pipe.execute()
                 for name, seq, text in frames:
                     session_broadcast(name, {"type": "output.frame", "seq": seq, "data": text})
@@ -213,12 +216,28 @@ class BackendRuntime:
 
     def _heartbeat_loop(self) -> None:
         interval = settings.VTERM["HEARTBEAT_INTERVAL"]
+        sampler, last_stats = StatsSampler(), 0.0
         while not self._stop.wait(interval):
             try:
                 services.backend_heartbeat(backend_id=self.backend_id)
             except Exception:
                 log.exception("heartbeat failed")
                 close_old_connections()
+            if time.monotonic() - last_stats >= settings.VTERM["STATS_INTERVAL"]:
+                last_stats = time.monotonic()
+                self._publish_stats(sampler)
+
+    def _publish_stats(self, sampler: StatsSampler) -> None:
+        """Memory and CPU of this backend for the pool (sessions/pool.py), kept as long as a heartbeat."""
+        try:
+            stats = sampler.sample(list(self.driver.shell_pids().values()))
+            key = backend_stats_key(self.backend_id)
+            pipe = sync_client().pipeline(transaction=False)
+            pipe.hset(key, mapping=stats)
+            pipe.expire(key, max(1, int(settings.VTERM["HEARTBEAT_TTL"] * 3)))
+            pipe.execute()
+        except Exception:
+            log.warning("backend stats failed", exc_info=True)
 
 
 _runtime: BackendRuntime | None = None

@@ -73,3 +73,11 @@ def session_screen(session_id, escapes=False, reply_to=None):
     except ShellError as exc:
         result = {"ok": False, "error": str(exc)}
     post_reply(reply_to, result)
+
+
+@shared_task(name="workers.tasks.pool_autoscale", ignore_result=True)
+def pool_autoscale():
+    """Celery beat: evaluate the pool and publish the autoscaler's decision (sessions/autoscaler.py)."""
+    from sessions.autoscaler import autoscale_run
+
+    autoscale_run()

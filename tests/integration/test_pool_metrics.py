@@ -1,0 +1,128 @@
+"""GET /api/v1/backends/, GET /api/v1/pool/ and the vterm series on /metrics, on the live stack."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.conftest import Api
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def ops(stack) -> Api:
+    return Api(stack.url, stack.token("ops", staff=True))
+
+
+def scrape(url: str, **kw) -> dict[str, list]:
+    r = httpx.get(url + "/metrics", timeout=30, **kw)
+    assert r.status_code == 200, r.text
+    out: dict[str, list] = {}
+    for fam in text_string_to_metric_families(r.text):
+        for s in fam.samples:
+            out.setdefault(s.name, []).append((s.labels, s.value))
+    return out
+
+
+def value(series: dict, name: str, **labels) -> float:
+    return sum(v for lab, v in series.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
+
+
+def wait_for(predicate, timeout: float = 30, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while True:
+        got = predicate()
+        if got:
+            return got
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.2)
+
+
+def test_pool_endpoints_are_for_staff_only(stack, alice):
+    for path in ("/api/v1/backends/", "/api/v1/pool/"):
+        assert httpx.get(stack.url + path).status_code == 401
+        assert alice.http.get(path).status_code == 403
+
+
+def test_backends_list_each_backend_with_its_load(ops, alice, stack):
+    s = alice.create_session(name="pool-load")
+    backends = {b["id"]: b for b in ops.http.get("/api/v1/backends/").json()}
+    assert set(stack.config.backend_ids()) <= set(backends)
+    for b in backends.values():
+        assert {"id", "hostname", "queue", "status", "capacity", "sessions", "last_heartbeat"} <= set(b)
+        assert b["queue"] == f"backend.{b['id']}" and b["status"] == "healthy" and b["capacity"] > 0
+    mine = backends[s["backend"]]
+    assert mine["sessions"] >= 1
+    # Memory and CPU arrive with the heartbeat's stats (every VTERM_STATS_INTERVAL).
+    def stats():
+        b = next(x for x in ops.http.get("/api/v1/backends/").json() if x["id"] == s["backend"])
+        return b if b["memory_ratio"] is not None else None
+    b = wait_for(stats, what="backend stats")
+    assert 0 < b["memory_ratio"] < 1 and b["memory_bytes"] > 0 and b["processes"] >= 2
+    alice.http.delete(f"/api/v1/sessions/{s['id']}/")
+
+
+def test_pool_summary(ops, alice):
+    s = alice.create_session(name="pool-summary")
+    pool = ops.http.get("/api/v1/pool/").json()
+    backends = ops.http.get("/api/v1/backends/").json()
+    healthy = [b for b in backends if b["status"] == "healthy"]
+    assert pool["active_backends"] == len(healthy)
+    assert pool["capacity"] == sum(b["capacity"] for b in healthy)
+    assert pool["available_slots"] == pool["capacity"] - sum(b["sessions"] for b in healthy)
+    m = pool["metrics"]
+    assert set(m) == {"total_sessions", "average_load", "memory_usage", "cpu_usage", "error_rate"}
+    assert m["total_sessions"] >= 1 and m["average_load"] == pytest.approx(m["total_sessions"] / pool["capacity"],
+                                                                            abs=1e-3)
+    assert {"action", "target_capacity", "reason", "confidence"} <= set(pool["scaling"])
+    assert pool["scaling"]["action"] in ("scale_up", "scale_down", "maintain")
+    alice.http.delete(f"/api/v1/sessions/{s['id']}/")
+
+
+def test_metrics_count_what_happens(stack, alice, session):
+    before = scrape(stack.url)
+    alice.run(session["id"], "printf 'x%.0s' {1..1000}")
+    failed = alice.run(session["id"], "false")
+    assert failed["status"] == "failed"
+    after = wait_for(lambda: (m := scrape(stack.url)) and
+                     value(m, "vterm_commands_total", status="failed") > value(before, "vterm_commands_total",
+                                                                             status="failed") and m,
+                     what="the command counters")
+    assert value(after, "vterm_commands_total", status="succeeded") >= value(
+        before, "vterm_commands_total", status="succeeded") + 1
+    assert value(after, "vterm_command_latency_seconds_count") >= value(before, "vterm_command_latency_seconds_count") + 2
+    assert value(after, "vterm_command_latency_seconds_bucket", le="+Inf") == value(
+        after, "vterm_command_latency_seconds_count")
+    backend = session["backend"]
+    assert value(after, "vterm_output_bytes_total", backend=backend) >= value(
+        before, "vterm_output_bytes_total", backend=backend) + 1000
+    assert value(after, "vterm_session_create_seconds_count") >= 1
+    assert value(after, "vterm_sessions", status="active", backend=backend) >= 1
+    for bid in stack.config.backend_ids():
+        assert 0 <= value(after, "vterm_backend_heartbeat_age_seconds", backend=bid) < 30
+    assert value(after, "vterm_backends", status="healthy") >= 2
+    assert value(after, "vterm_pool_capacity") > 0 and value(after, "vterm_pool_desired_backends") >= 2
+    assert "vterm_autoscaler_decision" in after and "vterm_websocket_connections" in after
+    # django-prometheus' own series are still there.
+    assert "django_http_requests_total_by_method_total" in after
+
+
+def test_admin_backends_page_shows_the_pool(stack, ops):
+    code = ("from django.contrib.auth import get_user_model; U=get_user_model(); "
+            "u,_=U.objects.get_or_create(username='pool-admin'); u.is_staff=u.is_superuser=True; "
+            "u.set_password('pool-admin-pw-1'); u.save()")
+    stack.config.manage("shell", "-c", code)
+    with httpx.Client(base_url=stack.url, timeout=30, follow_redirects=True) as browser:
+        browser.get("/admin/login/")
+        r = browser.post("/admin/login/?next=/admin/vterm_sessions/backend/", data={
+            "username": "pool-admin", "password": "pool-admin-pw-1", "next": "/admin/vterm_sessions/backend/",
+            "csrfmiddlewaretoken": browser.cookies["csrftoken"]}, headers={"Referer": stack.url + "/admin/login/"})
+        assert r.status_code == 200 and 'id="vterm-pool-summary"' in r.text, r.text[:2000]
+    pool = ops.http.get("/api/v1/pool/").json()
+    assert f"<td>{pool['capacity']}</td><td>{pool['active_backends']}</td>" in r.text
+    for bid in stack.config.backend_ids():
+        assert f'<tr class="vterm-backend"><td>{bid}</td><td>healthy</td>' in r.text

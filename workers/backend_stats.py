@@ -1,0 +1,68 @@
+"""A backend's resource figures (memory, CPU, processes), sampled with psutil for its heartbeat.
+
+What a backend costs is its worker process, its tmux server and every shell with its children.
+Until per-session usage (TerminalSession.resource_usage) exists, the pool reads these per-backend
+figures from a Redis hash written next to the heartbeat.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import psutil
+
+CGROUP = Path("/sys/fs/cgroup")
+
+
+def memory_ratio() -> float:
+    """Share of the memory this backend may use that is in use: its cgroup's limit when it has one
+    (a container), else the host's."""
+    try:
+        limit = (CGROUP / "memory.max").read_text().strip()
+        if limit != "max":
+            return int((CGROUP / "memory.current").read_text()) / int(limit)
+    except (OSError, ValueError):
+        pass
+    vm = psutil.virtual_memory()
+    return (vm.total - vm.available) / vm.total
+
+
+class StatsSampler:
+    """Keeps psutil.Process objects between samples: cpu_percent needs the previous reading."""
+
+    def __init__(self) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+        self._cpus = psutil.cpu_count() or 1
+
+    def _tree(self, roots: list[int]) -> list[psutil.Process]:
+        seen: dict[int, psutil.Process] = {}
+        for pid in roots:
+            try:
+                root = self._procs.get(pid) or psutil.Process(pid)
+                for p in [root, *root.children(recursive=True)]:
+                    seen.setdefault(p.pid, self._procs.get(p.pid) or p)
+            except psutil.Error:
+                continue
+        self._procs = seen
+        return list(seen.values())
+
+    def sample(self, shell_pids: list[int]) -> dict[str, float]:
+        """Figures for this worker and the tmux server that is the shells' parent."""
+        roots = [os.getpid()]
+        for pid in shell_pids[:1]:
+            try:
+                roots.append(psutil.Process(pid).ppid())  # the tmux server
+            except psutil.Error:
+                pass
+        rss, cpu, n = 0, 0.0, 0
+        for p in self._tree(roots):
+            try:
+                with p.oneshot():
+                    rss += p.memory_info().rss
+                    cpu += p.cpu_percent(None)
+                n += 1
+            except psutil.Error:
+                continue
+        return {"memory_bytes": rss, "memory_ratio": round(memory_ratio(), 4),
+                "cpu_ratio": round(cpu / (100.0 * self._cpus), 4), "processes": n}
