@@ -7,6 +7,7 @@ and no repeat (or a ``snapshot`` frame where the server no longer has the gap).
 
 from __future__ import annotations
 
+import inspect
 import json
 import random
 import time
@@ -36,6 +37,8 @@ NORMAL_CLOSE = {1000, 1001}
 RECONNECT_ATTEMPTS = 8
 MAX_FRAME = 16 * 1024 * 1024
 DEFAULT_ACK_EVERY = 32 * 1024
+# websockets ≥ 17.1 wants `legacy=True` for a sync connection that outlives a `with` block.
+_SYNC_CONNECT_EXTRA = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 
 
 def ws_url(base_url: str, session_id: str, since: int | None = None) -> str:
@@ -152,7 +155,7 @@ class Terminal(_Base):
         url = _with_since(self.url, self.last_seq)
         try:
             self._ws = connect(url, additional_headers=self._headers(), open_timeout=self.open_timeout,
-                               max_size=MAX_FRAME, compression=None)
+                               max_size=MAX_FRAME, compression=None, **_SYNC_CONNECT_EXTRA)
         except (InvalidHandshake, OSError, TimeoutError) as exc:
             raise _handshake_error(url, exc) from exc
         first = self._recv_frame(timeout=self.open_timeout)
