@@ -3,7 +3,7 @@ import json
 from django.contrib import admin, messages
 from django.http import StreamingHttpResponse
 
-from . import services
+from . import failover, services
 from .audit import audit_export_lines
 from .models import AuditEvent, Backend, Command, SessionEvent, TerminalSession
 
@@ -14,6 +14,13 @@ class BackendAdmin(admin.ModelAdmin):
     list_filter = ["status"]
     search_fields = ["id", "hostname"]
     readonly_fields = ["registered_at", "started_at", "last_heartbeat", "queue"]
+    actions = ["drain"]
+
+    @admin.action(description="Drain: move their sessions elsewhere, place no new ones")
+    def drain(self, request, queryset):
+        for backend in queryset:
+            failover.backend_drain(backend, by=f"requested by {request.user.username} (admin)")
+        self.message_user(request, f"{queryset.count()} backend(s) draining.", messages.SUCCESS)
 
     @admin.display(description="live sessions")
     def live_sessions(self, obj):

@@ -33,9 +33,12 @@ def exception_handler(exc, context):
     if response is not None and isinstance(exc, ServiceUnavailable):
         response["Retry-After"] = str(exc.retry_after)
     if response is None:
+        from kombu.exceptions import OperationalError as BrokerError
         from redis.exceptions import RedisError
 
-        if isinstance(exc, RedisError):
+        # Redis down or paused, seen by redis-py, by channels-redis (a RedisError too) or by
+        # Celery's publish (kombu's OperationalError, within its bounded retry policy).
+        if isinstance(exc, (RedisError, BrokerError, ConnectionError, TimeoutError)):
             log.warning("redis error on %s: %r", context["request"].path, exc)
             # Redis down or paused: fail fast and say so, rather than a 500.
             response = Response({"detail": "The session store (Redis) is unavailable; try again shortly."},

@@ -51,6 +51,28 @@ def pool_autoscaler_state_key() -> str:
     return f"{_p()}pool:autoscaler"
 
 
+def session_lock_key(session_id: str) -> str:
+    """Held while a session's placement changes (sessions/failover.py): one mover at a time."""
+    return f"{_p()}lock:session:{session_id}"
+
+
+def reconcile_lock_key() -> str:
+    return f"{_p()}lock:reconcile"
+
+
+def orphans_throttle_key() -> str:
+    return f"{_p()}reconcile:orphans"
+
+
+def breaker_failures_key(backend_id: str) -> str:
+    return f"{_p()}backend:{backend_id}:failures"
+
+
+def breaker_open_key(backend_id: str) -> str:
+    """Set (with a TTL, the cool-down) while a backend that kept failing gets no placements."""
+    return f"{_p()}backend:{backend_id}:breaker"
+
+
 def session_group(session_id: str) -> str:
     """Channel-layer group of a session's viewers."""
     return f"session.{session_id}"

@@ -25,6 +25,7 @@ from workers.routing import backend_queue
 from . import metrics
 from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast
+from .circuit import breaker_open_ids, breaker_record_failure, breaker_record_success
 from .models import Backend, Command, SessionEvent, TerminalSession
 from .redis_state import async_client, blpop, command_done_key, heartbeat_key, output_stream_key, sync_client
 from .ratelimit import ratelimit_check, session_quota_check
@@ -50,10 +51,13 @@ def backend_register(*, backend_id: str, hostname: str, capacity: int) -> Backen
     return backend
 
 
-def backend_heartbeat(*, backend_id: str) -> None:
+def backend_heartbeat(*, backend_id: str) -> str | None:
+    """Say the backend is alive; returns its status (``dead`` tells a late backend to reconcile)."""
     ttl = settings.VTERM["HEARTBEAT_TTL"]
-    sync_client().set(heartbeat_key(backend_id), timezone.now().isoformat(), ex=max(1, int(ttl)))
+    # The database first: death is judged from it, so a Redis outage does not kill backends.
     Backend.objects.filter(pk=backend_id).update(last_heartbeat=timezone.now())
+    sync_client().set(heartbeat_key(backend_id), timezone.now().isoformat(), ex=max(1, int(ttl)))
+    return Backend.objects.filter(pk=backend_id).values_list("status", flat=True).first()
 
 
 def backends_alive_cutoff():
@@ -68,6 +72,8 @@ def backend_pick_least_loaded(*, exclude: tuple[str, ...] = ()) -> Backend | Non
         .annotate(load=Count("sessions", filter=Q(sessions__status__in=TerminalSession.LIVE)))
     )
     room = [b for b in candidates if b.load < b.capacity]
+    cooling = breaker_open_ids([b.id for b in room])
+    room = [b for b in room if b.id not in cooling]
     if not room:
         return None
     return min(room, key=lambda b: (b.load / max(b.capacity, 1), b.load, b.id))
@@ -119,6 +125,10 @@ async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | No
         session.backend.queue, T + "session_start", str(session.pk), session.epoch, cwd, env or {}, cols, rows,
         timeout=settings.VTERM["SESSION_START_TIMEOUT"],
     )
+    if reply is None or (not reply.get("ok") and not reply.get("field")):
+        await sync_to_async(breaker_record_failure)(session.backend_id)
+    else:
+        await sync_to_async(breaker_record_success)(session.backend_id)
     if reply is not None and not reply.get("ok"):
         await sync_to_async(_session_start_failed)(session, reply.get("field", ""), reply.get("error", ""))
         if reply.get("field"):
@@ -158,10 +168,13 @@ def session_terminate(session: TerminalSession, reason: str = "ended by its owne
         _commands_interrupt_unfinished(session, "the session ended")
 
 
-def session_shell_exited(*, session_id: str, reason: str) -> None:
+def session_shell_exited(*, session_id: str, reason: str, backend_id: str | None = None,
+                         epoch: int | None = None) -> None:
     session = TerminalSession.objects.filter(pk=session_id).first()
     if session is None or session.status in (TerminalSession.Status.TERMINATED, TerminalSession.Status.LOST):
         return
+    if (backend_id is not None and session.backend_id != backend_id) or (epoch is not None and session.epoch != epoch):
+        return  # a stale copy: the session lives elsewhere now (fencing, DESIGN.md §7)
     if session.status == TerminalSession.Status.TERMINATING:
         reason = session.status_reason or reason
     session_set_status(session, TerminalSession.Status.TERMINATED, reason)
@@ -214,16 +227,31 @@ def command_submit(session: TerminalSession, *, command: str, timeout: float | N
     """Record the command, then queue it on the session's backend once the row is committed."""
     _session_require_live(session)
     ratelimit_check(session.owner_id, "command")  # the owner's budget, whoever (staff) submits
-    queue = session.backend.queue
     with transaction.atomic():
+        # The update locks the session's row first, so placement read after it is current:
+        # a migration either sees this command queued or happens before it (sessions/failover.py).
         TerminalSession.objects.filter(pk=session.pk).update(command_count=F("command_count") + 1,
                                                              last_activity=timezone.now())
-        seq = TerminalSession.objects.values_list("command_count", flat=True).get(pk=session.pk)
+        seq, status, backend_id, epoch = TerminalSession.objects.values_list(
+            "command_count", "status", "backend_id", "epoch").get(pk=session.pk)
         cmd = Command.objects.create(session=session, seq=seq, command=command, timeout=timeout)
-        transaction.on_commit(lambda: send_to_backend(
-            queue, T + "command_run", str(cmd.pk), str(session.pk), session.epoch, command, timeout))
+        if status != TerminalSession.Status.MIGRATING and backend_id:
+            # While migrating, the new backend takes the queued commands from the database.
+            transaction.on_commit(lambda: _command_send(cmd, backend_queue(backend_id), epoch))
     session.command_count = seq
     return cmd
+
+
+def _command_send(cmd: Command, queue: str, epoch: int) -> None:
+    """Queue a recorded command on its backend; if the broker is down it ends, not lingers."""
+    try:
+        send_to_backend(queue, T + "command_run", str(cmd.pk), str(cmd.session_id), epoch, cmd.command,
+                        cmd.timeout)
+    except Exception as exc:
+        Command.objects.filter(pk=cmd.pk, status=Command.Status.QUEUED).update(
+            status=Command.Status.INTERRUPTED, finished_at=timezone.now(),
+            reason=f"could not be queued: the broker is unavailable ({exc.__class__.__name__})")
+        raise ServiceUnavailable("The message broker (Redis) is unavailable; try again shortly.") from exc
 
 
 async def command_wait(cmd: Command, wait: float) -> dict:
@@ -264,8 +292,8 @@ def command_finished(*, command_id: str, status: str, exit_code, output: str, ou
                      reason: str = "") -> dict | None:
     """Store a command's end, then tell its waiter and viewers. Returns its JSON."""
     cmd = Command.objects.filter(pk=command_id).first()
-    if cmd is None:
-        return None
+    if cmd is None or cmd.is_final:
+        return None  # already ended (e.g. interrupted by a migration): the first end stands
     cmd.status, cmd.exit_code, cmd.output, cmd.output_raw = status, exit_code, output, output_raw
     cmd.output_truncated, cmd.cwd, cmd.reason = truncated, cwd or "", reason[:500]
     cmd.started_at = cmd.started_at or started_at

@@ -1,6 +1,7 @@
 from django.urls import path
 
 from . import api, pool_api
+from .failover_api import BackendDrainView
 
 urlpatterns = [
     path("backends/", pool_api.BackendListView.as_view(), name="backend-list"),
@@ -17,5 +18,6 @@ urlpatterns = [
     path("sessions/<uuid:session_id>/input/", api.SessionInputView.as_view(), name="session-input"),
     path("sessions/<uuid:session_id>/screen/", api.SessionScreenView.as_view(), name="session-screen"),
     path("sessions/<uuid:session_id>/resize/", api.SessionResizeView.as_view(), name="session-resize"),
+    path("backends/<str:backend_id>/drain/", BackendDrainView.as_view(), name="backend-drain"),
     path("sessions/<uuid:session_id>/recording.cast", api.SessionRecordingView.as_view(), name="session-recording"),
 ]

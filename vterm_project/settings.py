@@ -132,10 +132,19 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 16
 CELERY_WORKER_HIJACK_ROOT_LOGGER = False
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Redis redelivers unacknowledged tasks after this long (DESIGN.md §9).
-CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "global_keyprefix": os.environ.get("VTERM_REDIS_PREFIX", "")}
+CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "global_keyprefix": os.environ.get("VTERM_REDIS_PREFIX", ""),
+                                   # Redis paused or gone: a publish fails in seconds (503), it does not hang.
+                                   "socket_timeout": 3, "socket_connect_timeout": 2}
+# https://docs.celeryq.dev/en/stable/userguide/calling.html#retry-policy: bounded, so a request
+# waits at most a few seconds for the broker before it answers 503 (docs/failover.md).
+CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_BEAT_SCHEDULE: dict = {
+    # Dead backends, stuck migrations, idle sessions and orphans (sessions/failover.py).
+    "pool-reconcile": {"task": "workers.tasks.pool_reconcile",
+                       "schedule": env_float("VTERM_RECONCILE_INTERVAL", 3.0),
+                       "options": {"expires": env_float("VTERM_RECONCILE_INTERVAL", 3.0)}},
     # The pool's autoscaler (sessions/autoscaler.py); executors follow its decision.
     "pool-autoscale": {"task": "workers.tasks.pool_autoscale",
                        "schedule": env_float("VTERM_AUTOSCALE_INTERVAL", 15.0),
@@ -195,6 +204,29 @@ VTERM = {
     "SOURCE_USER_BASHRC": env_bool("VTERM_SOURCE_BASHRC", False),
     "SHELL_PATH": os.environ.get("VTERM_SHELL_PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
     "REDIS_PREFIX": os.environ.get("VTERM_REDIS_PREFIX", ""),
+    # Security (sessions/ratelimit.py, sessions/login_throttle.py; docs/security.md). 0 turns a limit off.
+    "MAX_SESSIONS_PER_USER": env_int("VTERM_MAX_SESSIONS_PER_USER", 100),
+    "QUOTA_RETRY_AFTER": env_int("VTERM_QUOTA_RETRY_AFTER", 10),
+    # Token buckets per user, shared by all web nodes: tokens per second and burst.
+    "COMMAND_RATE": env_float("VTERM_COMMAND_RATE", 100.0),
+    "COMMAND_BURST": env_float("VTERM_COMMAND_BURST", 200.0),
+    "INPUT_RATE": env_float("VTERM_INPUT_RATE", 200.0),
+    "INPUT_BURST": env_float("VTERM_INPUT_BURST", 400.0),
+    # Failed logins per (username, client address) within the window before logins are refused.
+    "LOGIN_MAX_FAILURES": env_int("VTERM_LOGIN_MAX_FAILURES", 5),
+    "LOGIN_WINDOW": env_int("VTERM_LOGIN_WINDOW", 300),
+    # Session recordings (asciicast) come from the output stream: the window's entries carry a time.
+    "RECORDING_ENABLED": env_bool("VTERM_RECORDING", True),
+    # Fault tolerance (sessions/failover.py, docs/failover.md).
+    "RECONCILE_INTERVAL": env_float("VTERM_RECONCILE_INTERVAL", 3.0),
+    "SESSION_IDLE_TTL": env_float("VTERM_SESSION_IDLE_TTL", 0.0),  # seconds; 0: idle sessions never end
+    "ORPHAN_INTERVAL": env_float("VTERM_ORPHAN_INTERVAL", 30.0),  # backends compare shells with the database
+    "MIGRATE_TIMEOUT": env_float("VTERM_MIGRATE_TIMEOUT", 30.0),  # a migration not done by then is retried
+    "DRAIN_GRACE": env_float("VTERM_DRAIN_GRACE", 10.0),  # a drain waits this long for running commands
+    "DRAIN_ON_STOP": env_bool("VTERM_DRAIN_ON_STOP", False),  # SIGTERM drains (Kubernetes) or just detaches
+    "BREAKER_FAILURES": env_int("VTERM_BREAKER_FAILURES", 3),  # failures within BREAKER_WINDOW open it
+    "BREAKER_WINDOW": env_float("VTERM_BREAKER_WINDOW", 60.0),
+    "BREAKER_COOLDOWN": env_float("VTERM_BREAKER_COOLDOWN", 30.0),
     # Pool and autoscaler (sessions/pool.py, sessions/autoscaler.py; docs/operations.md).
     "STATS_INTERVAL": env_float("VTERM_STATS_INTERVAL", 5.0),
     "POOL_MIN_BACKENDS": env_int("VTERM_POOL_MIN_BACKENDS", env_int("VTERM_BACKENDS", 2)),
@@ -220,17 +252,4 @@ VTERM = {
     "WS_WINDOW_HIGH": env_int("VTERM_WS_WINDOW_HIGH", 512 * 1024),
     "WS_WINDOW_LOW": env_int("VTERM_WS_WINDOW_LOW", 128 * 1024),
     "WS_SKIP_AFTER": env_int("VTERM_WS_SKIP_AFTER", 8 * 1024 * 1024),
-    # Security (sessions/ratelimit.py, sessions/login_throttle.py; docs/security.md). 0 turns a limit off.
-    "MAX_SESSIONS_PER_USER": env_int("VTERM_MAX_SESSIONS_PER_USER", 100),
-    "QUOTA_RETRY_AFTER": env_int("VTERM_QUOTA_RETRY_AFTER", 10),
-    # Token buckets per user, shared by all web nodes: tokens per second and burst.
-    "COMMAND_RATE": env_float("VTERM_COMMAND_RATE", 100.0),
-    "COMMAND_BURST": env_float("VTERM_COMMAND_BURST", 200.0),
-    "INPUT_RATE": env_float("VTERM_INPUT_RATE", 200.0),
-    "INPUT_BURST": env_float("VTERM_INPUT_BURST", 400.0),
-    # Failed logins per (username, client address) within the window before logins are refused.
-    "LOGIN_MAX_FAILURES": env_int("VTERM_LOGIN_MAX_FAILURES", 5),
-    "LOGIN_WINDOW": env_int("VTERM_LOGIN_WINDOW", 300),
-    # Session recordings (asciicast) come from the output stream: the window's entries carry a time.
-    "RECORDING_ENABLED": env_bool("VTERM_RECORDING", True),
 }

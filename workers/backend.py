@@ -28,8 +28,9 @@ from sessions.broadcast import install_submitter, session_broadcast
 from sessions.metrics import record_output_bytes
 from sessions.redis_state import backend_stats_key, output_stream_key, sync_client
 
-from .output_frames import StreamBudget, frame_pieces
+from . import failover_runtime
 from .backend_stats import StatsSampler
+from .output_frames import StreamBudget, frame_pieces
 from .routing import local_backend_id
 from .tmux.driver import CommandResult, TmuxDriver
 from .tmux.shell import clean_output
@@ -61,14 +62,10 @@ def shell_base_env() -> dict[str, str]:
 class BackendRuntime:
     def __init__(self, backend_id: str | None = None) -> None:
         self.backend_id = backend_id or local_backend_id()
-        data_dir = os.path.join(str(settings.DATA_DIR), "tmux", self.backend_id)
-        self.driver = TmuxDriver(
-            os.path.join(data_dir, "tmux.sock"),
-            listener=self,
-            shell_env=shell_base_env(),
-            output_limit=settings.VTERM["OUTPUT_LIMIT"],
-            source_user_bashrc=settings.VTERM["SOURCE_USER_BASHRC"],
-        )
+        self.driver = self.make_driver()
+        self.ledger = failover_runtime.CommandLedger()
+        self.recover_lock = threading.Lock()
+        self.stopping = False
         self._writes: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._finished: set[str] = set()
         self._out_lock = threading.Lock()
@@ -82,6 +79,16 @@ class BackendRuntime:
 
     # -- lifecycle ------------------------------------------------------------
 
+    def make_driver(self) -> TmuxDriver:
+        data_dir = os.path.join(str(settings.DATA_DIR), "tmux", self.backend_id)
+        return TmuxDriver(
+            os.path.join(data_dir, "tmux.sock"),
+            listener=self,
+            shell_env=shell_base_env(),
+            output_limit=settings.VTERM["OUTPUT_LIMIT"],
+            source_user_bashrc=settings.VTERM["SOURCE_USER_BASHRC"],
+        )
+
     def start(self) -> None:
         for target, name in ((self._loop.run_forever, "vterm-loop"), (self._write_loop, "vterm-writer"),
                              (self._flush_loop, "vterm-output"), (self._heartbeat_loop, "vterm-heartbeat")):
@@ -92,10 +99,13 @@ class BackendRuntime:
         adopted = self.driver.start()
         services.backend_register(backend_id=self.backend_id, hostname=socket.gethostname(),
                                   capacity=settings.VTERM["BACKEND_CAPACITY"])
+        # Adopted shells are matched with the database before any task runs (sessions/failover.py).
+        failover_runtime.reconcile(self, restarted=True, adopted=adopted)
         log.info("backend %s up: tmux %s, %d shell(s) adopted", self.backend_id, self.driver.socket_path,
                  len(adopted))
 
     def stop(self) -> None:
+        self.stopping = True
         self._stop.set()
         self.driver.close()
         self._writes.put(None)
@@ -106,9 +116,14 @@ class BackendRuntime:
 
     # -- requests from tasks ----------------------------------------------------
 
-    def session_start(self, session_id: str, epoch: int, cwd: str, env: dict, cols: int, rows: int) -> dict:
+    def session_start(self, session_id: str, epoch: int, cwd: str, env: dict, cols: int, rows: int,
+                      resume: bool = False) -> dict:
+        if resume:  # a session moving here from another backend
+            return failover_runtime.session_resume(self, session_id, epoch, cwd, env, cols, rows)
         cwd = cwd or os.environ.get("HOME", "/")
-        info = self.driver.create_shell(session_id, cwd=cwd, env=env, cols=cols, rows=rows)
+        info = self.driver.create_shell(session_id, cwd=cwd, env=env, cols=cols, rows=rows, epoch=epoch)
+        self.ledger.epochs[session_id] = epoch
+        self.forget_output_seq(session_id)
         close_old_connections()
         if not services.session_started(session_id=session_id, epoch=epoch, cwd=info.cwd):
             self.driver.kill_shell(session_id)
@@ -146,7 +161,11 @@ class BackendRuntime:
         self._writes.put(write)
 
     def shell_exited(self, name: str, reason: str) -> None:
-        self._writes.put(lambda: services.session_shell_exited(session_id=name, reason=reason))
+        epoch = self.ledger.epochs.get(name)
+        self.ledger.exited(name)
+        # Fenced: a stale copy of a session that moved away does not end it.
+        self._writes.put(lambda: services.session_shell_exited(session_id=name, reason=reason,
+                                                               backend_id=self.backend_id, epoch=epoch))
 
     def command_lost(self, session_id: str, command_id: str, reason: str) -> None:
         """A command for a shell this backend does not have: it ends, it is not dropped."""
@@ -156,6 +175,18 @@ class BackendRuntime:
 
     def server_lost(self) -> None:
         log.error("backend %s lost its tmux server", self.backend_id)
+        threading.Thread(target=failover_runtime.recover_tmux, args=(self,), name="vterm-recover",
+                         daemon=True).start()
+
+    def flush_writes(self, timeout: float = 30.0) -> None:
+        """Wait until every database write queued so far is done."""
+        done = threading.Event()
+        self._writes.put(done.set)
+        done.wait(timeout)
+
+    def forget_output_seq(self, name: str) -> None:
+        """The output stream may have grown elsewhere (the session moved): read its end again."""
+        self._seq.pop(name, None)
 
     # -- threads ----------------------------------------------------------------
 
@@ -219,7 +250,8 @@ class BackendRuntime:
         sampler, last_stats = StatsSampler(), 0.0
         while not self._stop.wait(interval):
             try:
-                services.backend_heartbeat(backend_id=self.backend_id)
+                if services.backend_heartbeat(backend_id=self.backend_id) == "dead":
+                    failover_runtime.on_declared_dead(self)
             except Exception:
                 log.exception("heartbeat failed")
                 close_old_connections()

@@ -6,11 +6,14 @@ backend runtime; on shutdown it detaches from tmux, leaving the shells running.
 
 from __future__ import annotations
 
+import logging
 import os
 
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
 from .routing import backend_queue, local_backend_id
+
+log = logging.getLogger(__name__)
 
 
 def _is_backend() -> bool:
@@ -34,6 +37,18 @@ def start_backend(sender=None, **kwargs):
 @worker_shutdown.connect
 def stop_backend(sender=None, **kwargs):
     if _is_backend():
-        from .backend import runtime_stop
+        from django.conf import settings
 
+        from .backend import _runtime, runtime_stop
+
+        # VTERM_DRAIN_ON_STOP=1 (the Helm chart sets it): SIGTERM moves the sessions away first,
+        # as when a pod is removed. Unset (make run, a plain restart): detach and leave the shells
+        # running for the next worker to adopt.
+        if settings.VTERM["DRAIN_ON_STOP"] and _runtime is not None:
+            from .failover_runtime import drain
+
+            try:
+                drain(_runtime, f"backend {_runtime.backend_id} is stopping")
+            except Exception:
+                log.exception("drain on stop failed; the pool's reconcile will move what is left")
         runtime_stop()

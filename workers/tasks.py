@@ -8,6 +8,7 @@ from celery import shared_task
 
 from sessions.replies import post_reply
 
+from . import failover_runtime
 from .backend import runtime
 from .tmux.driver import ShellError
 
@@ -15,9 +16,9 @@ log = logging.getLogger(__name__)
 
 
 @shared_task(name="workers.tasks.session_start")
-def session_start(session_id, epoch, cwd, env, cols, rows, reply_to=None):
+def session_start(session_id, epoch, cwd, env, cols, rows, reply_to=None, resume=False):
     try:
-        result = runtime().session_start(session_id, epoch, cwd, env, cols, rows)
+        result = runtime().session_start(session_id, epoch, cwd, env, cols, rows, resume=resume)
     except ShellError as exc:
         field = "cwd" if str(exc).startswith("cwd:") else ""
         result = {"ok": False, "field": field, "error": str(exc).removeprefix("cwd: ")}
@@ -29,12 +30,12 @@ def session_stop(session_id, reason=""):
     runtime().driver.kill_shell(session_id)
 
 
-@shared_task(name="workers.tasks.command_run")
-def command_run(command_id, session_id, epoch, command, timeout=None):
-    try:
-        runtime().driver.run(session_id, command_id, command, timeout)
-    except ShellError as exc:
-        runtime().command_lost(session_id, command_id, str(exc))
+@shared_task(name="workers.tasks.command_run", bind=True)
+def command_run(self, command_id, session_id, epoch, command, timeout=None):
+    # Acked early on purpose: the database, not the broker, keeps a queued command
+    # (a restarted or new backend queues it again from there; docs/failover.md).
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    failover_runtime.command_run(runtime(), command_id, session_id, epoch, command, timeout, redelivered)
 
 
 @shared_task(name="workers.tasks.command_interrupt")
@@ -81,3 +82,22 @@ def pool_autoscale():
     from sessions.autoscaler import autoscale_run
 
     autoscale_run()
+
+
+@shared_task(name="workers.tasks.backend_drain")
+def backend_drain(reason="drained"):
+    failover_runtime.drain(runtime(), reason)
+
+
+@shared_task(name="workers.tasks.backend_reconcile")
+def backend_reconcile():
+    """Periodic: kill shells with no live record here, move records whose shell is gone."""
+    failover_runtime.reconcile(runtime(), restarted=False)
+
+
+@shared_task(name="workers.tasks.pool_reconcile", ignore_result=True)
+def pool_reconcile():
+    """Celery beat: dead backends, stuck moves, idle sessions (sessions/failover.py)."""
+    from sessions.failover import pool_reconcile as reconcile
+
+    return reconcile()

@@ -1,0 +1,346 @@
+"""Fault tolerance: dead backends, moving sessions, draining, and the periodic reconcile.
+
+A session moves under a Redis lock (one mover at a time) and with its epoch bumped in
+the database (the fencing token): whatever still acts with the old epoch is refused,
+so a backend that comes back late cannot touch a session that moved (DESIGN.md §7).
+
+Moving is asynchronous: ``session_migrate`` places the session on a new backend, marks
+it ``migrating`` and sends the new backend a ``session_start`` with ``resume``; that
+backend rebuilds the shell (cwd, env), then ``session_resumed`` makes it ``active`` and
+hands it the session's queued commands, in order. Nothing here waits on a backend, so
+the reconcile can run on any worker, including the one a session moves to.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F, Max
+from django.utils import timezone
+from redis.exceptions import LockError
+
+from .circuit import breaker_record_failure
+from .models import Backend, Command, TerminalSession
+from .redis_state import orphans_throttle_key, reconcile_lock_key, session_lock_key, sync_client
+from .replies import send_to_backend
+from .services import T, backend_pick_least_loaded, backends_alive_cutoff, session_set_status, session_started
+
+log = logging.getLogger(__name__)
+
+LOCK_TIMEOUT = 30  # seconds a mover may hold a session's lock (a mover that dies frees it then)
+S = TerminalSession.Status
+
+
+# -- moving sessions ----------------------------------------------------------------------
+
+
+def _commands_end(session_id, statuses, reason: str) -> int:
+    return Command.objects.filter(session_id=session_id, status__in=statuses).update(
+        status=Command.Status.INTERRUPTED, reason=reason[:500], finished_at=timezone.now())
+
+
+def _last_cwd(session: TerminalSession) -> str:
+    """Where the shell last was: the newest finished command's cwd, else the session's."""
+    cwd = (Command.objects.filter(session=session).exclude(cwd="").order_by("-seq")
+           .values_list("cwd", flat=True).first())
+    return cwd or session.cwd
+
+
+def session_migrate(session: TerminalSession, *, reason: str, cwd: str | None = None,
+                    exclude: tuple[str, ...] = ()) -> TerminalSession:
+    """Rebuild ``session`` on another healthy backend, or mark it ``lost`` when none can take it.
+
+    ``cwd``: the live shell's directory (a drain captures it); else the last one known.
+    A command that was running ends ``interrupted`` with ``reason``; queued ones are kept
+    and run on the new backend in order. Another mover holding the lock wins: no-op.
+    """
+    lock = sync_client().lock(session_lock_key(str(session.pk)), timeout=LOCK_TIMEOUT)
+    if not lock.acquire(blocking=False):
+        log.info("session %s is being moved by someone else", session.pk)
+        return session
+    try:
+        session.refresh_from_db()
+        if not session.is_live:
+            return session
+        old = session.backend_id or "none"
+        cwd = cwd or _last_cwd(session)
+        target = backend_pick_least_loaded(exclude=exclude)
+        _commands_end(session.pk, [Command.Status.RUNNING],
+                      f"{reason}: it was running on backend {old} when the session moved")
+        if target is None:
+            session_lose(session, f"{reason}; no healthy backend could take it")
+            return session
+        with transaction.atomic():
+            moved = TerminalSession.objects.filter(pk=session.pk, epoch=session.epoch).update(
+                epoch=F("epoch") + 1, backend=target, cwd=cwd)
+            if not moved:
+                return session  # moved meanwhile (fenced)
+            session.refresh_from_db()
+            session_set_status(session, S.MIGRATING, f"{reason}; moving from {old} to {target.id}")
+        send_to_backend(target.queue, T + "session_start", str(session.pk), session.epoch, cwd, session.env,
+                        session.cols, session.rows, resume=True)
+        log.info("session %s: %s -> %s (epoch %d): %s", session.pk, old, target.id, session.epoch, reason)
+        return session
+    finally:
+        try:
+            lock.release()
+        except LockError:
+            pass  # expired: the epoch still fences
+
+
+def session_lose(session: TerminalSession, reason: str) -> None:
+    """The session cannot live anywhere: ``lost``, with every unfinished command ended."""
+    with transaction.atomic():
+        TerminalSession.objects.filter(pk=session.pk).update(epoch=F("epoch") + 1)
+        session.refresh_from_db()
+        session_set_status(session, S.LOST, reason)
+        _commands_end(session.pk, [Command.Status.QUEUED, Command.Status.RUNNING], f"the session was lost: {reason}")
+
+
+def session_resumed(*, session_id: str, epoch: int, backend_id: str, cwd: str, note: str = "") -> list[dict] | None:
+    """The new backend's shell is up: ``active`` again. Returns the queued commands to run there,
+    oldest first, or None when the placement moved on meanwhile (fencing)."""
+    with transaction.atomic():
+        # Locks the row first: command_submit either queued its command before (it is in the
+        # list) or sees the session active after (it sends the command itself).
+        updated = TerminalSession.objects.filter(pk=session_id, epoch=epoch, backend_id=backend_id,
+                                                 status=S.MIGRATING).update(cwd=cwd)
+        if not updated:
+            return None
+        queued = list(Command.objects.filter(session_id=session_id, status=Command.Status.QUEUED)
+                      .order_by("seq").values("id", "command", "timeout"))
+        session = TerminalSession.objects.get(pk=session_id)
+        session_set_status(session, S.ACTIVE, f"moved to backend {backend_id}" + (f" ({note})" if note else ""))
+    return [{"id": str(c["id"]), "command": c["command"], "timeout": c["timeout"]} for c in queued]
+
+
+def session_resume_failed(*, session_id: str, epoch: int, backend_id: str, error: str) -> None:
+    """The new backend could not rebuild the shell: count it against that backend, try another."""
+    breaker_record_failure(backend_id)
+    session = TerminalSession.objects.filter(pk=session_id, epoch=epoch, backend_id=backend_id).first()
+    if session is not None:
+        session_migrate(session, reason=f"backend {backend_id} could not rebuild the shell ({error})",
+                        exclude=(backend_id,))
+
+
+def session_placed_here(*, session_id: str, epoch: int, backend_id: str) -> bool:
+    """Whether ``backend_id`` holds the session's current placement (same epoch)."""
+    return TerminalSession.objects.filter(pk=session_id, epoch=epoch, backend_id=backend_id).exists()
+
+
+def command_still_queued(command_id: str) -> bool:
+    return Command.objects.filter(pk=command_id, status=Command.Status.QUEUED).exists()
+
+
+# -- backends -------------------------------------------------------------------------------
+
+
+def backend_live_sessions(backend_id: str) -> list[TerminalSession]:
+    return list(TerminalSession.objects.filter(backend_id=backend_id, status__in=TerminalSession.LIVE)
+                .order_by("created_at"))
+
+
+def backend_mark_dead(backend: Backend, reason: str) -> int:
+    """Declare ``backend`` dead and move its sessions. Returns how many were moved or lost."""
+    Backend.objects.filter(pk=backend.pk).update(status=Backend.Status.DEAD)
+    backend.status = Backend.Status.DEAD
+    log.warning("backend %s is dead: %s", backend.pk, reason)
+    moved = 0
+    for session in backend_live_sessions(backend.pk):
+        session_migrate(session, reason=f"backend {backend.pk} was lost ({reason})", exclude=(backend.pk,))
+        moved += 1
+    # Sessions it was asked to end: nobody will answer for them now.
+    for session in TerminalSession.objects.filter(backend_id=backend.pk, status=S.TERMINATING):
+        session_set_status(session, S.TERMINATED, session.status_reason or f"backend {backend.pk} was lost")
+        _commands_end(session.pk, [Command.Status.QUEUED, Command.Status.RUNNING], "the session ended")
+    return moved
+
+
+def backend_mark_draining(backend_id: str) -> None:
+    Backend.objects.filter(pk=backend_id).update(status=Backend.Status.DRAINING)
+
+
+def backend_drain(backend: Backend, *, by: str = "") -> Backend:
+    """Stop placing sessions on ``backend`` and move its sessions elsewhere, live.
+
+    A backend that answers moves them itself (capturing each shell's cwd, letting running
+    commands finish for up to DRAIN_GRACE seconds); a silent one has them moved from here.
+    """
+    Backend.objects.filter(pk=backend.pk).update(status=Backend.Status.DRAINING)
+    backend.status = Backend.Status.DRAINING
+    reason = f"backend {backend.pk} is draining" + (f" ({by})" if by else "")
+    alive = backend.last_heartbeat is not None and backend.last_heartbeat >= backends_alive_cutoff()
+    if alive:
+        send_to_backend(backend.queue, T + "backend_drain", reason)
+    else:
+        for session in backend_live_sessions(backend.pk):
+            session_migrate(session, reason=reason, exclude=(backend.pk,))
+    return backend
+
+
+# -- what a backend finds when it (re)starts, or periodically -------------------------------
+
+
+@dataclass
+class ShellState:
+    """What a backend reports about one of its shells (from the tmux driver's ShellInfo)."""
+
+    name: str
+    epoch: int
+    busy: bool
+    last_command: str = ""
+    cwd: str = ""
+
+
+@dataclass
+class ReconcilePlan:
+    """What the backend must do to its shells so that they match the database."""
+
+    kill: list[str] = field(default_factory=list)  # shells of sessions that moved or ended
+    adopt: list[tuple[str, str, float | None]] = field(default_factory=list)  # (shell, command id, started)
+    run: list[tuple[str, dict]] = field(default_factory=list)  # (shell, command) to queue, in order
+    migrated: list[str] = field(default_factory=list)  # live records with no shell here: moved
+
+
+WORKER_DOWN = "its backend worker was down when it ended; its result was not captured"
+
+
+def backend_reconcile_shells(*, backend_id: str, shells: list[ShellState], restarted: bool,
+                             recently_exited: set[str] = frozenset(), gone_reason: str = "") -> ReconcilePlan:
+    """Match a backend's shells with the database.
+
+    A shell whose session is not live here at the same epoch is killed (it moved, or
+    ended). A live session here with no shell is moved (its shell died with the tmux
+    server). After a worker restart (``restarted``), each adopted shell's commands are
+    settled: the one still running is adopted, ones that ended unseen are interrupted,
+    queued ones are queued again in order.
+    """
+    plan = ReconcilePlan()
+    records = {str(s.pk): s for s in TerminalSession.objects.filter(
+        backend_id=backend_id, status__in=(*TerminalSession.LIVE, S.TERMINATING))}
+    for sh in shells:
+        session = records.get(sh.name)
+        if session is None or session.status == S.TERMINATING or (sh.epoch and sh.epoch != session.epoch):
+            plan.kill.append(sh.name)
+            continue
+        if session.status == S.INITIALIZING:
+            session_started(session_id=sh.name, epoch=session.epoch, cwd=sh.cwd)
+        elif session.status == S.MIGRATING:
+            for cmd in session_resumed(session_id=sh.name, epoch=session.epoch, backend_id=backend_id,
+                                       cwd=sh.cwd) or []:
+                plan.run.append((sh.name, cmd))
+            continue
+        if restarted:
+            _settle_commands(session, sh, plan)
+    shell_names = {sh.name for sh in shells}
+    for sid, session in records.items():
+        if sid in shell_names or sid in recently_exited or session.status not in (S.ACTIVE, S.IDLE):
+            continue  # initializing / migrating ones wait for their session_start (or time out)
+        session_migrate(session, reason=gone_reason or f"its shell was gone from backend {backend_id}")
+        plan.migrated.append(sid)
+    return plan
+
+
+def _settle_commands(session: TerminalSession, sh: ShellState, plan: ReconcilePlan) -> None:
+    unfinished = list(Command.objects.filter(session=session).exclude(status__in=Command.FINAL).order_by("seq"))
+    last = next((c for c in unfinished if str(c.pk) == sh.last_command), None)
+    for cmd in unfinished:
+        if last is not None and cmd.seq < last.seq:
+            _command_end(cmd, WORKER_DOWN)
+        elif cmd is last:
+            if sh.busy:
+                if cmd.status == Command.Status.QUEUED:
+                    Command.objects.filter(pk=cmd.pk).update(status=Command.Status.RUNNING,
+                                                             started_at=timezone.now())
+                started = cmd.started_at.timestamp() if cmd.started_at else None
+                plan.adopt.append((sh.name, str(cmd.pk), started))
+            else:
+                _command_end(cmd, WORKER_DOWN)
+        elif cmd.status == Command.Status.RUNNING:
+            _command_end(cmd, WORKER_DOWN)
+        else:
+            plan.run.append((sh.name, {"id": str(cmd.pk), "command": cmd.command, "timeout": cmd.timeout}))
+
+
+def _command_end(cmd: Command, reason: str) -> None:
+    Command.objects.filter(pk=cmd.pk).exclude(status__in=Command.FINAL).update(
+        status=Command.Status.INTERRUPTED, reason=reason, finished_at=timezone.now())
+
+
+# -- the periodic reconcile (Celery beat) ---------------------------------------------------
+
+
+def pool_reconcile() -> dict:
+    """Dead backends, stuck moves, idle sessions. One run at a time across the pool."""
+    cfg = settings.VTERM
+    lock = sync_client().lock(reconcile_lock_key(), timeout=max(10, int(cfg["RECONCILE_INTERVAL"] * 5)))
+    if not lock.acquire(blocking=False):
+        return {"skipped": "another reconcile is running"}
+    try:
+        return {"dead": _reconcile_dead(), "stuck": _reconcile_stuck(), "idle": _reconcile_idle(),
+                "orphans_checked_on": _reconcile_orphans()}
+    finally:
+        try:
+            lock.release()
+        except LockError:
+            pass
+
+
+def _reconcile_dead() -> list[str]:
+    cutoff = backends_alive_cutoff()
+    dead = []
+    stale = Backend.objects.filter(status__in=(Backend.Status.HEALTHY, Backend.Status.DRAINING)).filter(
+        last_heartbeat__lt=cutoff)
+    for backend in stale:
+        age = (timezone.now() - backend.last_heartbeat).total_seconds()
+        backend_mark_dead(backend, f"no heartbeat for {age:.0f} s")
+        dead.append(backend.pk)
+    # Leftovers: live sessions still on a dead backend (e.g. placed there in a race).
+    for session in TerminalSession.objects.filter(backend__status=Backend.Status.DEAD,
+                                                  status__in=TerminalSession.LIVE).exclude(status=S.MIGRATING):
+        session_migrate(session, reason=f"backend {session.backend_id} is dead", exclude=(session.backend_id,))
+    return dead
+
+
+def _reconcile_stuck() -> list[str]:
+    """Sessions whose start or move did not finish in MIGRATE_TIMEOUT: try another backend."""
+    cutoff = timezone.now() - timedelta(seconds=settings.VTERM["MIGRATE_TIMEOUT"])
+    waiting = TerminalSession.objects.filter(status__in=(S.MIGRATING, S.INITIALIZING)).annotate(
+        changed=Max("events__at")).filter(changed__lt=cutoff)
+    stuck = []
+    for session in waiting:
+        session_migrate(session, reason=f"backend {session.backend_id} did not start the shell in time",
+                        exclude=(session.backend_id,) if session.backend_id else ())
+        stuck.append(str(session.pk))
+    return stuck
+
+
+def _reconcile_idle() -> list[str]:
+    ttl = settings.VTERM["SESSION_IDLE_TTL"]
+    if ttl <= 0:
+        return []
+    from .services import session_terminate
+
+    cutoff = timezone.now() - timedelta(seconds=ttl)
+    busy = Command.objects.exclude(status__in=Command.FINAL).values("session_id")
+    ended = []
+    for session in (TerminalSession.objects.filter(status__in=(S.ACTIVE, S.IDLE), last_activity__lt=cutoff)
+                    .exclude(pk__in=busy).select_related("backend")):
+        session_terminate(session, reason=f"idle for more than {ttl:g} s")
+        ended.append(str(session.pk))
+    return ended
+
+
+def _reconcile_orphans() -> list[str]:
+    """Every ORPHAN_INTERVAL, each live backend compares its shells with the database."""
+    if not sync_client().set(orphans_throttle_key(), 1, nx=True, ex=max(1, int(settings.VTERM["ORPHAN_INTERVAL"]))):
+        return []
+    asked = []
+    for backend in Backend.objects.filter(status=Backend.Status.HEALTHY, last_heartbeat__gte=backends_alive_cutoff()):
+        send_to_backend(backend.queue, T + "backend_reconcile")
+        asked.append(backend.pk)
+    return asked

@@ -1,0 +1,215 @@
+"""Fault injection against real processes: a stack of its own, faults, and what they left behind.
+
+Each scenario injects one fault into a live stack (Daphne, Celery backend workers, tmux,
+Redis, beat), then waits until every command it got a 201 for has ended and reports a
+``Outcome``: sessions recovered, commands acknowledged / lost / interrupted, and the
+time from the fault until the stack served again. Tests assert on it; ``report.py``
+runs each scenario N times and prints the table.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.conftest import Api, make_stack
+from vterm_project.devstack import Stack, free_port, redis_answers
+
+FINAL = {"succeeded", "failed", "timed_out", "interrupted"}
+
+
+@dataclass
+class Outcome:
+    fault: str
+    sessions: int = 0
+    recovered: int = 0
+    acknowledged: int = 0
+    lost: int = 0  # acknowledged, then never ended (still queued/running at the deadline) or gone
+    interrupted: int = 0
+    recover_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+    commands: list[dict] = field(default_factory=list)
+    replies: list[tuple] = field(default_factory=list)  # (status or error, Retry-After, seconds, body)
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = predicate()
+        if got:
+            return got
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+
+
+class PrivateRedis:
+    """A redis-server of the test's own (with AOF, as `make run` runs it), to restart or pause."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.dir = tmp / "redis"
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--dir", str(self.dir), "--appendonly", "yes", "--appendfsync", "always", "--save", "",
+             "--maxmemory-policy", "noeviction"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_for(lambda: redis_answers(self.url), 20, "redis to start")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(20)
+
+    def pause(self) -> None:
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.proc.send_signal(signal.SIGCONT)
+
+
+class FaultStack:
+    """A stack for one test module (or one report run): its own processes, ids and tmux servers."""
+
+    def __init__(self, redis_url: str, tmp: Path, *, prefix: str, backends: int = 2, **env) -> None:
+        defaults = {"VTERM_HEARTBEAT_TTL": 4, "VTERM_RECONCILE_INTERVAL": 1, "VTERM_MIGRATE_TIMEOUT": 20,
+                    "VTERM_ORPHAN_INTERVAL": 5, "VTERM_DRAIN_GRACE": 3, "VTERM_AUTOSCALE_INTERVAL": 3600}
+        self.stack: Stack = make_stack(redis_url, tmp, backends=backends, prefix=prefix, **{**defaults, **env})
+        self.stack.config.beat = True  # the reconcile runs from beat
+        if hasattr(self.stack.config, "scaler"):
+            self.stack.config.scaler = False  # no autoscaler executor starting or stopping backends here
+        self.tmp = tmp
+
+    def start(self) -> FaultStack:
+        self.stack.start()
+        self.api = Api(self.stack.url, self.stack.token("faults"))
+        self.staff = Api(self.stack.url, self.stack.token("faults-ops", staff=True))
+        return self
+
+    def stop(self) -> None:
+        self.stack.stop()
+
+    # -- processes --------------------------------------------------------------
+
+    def backend_ids(self) -> list[str]:
+        return self.stack.config.backend_ids()
+
+    def tmux_socket(self, backend_id: str) -> Path:
+        return self.stack.config.data_dir / "tmux" / backend_id / "tmux.sock"
+
+    def tmux_windows(self, backend_id: str) -> list[str]:
+        out = subprocess.run(["tmux", "-S", str(self.tmux_socket(backend_id)), "list-windows", "-a", "-F",
+                              "#{window_name}"], capture_output=True, text=True, check=False)
+        return [w.removeprefix("vt-") for w in out.stdout.split() if w.startswith("vt-")]
+
+    def kill_tmux(self, backend_id: str) -> None:
+        subprocess.run(["tmux", "-S", str(self.tmux_socket(backend_id)), "kill-server"], capture_output=True,
+                       check=False)
+
+    def worker_starts(self, backend_id: str) -> int:
+        log = self.stack.log_dir / f"{backend_id}.log"
+        return log.read_text(errors="replace").count(f"backend {backend_id} up:") if log.exists() else 0
+
+    def restart_worker(self, backend_id: str) -> None:
+        before = self.worker_starts(backend_id)
+        self.stack.start_process(self.stack.spec(backend_id))
+        wait_for(lambda: self.worker_starts(backend_id) > before, 90, f"worker {backend_id} to come up")
+
+    def processes_alive(self) -> dict[str, bool]:
+        return {name: proc.poll() is None for name, proc in self.stack.procs.items()}
+
+    # -- the API ------------------------------------------------------------------
+
+    def session_on(self, backend_id: str, **body) -> dict:
+        """A new session placed on ``backend_id`` (placement is least-loaded: others go elsewhere)."""
+        made = []
+        for _ in range(2 * len(self.backend_ids()) + 2):
+            s = self.api.create_session(**body)
+            if s["backend"] == backend_id:
+                for other in made:
+                    self.api.http.delete(f"/api/v1/sessions/{other['id']}/")
+                return s
+            made.append(s)
+        raise AssertionError(f"no session landed on {backend_id}")
+
+    def submit(self, sid: str, command: str, **extra) -> dict | None:
+        """Submit without waiting; the command if it was acknowledged (201), else None."""
+        try:
+            r = self.api.http.post(f"/api/v1/sessions/{sid}/commands/", json={"command": command, **extra},
+                                   timeout=30)
+        except httpx.HTTPError:
+            return None
+        return r.json() if r.status_code == 201 else None
+
+    def session(self, sid: str) -> dict:
+        return self.api.http.get(f"/api/v1/sessions/{sid}/").json()
+
+    def command(self, sid: str, cid: str) -> dict:
+        return self.api.http.get(f"/api/v1/sessions/{sid}/commands/{cid}/").json()
+
+    def wait_running(self, sid: str, cid: str, timeout: float = 30) -> dict:
+        return wait_for(lambda: (c := self.command(sid, cid))["status"] == "running" and c, timeout,
+                        f"command {cid} to run")
+
+    def settle(self, acked: list[dict], timeout: float = 90) -> list[dict]:
+        """Every acknowledged command as it ends (or as it stands at the deadline)."""
+        end = time.monotonic() + timeout
+        done: dict[str, dict] = {}
+        while time.monotonic() < end and len(done) < len(acked):
+            for c in acked:
+                if c["id"] in done:
+                    continue
+                try:
+                    r = self.api.http.get(f"/api/v1/sessions/{c['session']}/commands/{c['id']}/", timeout=10)
+                except httpx.HTTPError:
+                    continue
+                if r.status_code == 404 or (r.status_code == 200 and r.json()["status"] in FINAL):
+                    done[c["id"]] = r.json() if r.status_code == 200 else {**c, "status": "missing"}
+            time.sleep(0.1)
+        return [done.get(c["id"]) or self.command(c["session"], c["id"]) for c in acked]
+
+    def wait_session_active(self, sid: str, timeout: float = 60, not_on: str | None = None) -> dict:
+        def ok():
+            s = self.session(sid)
+            return s["status"] == "active" and (not_on is None or s["backend"] != not_on) and s
+        return wait_for(ok, timeout, f"session {sid} active again")
+
+
+def tally(outcome: Outcome, ended: list[dict]) -> Outcome:
+    outcome.acknowledged += len(ended)
+    for c in ended:
+        if c["status"] not in FINAL:
+            outcome.lost += 1
+        elif c["status"] == "interrupted":
+            outcome.interrupted += 1
+    outcome.commands += ended
+    return outcome
+
+
+def run_load(fs: FaultStack, sids: list[str], stop: threading.Event, acked: list[dict], errors: list[str]) -> None:
+    """Submit short commands round-robin until ``stop``; keep what was acknowledged."""
+    i = 0
+    while not stop.is_set():
+        sid = sids[i % len(sids)]
+        try:
+            r = fs.api.http.post(f"/api/v1/sessions/{sid}/commands/", json={"command": f"echo load-{i}"},
+                                 timeout=15)
+            if r.status_code == 201:
+                acked.append(r.json())
+            else:
+                errors.append(str(r.status_code))
+        except httpx.HTTPError as exc:
+            errors.append(exc.__class__.__name__)
+            time.sleep(0.05)
+        i += 1

@@ -1,0 +1,239 @@
+"""The backend's side of fault tolerance: adopt and reconcile shells, move sessions away, recover.
+
+These act on a ``BackendRuntime`` (workers/backend.py) and leave the decisions to
+``sessions.failover``: the database says which shells should exist here and at which
+epoch; this module makes tmux match it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from django.conf import settings
+from django.db import close_old_connections
+
+from sessions import failover, services
+
+from .tmux.driver import ShellError, ShellInfo
+
+if TYPE_CHECKING:
+    from .backend import BackendRuntime
+
+log = logging.getLogger(__name__)
+
+SEEN_MAX = 100_000  # command ids remembered, to drop a task delivered twice
+EXITED_KEEP = 60.0  # seconds a shell that exited by itself is not taken for one that vanished
+
+
+class CommandLedger:
+    """Which command ids this backend has already queued, and which shells just exited."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: OrderedDict[str, None] = OrderedDict()
+        self._exited: dict[str, float] = {}
+        self.epochs: dict[str, int] = {}  # shell name -> the placement epoch it was made for
+
+    def claim(self, command_id: str) -> bool:
+        """True the first time a command id is seen here."""
+        with self._lock:
+            if command_id in self._seen:
+                return False
+            self._seen[command_id] = None
+            if len(self._seen) > SEEN_MAX:
+                self._seen.popitem(last=False)
+            return True
+
+    def exited(self, name: str) -> None:
+        with self._lock:
+            self._exited[name] = time.monotonic()
+            self.epochs.pop(name, None)
+
+    def recently_exited(self) -> set[str]:
+        now = time.monotonic()
+        with self._lock:
+            self._exited = {n: t for n, t in self._exited.items() if now - t < EXITED_KEEP}
+            return set(self._exited)
+
+
+def _states(rt: BackendRuntime, infos: list[ShellInfo] | None = None) -> list[failover.ShellState]:
+    if infos is None:
+        infos = []
+        for name in rt.driver.shell_names():
+            try:
+                infos.append(rt.driver.shell_info(name))
+            except ShellError:
+                continue
+    return [failover.ShellState(name=i.name, epoch=i.epoch or rt.ledger.epochs.get(i.name, 0), busy=i.busy,
+                                last_command=i.last_command, cwd=i.cwd) for i in infos]
+
+
+def reconcile(rt: BackendRuntime, *, restarted: bool, adopted: list[ShellInfo] | None = None,
+              gone_reason: str = "") -> failover.ReconcilePlan:
+    """Make this backend's shells match the database (at start, periodically, when told it was dead)."""
+    rt.flush_writes()
+    plan = failover.backend_reconcile_shells(backend_id=rt.backend_id, shells=_states(rt, adopted),
+                                             restarted=restarted, recently_exited=rt.ledger.recently_exited(),
+                                             gone_reason=gone_reason)
+    for info in adopted or []:
+        rt.ledger.epochs[info.name] = info.epoch
+    for name in plan.kill:
+        log.info("killing shell %s: its session moved or ended", name)
+        stop_shell(rt, name, "the session moved to another backend")
+    for name, command_id, started in plan.adopt:
+        rt.ledger.claim(command_id)
+        rt.driver.adopt_command(name, command_id, started)
+    for name, cmd in plan.run:
+        queue_command(rt, name, cmd["id"], cmd["command"], cmd["timeout"])
+    if plan.kill or plan.adopt or plan.run or plan.migrated:
+        log.info("backend %s reconciled: %d killed, %d adopted, %d queued again, %d moved", rt.backend_id,
+                 len(plan.kill), len(plan.adopt), len(plan.run), len(plan.migrated))
+    return plan
+
+
+def stop_shell(rt: BackendRuntime, name: str, reason: str) -> None:
+    """End a local copy of a session that lives elsewhere now: its queued commands are not
+    ended here (they run where the session went)."""
+    try:
+        rt.driver.drop_queued(name)
+    except ShellError:
+        return
+    rt.ledger.exited(name)
+    rt.driver.kill_shell(name, reason)
+
+
+def queue_command(rt: BackendRuntime, name: str, command_id: str, command: str, timeout: float | None) -> None:
+    if rt.ledger.claim(command_id):
+        rt.driver.run(name, command_id, command, timeout)
+
+
+def command_run(rt: BackendRuntime, command_id: str, session_id: str, epoch: int, command: str,
+                timeout: float | None, redelivered: bool) -> None:
+    """A command_run task: refused when stale (fencing), dropped when already seen."""
+    current = rt.ledger.epochs.get(session_id)
+    if current is not None and epoch < current:
+        log.info("command %s: stale epoch %d < %d, refused", command_id, epoch, current)
+        return
+    if redelivered and not failover.command_still_queued(command_id):
+        return  # the broker delivered it again after it was handled
+    try:
+        queue_command(rt, session_id, command_id, command, timeout)
+    except ShellError as exc:
+        if failover.session_placed_here(session_id=session_id, epoch=epoch, backend_id=rt.backend_id):
+            rt.command_lost(session_id, command_id, str(exc))
+        else:
+            log.info("command %s: session %s is not placed here (epoch %d): left to its backend",
+                     command_id, session_id, epoch)
+
+
+def session_resume(rt: BackendRuntime, session_id: str, epoch: int, cwd: str, env: dict, cols: int,
+                   rows: int) -> dict:
+    """Rebuild a moved session's shell here, then run its queued commands in order."""
+    note = ""
+    home = os.environ.get("HOME", "/")
+    if not cwd or not os.path.isdir(cwd):
+        note = f"{cwd or 'its directory'} does not exist here; started in {home}"
+        cwd = home
+    if session_id in rt.driver.shell_names():
+        stop_shell(rt, session_id, "replaced by a newer placement")
+    try:
+        info = rt.driver.create_shell(session_id, cwd=cwd, env=env, cols=cols, rows=rows, epoch=epoch)
+    except ShellError as exc:
+        failover.session_resume_failed(session_id=session_id, epoch=epoch, backend_id=rt.backend_id, error=str(exc))
+        return {"ok": False, "error": str(exc)}
+    rt.ledger.epochs[session_id] = epoch
+    rt.forget_output_seq(session_id)
+    queued = failover.session_resumed(session_id=session_id, epoch=epoch, backend_id=rt.backend_id,
+                                      cwd=info.cwd, note=note)
+    if queued is None:
+        stop_shell(rt, session_id, "the session was placed elsewhere meanwhile")
+        return {"ok": False, "error": "the session was placed elsewhere meanwhile"}
+    for cmd in queued:
+        queue_command(rt, session_id, cmd["id"], cmd["command"], cmd["timeout"])
+    return {"ok": True, "cwd": info.cwd}
+
+
+def drain(rt: BackendRuntime, reason: str) -> int:
+    """Move every session of this backend elsewhere, live; returns how many.
+
+    New work stops first (the backend is ``draining``, shells' queues are emptied: those
+    commands run where the session goes); running commands get DRAIN_GRACE seconds to end;
+    then each session moves with the cwd its shell has now, and the local shell is ended.
+    """
+    failover.backend_mark_draining(rt.backend_id)
+    names = rt.driver.shell_names()
+    for name in names:
+        try:
+            rt.driver.drop_queued(name)
+        except ShellError:
+            pass
+    deadline = time.monotonic() + settings.VTERM["DRAIN_GRACE"]
+    while time.monotonic() < deadline and any(_busy(rt, n) for n in names):
+        time.sleep(0.05)
+    rt.flush_writes()  # commands that ended are in the database before the move
+    sessions = failover.backend_live_sessions(rt.backend_id)
+    for session in sessions:
+        name = str(session.pk)
+        cwd = None
+        if name in names:
+            try:
+                cwd = rt.driver.current_cwd(name)
+            except Exception:
+                log.warning("could not read the cwd of %s", name, exc_info=True)
+        failover.session_migrate(session, reason=reason, cwd=cwd, exclude=(rt.backend_id,))
+    for name in names:
+        stop_shell(rt, name, f"{reason}: the session moved to another backend")
+    rt.flush_writes()
+    log.info("backend %s drained: %d session(s) moved", rt.backend_id, len(sessions))
+    return len(sessions)
+
+
+def _busy(rt: BackendRuntime, name: str) -> bool:
+    try:
+        return rt.driver.shell_info(name).busy
+    except ShellError:
+        return False
+
+
+def recover_tmux(rt: BackendRuntime) -> None:
+    """The tmux server died under a live worker: start a new one, move the sessions it held.
+
+    Runs on a thread of its own (the driver's reader thread reports the loss).
+    """
+    with rt.recover_lock:
+        if rt.driver.alive or rt.stopping:
+            return
+        log.error("backend %s: tmux server lost; starting a new one", rt.backend_id)
+        old = rt.driver
+        try:
+            old.close()
+        except Exception:
+            log.warning("closing the lost tmux connection failed", exc_info=True)
+        for attempt in range(20):
+            try:
+                rt.driver = rt.make_driver()
+                rt.driver.start()
+                break
+            except Exception:
+                log.exception("tmux restart failed (attempt %d)", attempt + 1)
+                time.sleep(0.5)
+        else:
+            return
+        rt.ledger.epochs.clear()
+        close_old_connections()
+        reconcile(rt, restarted=False, gone_reason=f"the tmux server of backend {rt.backend_id} died")
+
+
+def on_declared_dead(rt: BackendRuntime) -> None:
+    """The pool declared this backend dead (it was paused or cut off): its sessions may have
+    moved. Kill the stale copies, then come back as healthy."""
+    log.warning("backend %s was declared dead: reconciling before taking work again", rt.backend_id)
+    reconcile(rt, restarted=False)
+    services.backend_register(backend_id=rt.backend_id, hostname=socket.gethostname(),
+                              capacity=settings.VTERM["BACKEND_CAPACITY"])
