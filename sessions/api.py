@@ -8,13 +8,14 @@ from __future__ import annotations
 
 from adrf.views import APIView
 from asgiref.sync import sync_to_async
-from django.http import HttpResponse
+from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 
-from . import selectors, services
+from . import audit, selectors, services
+from .recording import recording_lines
 from .serializers import (
     CommandCreateSerializer,
     CommandSerializer,
@@ -49,6 +50,10 @@ class SessionListView(APIView):
     async def post(self, request):
         data = _valid(SessionCreateSerializer, request)
         session = await services.session_create(owner=request.user, **data)
+        await sync_to_async(audit.audit_record)(
+            request.user, audit.SESSION_CREATE, session.pk, request=request,
+            detail={"name": session.name, "cwd": session.cwd, "backend": session.backend_id,
+                    "env_names": sorted(data.get("env", {}))})
         return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
 
 
@@ -63,6 +68,8 @@ class SessionDetailView(APIView):
         def end():
             session = selectors.session_get_for_user(request.user, session_id)
             services.session_terminate(session)
+            audit.audit_record(request.user, audit.SESSION_TERMINATE, session.pk, request=request,
+                               detail={"owner": session.owner.username})
         await sync_to_async(end)()
         return Response(status=status.HTTP_204_NO_CONTENT)
 
@@ -81,7 +88,10 @@ class CommandListView(APIView):
 
         def submit():
             session = selectors.session_get_for_user(request.user, session_id)
-            return services.command_submit(session, command=data["command"], timeout=data.get("timeout"))
+            cmd = services.command_submit(session, command=data["command"], timeout=data.get("timeout"))
+            audit.audit_record(request.user, audit.COMMAND_RUN, session.pk, request=request,
+                               detail=audit.audit_command_detail(cmd.pk, cmd.command))
+            return cmd
         cmd = await sync_to_async(submit)()
         wait = data.get("wait") or 0
         body = await services.command_wait(cmd, wait) if wait else CommandSerializer(cmd).data
@@ -117,6 +127,8 @@ class CommandInterruptView(APIView):
             session = selectors.session_get_for_user(request.user, session_id)
             cmd = selectors.command_get(session, command_id)
             services.command_interrupt(cmd)
+            audit.audit_record(request.user, audit.COMMAND_INTERRUPT, session.pk, request=request,
+                               detail={"command_id": str(cmd.pk)})
             return CommandSerializer(cmd).data
         return Response(await sync_to_async(interrupt)(), status=status.HTTP_202_ACCEPTED)
 
@@ -129,6 +141,8 @@ class SessionInputView(APIView):
         def send():
             session = selectors.session_get_for_user(request.user, session_id)
             services.session_input(session, data=data.get("data"), keys=data.get("keys"))
+            audit.audit_record(request.user, audit.SESSION_INPUT, session.pk, request=request,
+                               detail=audit.audit_input_detail(data.get("data"), data.get("keys")))
         await sync_to_async(send)()
         return Response({"accepted": True}, status=status.HTTP_202_ACCEPTED)
 
@@ -147,5 +161,22 @@ class SessionResizeView(APIView):
 
         def resize():
             session = selectors.session_get_for_user(request.user, session_id)
-            return SessionSerializer(services.session_resize(session, **data)).data
+            body = SessionSerializer(services.session_resize(session, **data)).data
+            audit.audit_record(request.user, audit.SESSION_RESIZE, session.pk, request=request, detail=data)
+            return body
         return Response(await sync_to_async(resize)())
+
+
+class SessionRecordingView(APIView):
+    """The session's output as an asciicast v2 file (``asciinema play`` plays it)."""
+
+    @extend_schema(responses={(200, "application/x-asciicast"): str})
+    async def get(self, request, session_id):
+        def read():
+            session = selectors.session_get_for_user(request.user, session_id)
+            audit.audit_record(request.user, audit.SESSION_RECORDING, session.pk, request=request)
+            return session
+        session = await sync_to_async(read)()
+        response = StreamingHttpResponse(recording_lines(session), content_type="application/x-asciicast")
+        response["Content-Disposition"] = f'attachment; filename="vterm-{session.pk}.cast"'
+        return response
