@@ -173,3 +173,27 @@ def test_hostile_cwd_is_a_directory_not_a_format(tmp_path):
     finally:
         driver.kill_server()
         driver.close()
+
+
+@needs_tmux
+@pytest.mark.parametrize("text", ["-t x -l ; kill-server", "-", "--", "-l", "-H 41", "\\; kill-server"])
+def test_text_beginning_with_a_dash_is_typed_not_parsed_as_options(tmp_path, text):
+    """Quotes do not stop tmux's option parser: send-keys needs "--" before the text."""
+    driver = TmuxDriver(str(tmp_path / "s" / "tmux.sock"), _Quiet(),
+                        shell_env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TERM": "xterm"},
+                        source_user_bashrc=False)
+    driver.start()
+    try:
+        driver.create_shell("x2", cwd=str(tmp_path), env={}, cols=80, rows=24)
+        out = tmp_path / "typed"
+        driver.send_text("x2", f"stty raw -echo; head -c {len(text.encode())} > {out}; stty sane; touch {out}.done\r")
+        time.sleep(0.3)
+        driver.send_text("x2", text)
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "typed.done").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert out.read_bytes() == text.encode()
+        driver.send_keys("x2", ["-", "a"])  # a lone "-" key too
+    finally:
+        driver.kill_server()
+        driver.close()

@@ -291,7 +291,8 @@ class TmuxDriver:
     def send_text(self, name: str, text: str) -> None:
         shell = self._get(name)
         if text:
-            self._call(f"send-keys -t {shell.pane_id} -l {quote(text)}")
+            # "--": text beginning with '-' is text, not an option (quotes do not stop tmux's getopt).
+            self._call(f"send-keys -t {shell.pane_id} -l -- {quote(text)}")
 
     def send_keys(self, name: str, keys: list[str]) -> None:
         shell = self._get(name)
@@ -299,7 +300,7 @@ class TmuxDriver:
         if bad:
             raise ShellError(f"keys: not key names: {bad}")
         if keys:
-            self._call(f"send-keys -t {shell.pane_id} " + " ".join(quote(k) for k in keys))
+            self._call(f"send-keys -t {shell.pane_id} -- " + " ".join(quote(k) for k in keys))
 
     def screen(self, name: str, *, escapes: bool = False, history: int = 0) -> Screen:
         shell = self._get(name)
@@ -369,7 +370,7 @@ class TmuxDriver:
             # One unit for bash: one start mark, one end mark, one exit code.
             text = "{ " + text + "\n}"
         # A bracketed paste: readline takes tabs and control keys literally.
-        self._send_nowait(f"send-keys -t {shell.pane_id} -l " + quote("\x1b[200~" + text + "\x1b[201~\r"))
+        self._send_nowait(f"send-keys -t {shell.pane_id} -l -- " + quote("\x1b[200~" + text + "\x1b[201~\r"))
 
     # -- events from tmux (reader thread) ---------------------------------------
 
