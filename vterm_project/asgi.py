@@ -5,7 +5,7 @@ import os
 from django.core.asgi import get_asgi_application
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vterm_project.settings")
-django_asgi_app = get_asgi_application()
+django_asgi_app = get_asgi_application()  # sets Django up
 
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
@@ -13,7 +13,11 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
 from sessions.ws_auth import BearerTokenAuthMiddleware, allowed_hosts_origin_validator
 from sessions.ws_routing import websocket_urlpatterns
+from vterm_project.asgi_handler import SharedSyncThreadASGIHandler
 from vterm_project.body_limit import RequestBodyLimit
+
+# One long-lived sync thread instead of one per request (see asgi_handler.py).
+django_asgi_app = SharedSyncThreadASGIHandler()
 
 application = ProtocolTypeRouter({
     # Only /static/ goes to the static handler; everything else passes straight through.
