@@ -13,7 +13,7 @@ run: venv system-deps
 	$(PY) -m vterm_project.devstack
 
 test: venv system-deps test-deps
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-faults: venv system-deps
 	$(PY) -m pytest tests/faults -m slow $(PYTEST_ARGS)

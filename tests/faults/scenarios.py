@@ -12,7 +12,9 @@ import threading
 import time
 import uuid
 
-from .harness import FaultStack, Outcome, PrivateRedis, run_load, tally, wait_for
+__all__ = ["FINAL"]
+
+from .harness import FINAL, FaultStack, Outcome, PrivateRedis, run_load, tally, wait_for
 
 
 def _served(fs: FaultStack, sid: str, timeout: float = 60) -> float:

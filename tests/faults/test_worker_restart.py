@@ -38,7 +38,40 @@ def test_worker_kill9_mid_command_adopts_and_runs_what_was_queued(fs):
 
 def test_tmux_server_killed_rebuilds_the_shell_with_cwd_and_env(fs):
     out = scenarios.tmux_killed(fs)
-    cd, running, queued = out.commands
+    _, running, queued = out.commands
     assert running["status"] == "interrupted" and "tmux server" in running["reason"], running
     assert (queued["status"], queued["output"]) == ("succeeded", "kept\n/tmp\n"), queued
     assert out.lost == 0 and out.recovered == 1
+
+
+def test_drain_moves_sessions_live_and_new_sessions_avoid_the_backend(fs):
+    from tests.ws_viewer import Viewer
+
+    b = fs.backend_ids()[1]
+    sid = fs.session_on(b, env={"FAULT_ENV": "kept"})["id"]
+    cd = fs.api.run(sid, "cd /tmp")
+    running = fs.submit(sid, "sleep 60")
+    fs.wait_running(sid, running["id"])
+    queued = fs.submit(sid, 'echo "$FAULT_ENV"; pwd')
+    viewer = Viewer(fs.stack.url, sid, token=fs.api.token)
+
+    assert fs.api.http.post(f"/api/v1/backends/{b}/drain/").status_code == 403
+    assert fs.staff.http.post("/api/v1/backends/no-such-backend/drain/").status_code == 404
+    r = fs.staff.http.post(f"/api/v1/backends/{b}/drain/")
+    assert r.status_code == 202, r.text
+    assert r.json() == {"id": b, "status": "draining", "sessions": 1}
+
+    moved = fs.wait_session_active(sid, timeout=60, not_on=b)
+    assert moved["cwd"] == "/tmp" and f"moved to backend {moved['backend']}" in moved["status_reason"]
+    viewer.until(lambda f: f.get("type") == "status" and f.get("status") == "active", timeout=30)
+    statuses = [f["status"] for f in viewer.frames if f.get("type") == "status"]
+    assert statuses[-2:] == ["migrating", "active"], statuses
+    viewer.close()
+
+    ran, rerouted = fs.settle([running, queued])
+    # The drain gave the running command DRAIN_GRACE seconds, then moved on without it.
+    assert ran["status"] == "interrupted" and "draining" in ran["reason"], ran
+    assert (rerouted["status"], rerouted["output"]) == ("succeeded", "kept\n/tmp\n"), rerouted
+    assert cd["status"] == "succeeded"
+    assert sid not in fs.tmux_windows(b), "the drained backend ended its copy"
+    assert all(fs.api.create_session()["backend"] != b for _ in range(3)), "placement avoids a draining backend"

@@ -1,0 +1,64 @@
+"""Backends lost or stopped: sessions move to healthy backends with their cwd and env.
+
+Heartbeat TTL is 4 s here and the reconcile runs every second (beat), so a backend
+that stops heartbeating is declared dead within about 5 s.
+"""
+
+from __future__ import annotations
+
+import signal
+
+import pytest
+
+from vterm_project.devstack import Proc
+
+from . import scenarios
+from .harness import FaultStack, wait_for
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def fs(redis_url, tmp_path_factory):
+    st = FaultStack(redis_url, tmp_path_factory.mktemp("faults-loss"), prefix="fl")
+    try:
+        yield st.start()
+    finally:
+        st.stop()
+
+
+def test_backend_lost_sessions_move_with_cwd_env_and_queued_commands(fs):
+    out = scenarios.backend_lost(fs)
+    cds, (running, *rerouted) = out.commands[:2], out.commands[2:]
+    assert all(c["status"] == "succeeded" for c in cds)
+    assert running["status"] == "interrupted", running
+    assert "was lost" in running["reason"] and "no heartbeat" in running["reason"], running["reason"]
+    for c in rerouted:
+        assert (c["status"], c["output"]) == ("succeeded", "kept\n/tmp\n"), c
+    assert out.lost == 0 and out.recovered == 2
+
+
+def test_backend_returning_late_kills_its_stale_shells(fs):
+    out = scenarios.worker_returns_late(fs)
+    running, after = out.commands
+    assert running["status"] == "interrupted" and "was lost" in running["reason"], running
+    assert after["status"] == "succeeded" and after["output"] == "moved\n"
+    assert out.lost == 0 and out.recovered == 1
+
+
+def test_sigterm_drains_when_asked_to(fs):
+    b = fs.backend_ids()[1]
+    fs.stack.stop_process(b, signal.SIGTERM)  # a plain stop: detaches, shells stay for adoption
+    spec = fs.stack.spec(b)
+    before = fs.worker_starts(b)
+    fs.stack.start_process(Proc(spec.name, spec.argv, {**spec.env, "VTERM_DRAIN_ON_STOP": "1"}))
+    wait_for(lambda: fs.worker_starts(b) > before, 90, "the worker to come up")
+    wait_for(lambda: fs.stack.ready(), 60, "both backends healthy")
+    sid = fs.session_on(b)["id"]
+    fs.api.run(sid, "cd /var")
+    fs.stack.stop_process(b, signal.SIGTERM, timeout=60)
+    moved = fs.wait_session_active(sid, timeout=60, not_on=b)
+    assert moved["cwd"] == "/var", moved
+    assert fs.api.run(sid, "pwd")["output"] == "/var\n"
+    assert sid not in fs.tmux_windows(b)
+    fs.restart_worker(b)

@@ -1,0 +1,65 @@
+"""The web node and Redis fail: nothing acknowledged is lost, requests fail fast, all recover."""
+
+from __future__ import annotations
+
+import pytest
+
+from . import scenarios
+from .harness import FaultStack, PrivateRedis
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def redis(tmp_path_factory):
+    r = PrivateRedis(tmp_path_factory.mktemp("faults-redis"))
+    r.start()
+    yield r
+    r.resume()
+    r.stop()
+
+
+@pytest.fixture(scope="module")
+def fs(redis, tmp_path_factory):
+    st = FaultStack(redis.url, tmp_path_factory.mktemp("faults-web-redis"), prefix="fw", VTERM_HEARTBEAT_TTL=10)
+    try:
+        yield st.start()
+    finally:
+        st.stop()
+
+
+def _no_process_died(fs):
+    assert all(fs.processes_alive().values()), fs.processes_alive()
+
+
+def test_web_node_restart_under_load(fs):
+    out = scenarios.web_restart(fs)
+    assert out.acknowledged > 0
+    assert all(c["status"] == "succeeded" for c in out.commands), [c for c in out.commands
+                                                                  if c["status"] != "succeeded"]
+    assert out.lost == 0 and out.interrupted == 0 and out.recovered == 2
+
+
+def test_redis_restart(fs, redis):
+    out = scenarios.redis_restart(fs, redis)
+    before, across, *_ = out.commands
+    assert before["status"] == "succeeded"
+    # A command acknowledged before Redis went away ends definitely (it ran in the shell).
+    assert across["status"] == "succeeded" and across["output"] == "across\n", across
+    assert all(c["status"] in scenarios.FINAL for c in out.commands)
+    assert out.lost == 0 and out.recovered == 1
+    _no_process_died(fs)
+
+
+def test_redis_paused(fs, redis):
+    out = scenarios.redis_pause(fs, redis)
+    assert out.replies, "requests were made while Redis was paused"
+    for status, retry_after, seconds, _ in out.replies:
+        # Fail fast: a 503 with Retry-After within the bounded broker/Redis timeouts, never a 500.
+        assert status in (201, 503), out.replies
+        assert seconds < 15, out.replies
+        if status == 503:
+            assert retry_after, out.replies
+    assert all(c["status"] in scenarios.FINAL for c in out.commands)
+    assert out.lost == 0 and out.recovered == 1
+    _no_process_died(fs)
