@@ -184,6 +184,11 @@ def decide(s: Sample, h: History, p: Policy) -> tuple[Decision, History]:
                       f"{desired} → {target} (load then {after:.0%})", 0.6 + 0.4 * (p.low_load - load) / p.low_load)
 
     h.high_streak = h.low_streak = 0
+    if load < p.low_load:
+        # Slow or failing with little load: backends are not the cause, but don't shrink meanwhile.
+        trouble = (f"p99 latency {s.latency_p99 * 1000:.0f} ms" if slow else f"error rate {s.error_rate:.0%}")
+        return result("maintain", desired, f"load {load:.0%} < {p.low_load:.0%} but {trouble}: "
+                      "not scaling down", 0.5)
     band = (p.high_load - p.low_load) / 2
     room = min(p.high_load - load, load - p.low_load) if math.isfinite(load) else 0
     return result("maintain", desired, f"load {load:.0%} within {p.low_load:.0%}–{p.high_load:.0%}",

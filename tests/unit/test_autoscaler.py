@@ -104,3 +104,10 @@ def test_histogram_quantile_like_prometheus(q, expected):
     buckets = [("0.005", 0), ("0.01", 50), ("0.025", 50), ("0.05", 100), ("+Inf", 100)]
     assert histogram_quantile(q, buckets) == pytest.approx(expected, abs=1e-4)
     assert histogram_quantile(q, [("0.01", 0), ("+Inf", 0)]) is None
+
+
+def test_slow_commands_hold_a_scale_down_and_say_why():
+    h = History(desired=4, last_change_at=-1000)
+    decisions, h = run([sample(t, 2, backends=4, latency_p99=0.3) for t in (0, 15, 30, 45)], history=h)
+    assert {d.action for d in decisions} == {"maintain"} and h.desired == 4
+    assert "not scaling down" in decisions[-1].reason and "300 ms" in decisions[-1].reason
