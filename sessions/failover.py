@@ -14,6 +14,7 @@ the reconcile can run on any worker, including the one a session moves to.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 from datetime import timedelta
 
@@ -25,7 +26,14 @@ from redis.exceptions import LockError
 
 from .circuit import breaker_record_failure
 from .models import Backend, Command, TerminalSession
-from .redis_state import orphans_throttle_key, reconcile_lock_key, session_lock_key, sync_client
+from .redis_state import (
+    orphans_throttle_key,
+    reconcile_grace_key,
+    reconcile_last_key,
+    reconcile_lock_key,
+    session_lock_key,
+    sync_client,
+)
 from .replies import send_to_backend
 from .services import T, backend_pick_least_loaded, backends_alive_cutoff, session_set_status, session_started
 
@@ -281,6 +289,8 @@ def pool_reconcile() -> dict:
     if not lock.acquire(blocking=False):
         return {"skipped": "another reconcile is running"}
     try:
+        if _pool_just_started():
+            return {"skipped": "the pool is starting: backends get one heartbeat TTL to come back"}
         return {"dead": _reconcile_dead(), "stuck": _reconcile_stuck(), "idle": _reconcile_idle(),
                 "orphans_checked_on": _reconcile_orphans()}
     finally:
@@ -288,6 +298,20 @@ def pool_reconcile() -> dict:
             lock.release()
         except LockError:
             pass
+
+
+def _pool_just_started() -> bool:
+    """True for one heartbeat TTL after the reconcile had stopped running (the whole pool was
+    down, as in a `make run` restart): every backend's heartbeat is stale then, and each must
+    get the time to come back and adopt its shells before it is declared dead."""
+    cfg = settings.VTERM
+    r = sync_client()
+    now = time.time()
+    last = r.getset(reconcile_last_key(), now)
+    if last is None or now - float(last) > max(3 * cfg["RECONCILE_INTERVAL"], cfg["HEARTBEAT_TTL"]):
+        r.set(reconcile_grace_key(), 1, ex=max(1, int(cfg["HEARTBEAT_TTL"])))
+        log.info("pool reconcile (re)started: no backend is declared dead for %g s", cfg["HEARTBEAT_TTL"])
+    return bool(r.exists(reconcile_grace_key()))
 
 
 def _reconcile_dead() -> list[str]:

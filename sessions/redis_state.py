@@ -60,6 +60,15 @@ def reconcile_lock_key() -> str:
     return f"{_p()}lock:reconcile"
 
 
+def reconcile_last_key() -> str:
+    """When the pool reconcile last ran (a long gap means the whole pool was down)."""
+    return f"{_p()}reconcile:last"
+
+
+def reconcile_grace_key() -> str:
+    return f"{_p()}reconcile:grace"
+
+
 def orphans_throttle_key() -> str:
     return f"{_p()}reconcile:orphans"
 
