@@ -129,7 +129,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             return
         try:
             frame = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             await self.send_error("bad_json", "The frame is not JSON.")
             return
         if not isinstance(frame, dict) or not isinstance(frame.get("type"), str):

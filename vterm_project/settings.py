@@ -161,6 +161,9 @@ REST_FRAMEWORK = {
     "PAGE_SIZE": 50,
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "EXCEPTION_HANDLER": "sessions.api_errors.exception_handler",
+    # JSON nested too deeply is a 400 (sessions/parsers.py); forms for the browsable login.
+    "DEFAULT_PARSER_CLASSES": ["sessions.parsers.SafeJSONParser", "rest_framework.parsers.FormParser",
+                               "rest_framework.parsers.MultiPartParser"],
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "vterm API",
