@@ -21,7 +21,7 @@ from django.http import Http404
 from redis.exceptions import RedisError
 from rest_framework.exceptions import APIException, ValidationError
 
-from . import audit, selectors, services
+from . import audit, metrics, selectors, services
 from .models import Command
 from .redis_state import session_group
 from .serializers import CommandSerializer, SessionSerializer
@@ -54,6 +54,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     async def connect(self) -> None:
         # Accept first: a close code (4401/4404) can only be sent on an open WebSocket.
         await self.accept()
+        metrics.websocket_opened()
+        self._counted = True
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.close(code=CLOSE_UNAUTHENTICATED)
@@ -94,6 +96,9 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                                                 detail={"via": "websocket", **(detail or {})})
 
     async def disconnect(self, code) -> None:
+        if getattr(self, "_counted", False):
+            self._counted = False
+            metrics.websocket_closed()
         if self.session is not None:
             await self.channel_layer.group_discard(self.group, self.channel_name)
 

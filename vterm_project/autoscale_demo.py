@@ -72,6 +72,8 @@ def main() -> None:
     ap.add_argument("--interval", type=float, default=3.0, help="autoscaler interval, seconds")
     ap.add_argument("--step", type=int, default=4, help="sessions added or removed per row")
     ap.add_argument("--hold", type=int, default=8, help="rows at the peak")
+    ap.add_argument("--latency-p99", type=float, default=0.05,
+                    help="p99 command latency (s) above which a loaded pool scales up")
     args = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="vterm-autoscale-"))
@@ -81,6 +83,7 @@ def main() -> None:
                           "VTERM_POOL_MAX_BACKENDS": str(args.max_backends),
                           "VTERM_AUTOSCALE_INTERVAL": str(args.interval),
                           "VTERM_AUTOSCALE_UP_AFTER": "2", "VTERM_AUTOSCALE_DOWN_AFTER": "3",
+                          "VTERM_AUTOSCALE_LATENCY_P99": str(args.latency_p99),
                           "VTERM_AUTOSCALE_COOLDOWN": str(args.interval * 5),
                           "VTERM_HEARTBEAT_INTERVAL": "1", "VTERM_STATS_INTERVAL": "2",
                       })

@@ -126,3 +126,17 @@ def test_admin_backends_page_shows_the_pool(stack, ops):
     assert f"<td>{pool['capacity']}</td><td>{pool['active_backends']}</td>" in r.text
     for bid in stack.config.backend_ids():
         assert f'<tr class="vterm-backend"><td>{bid}</td><td>healthy</td>' in r.text
+
+
+def test_websocket_connections_gauge(stack, alice, session):
+    from tests.ws_viewer import Viewer
+
+    before = value(scrape(stack.url), "vterm_websocket_connections")
+    opened = value(scrape(stack.url), "vterm_websocket_connections_opened_total")
+    viewer = Viewer(stack.url, session["id"], token=alice.token)
+    assert viewer.hello["type"] == "hello"
+    now = scrape(stack.url)
+    assert value(now, "vterm_websocket_connections") == before + 1
+    assert value(now, "vterm_websocket_connections_opened_total") == opened + 1
+    viewer.ws.close()
+    wait_for(lambda: value(scrape(stack.url), "vterm_websocket_connections") == before, what="the gauge to drop")
