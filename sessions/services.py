@@ -121,10 +121,15 @@ async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | No
     began = time.monotonic()
     session = await sync_to_async(_session_place)(owner=owner, name=name, cwd=cwd, env=env or {},
                                                   cols=cols, rows=rows)
-    reply = await call_backend(
-        session.backend.queue, T + "session_start", str(session.pk), session.epoch, cwd, env or {}, cols, rows,
-        timeout=settings.VTERM["SESSION_START_TIMEOUT"],
-    )
+    try:
+        reply = await call_backend(
+            session.backend.queue, T + "session_start", str(session.pk), session.epoch, cwd, env or {}, cols, rows,
+            timeout=settings.VTERM["SESSION_START_TIMEOUT"],
+        )
+    except Exception:
+        # Broker or Redis down: the client gets a 503, so no session must appear later.
+        await sync_to_async(_session_start_failed)(session, "", "")
+        raise
     if reply is None or (not reply.get("ok") and not reply.get("field")):
         await sync_to_async(breaker_record_failure)(session.backend_id)
     else:

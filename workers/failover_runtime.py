@@ -90,7 +90,7 @@ def reconcile(rt: BackendRuntime, *, restarted: bool, adopted: list[ShellInfo] |
         rt.ledger.claim(command_id)
         rt.driver.adopt_command(name, command_id, started)
     for name, cmd in plan.run:
-        queue_command(rt, name, cmd["id"], cmd["command"], cmd["timeout"])
+        queue_command(rt, name, cmd["id"], cmd["command"], cmd["timeout"], from_database=True)
     if plan.kill or plan.adopt or plan.run or plan.migrated:
         log.info("backend %s reconciled: %d killed, %d adopted, %d queued again, %d moved", rt.backend_id,
                  len(plan.kill), len(plan.adopt), len(plan.run), len(plan.migrated))
@@ -108,8 +108,12 @@ def stop_shell(rt: BackendRuntime, name: str, reason: str) -> None:
     rt.driver.kill_shell(name, reason)
 
 
-def queue_command(rt: BackendRuntime, name: str, command_id: str, command: str, timeout: float | None) -> None:
-    if rt.ledger.claim(command_id):
+def queue_command(rt: BackendRuntime, name: str, command_id: str, command: str, timeout: float | None,
+                  *, from_database: bool = False) -> None:
+    """Give a command to its shell once. ``from_database``: the database says it is still queued
+    for a shell rebuilt or adopted here, so it runs even if an earlier copy was taken (and lost
+    with the old shell); a task delivered later for it is still dropped."""
+    if rt.ledger.claim(command_id) or from_database:
         rt.driver.run(name, command_id, command, timeout)
 
 
@@ -155,7 +159,7 @@ def session_resume(rt: BackendRuntime, session_id: str, epoch: int, cwd: str, en
         stop_shell(rt, session_id, "the session was placed elsewhere meanwhile")
         return {"ok": False, "error": "the session was placed elsewhere meanwhile"}
     for cmd in queued:
-        queue_command(rt, session_id, cmd["id"], cmd["command"], cmd["timeout"])
+        queue_command(rt, session_id, cmd["id"], cmd["command"], cmd["timeout"], from_database=True)
     return {"ok": True, "cwd": info.cwd}
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from . import scenarios
-from .harness import FaultStack, PrivateRedis
+from .harness import FaultStack, PrivateRedis, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -63,3 +63,24 @@ def test_redis_paused(fs, redis):
     assert all(c["status"] in scenarios.FINAL for c in out.commands)
     assert out.lost == 0 and out.recovered == 1
     _no_process_died(fs)
+
+
+def test_websocket_resumes_with_since_after_the_web_node_restarts(fs):
+    import signal
+
+    from tests.ws_viewer import Viewer
+
+    sid = fs.api.create_session()["id"]
+    viewer = Viewer(fs.stack.url, sid, token=fs.api.token)
+    fs.api.run(sid, "echo one")
+    viewer.until_output("one")
+    position = viewer.position
+    fs.stack.stop_process("web", signal.SIGKILL)
+    viewer.close()
+    fs.stack.start_process(fs.stack.spec("web"))
+    wait_for(fs.stack.ready, 60, "the web node to be back")
+    fs.api.run(sid, "echo two")
+    again = Viewer(fs.stack.url, sid, token=fs.api.token, since=position)
+    again.until_output("two")
+    assert again.breaks == [] and again.outputs[0][0] == position + 1, (position, again.outputs[:2])
+    again.close()

@@ -527,7 +527,9 @@ class TmuxDriver:
             shell = _Shell(name=wname[len(WINDOW_PREFIX):], window_id=window_id, pane_id=pane_id, tty=tty,
                            parser=MarkParser(nonce), cols=cols, rows=rows, cwd=path,
                            epoch=int(epoch) if epoch.isdigit() else 0, last_command=last_cmd)
-            busy = current != "bash"
+            # A program in the foreground, or bash itself running a command (a loop of builtins):
+            # readline keeps the terminal non-canonical only while it waits at the prompt.
+            busy = current != "bash" or _tty_canonical(tty) is True
             if not busy:
                 shell.ready.set()  # idle at its prompt; otherwise the next end mark readies it
             with self._lock:
@@ -608,6 +610,20 @@ def _tty_size(tty: str) -> tuple[int, int] | None:
         rows, cols = struct.unpack("hhhh", fcntl.ioctl(fd, termios.TIOCGWINSZ, b"\0" * 8))[:2]
         return rows, cols
     except OSError:
+        return None
+    finally:
+        os.close(fd)
+
+
+def _tty_canonical(tty: str) -> bool | None:
+    """Whether a terminal is in canonical (line) mode, or None when it cannot be read."""
+    try:
+        fd = os.open(tty, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return None
+    try:
+        return bool(termios.tcgetattr(fd)[3] & termios.ICANON)
+    except termios.error:
         return None
     finally:
         os.close(fd)
