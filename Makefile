@@ -7,12 +7,12 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-faults bench venv system-deps test-deps lint clean kill-shells
+.PHONY: run test test-faults bench venv system-deps test-deps vendor lint clean kill-shells
 
-run: venv system-deps
+run: venv system-deps vendor
 	$(PY) -m vterm_project.devstack
 
-test: venv system-deps test-deps
+test: venv system-deps test-deps vendor
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-faults: venv system-deps
@@ -50,6 +50,19 @@ test-deps:
 	  echo "installing:$$missing"; \
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
 	fi
+
+# xterm.js and its fit addon from the npm registry (package.json, package-lock.json), copied
+# where Django's static files are looked for; the copies are build output, not committed.
+VENDOR := sessions/static/vendor
+vendor: $(VENDOR)/.built
+
+$(VENDOR)/.built: package.json package-lock.json
+	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq npm; }
+	npm ci --no-audit --no-fund --loglevel=error
+	mkdir -p $(VENDOR)
+	cp node_modules/@xterm/xterm/lib/xterm.js node_modules/@xterm/xterm/css/xterm.css \
+	   node_modules/@xterm/addon-fit/lib/addon-fit.js $(VENDOR)/
+	touch $@
 
 lint: venv
 	$(VENV)/bin/ruff check .

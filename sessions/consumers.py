@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import ClassVar
 from urllib.parse import parse_qs
 
@@ -34,6 +35,10 @@ CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
 CLOSE_TOO_LARGE = 1009
 PUMP_BATCH = 64  # stream entries read per XRANGE while catching up
+# A command frame carries at most this much of the command's output (a WebSocket message
+# must stay well under Daphne's 1 MiB); "output_cut": true says it was cut.
+COMMAND_OUTPUT_MAX = 64 * 1024
+TOUCH_EVERY = 10.0  # seconds between last_activity writes while someone types
 
 
 def _errors_text(detail) -> str:
@@ -71,6 +76,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         await self._audit(audit.SESSION_ATTACH)
         cfg = settings.VTERM
         self.window = OutputWindow(high=cfg["WS_WINDOW_HIGH"], low=cfg["WS_WINDOW_LOW"], skip=cfg["WS_SKIP_AFTER"])
+        self._touched_at = 0.0
         self.refs: dict[str, str] = {}  # command id -> the client's ref, for commands it ran
         self.group = session_group(self.session_id)
         # Join before reading the stream: a frame written meanwhile arrives live (deduplicated by seq).
@@ -169,7 +175,13 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     async def on_input(self, frame: dict) -> None:
         data = self._valid(InputSerializer, frame)
-        await sync_to_async(services.session_input)(self.session, data=data.get("data"), keys=data.get("keys"))
+        # Off the shared sync thread: keystrokes wait on no one's database work.
+        await sync_to_async(services.session_send_input, thread_sensitive=False)(
+            self.session, data=data.get("data"), keys=data.get("keys"))
+        now = time.monotonic()
+        if now - self._touched_at > TOUCH_EVERY:
+            self._touched_at = now
+            await sync_to_async(services.session_touch)(self.session)
 
     async def on_resize(self, frame: dict) -> None:
         data = self._valid(ResizeSerializer, frame)
@@ -256,6 +268,10 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     async def _send_command(self, command: dict) -> None:
         cid = str(command.get("id"))
+        output = command.get("output") or ""
+        if len(output) > COMMAND_OUTPUT_MAX:
+            # The output went out as output frames already; the whole of it is one GET away.
+            command = {**command, "output": output[:COMMAND_OUTPUT_MAX], "output_cut": True}
         frame = {"type": "command", "command": command}
         ref = self.refs.get(cid)
         if ref is not None:

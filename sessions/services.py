@@ -356,3 +356,13 @@ def session_interrupt(session: TerminalSession) -> None:
     """Ctrl-C in the session: ends its running command (as interrupted) or the foreground program."""
     _session_require_live(session)
     send_to_backend(session.backend.queue, T + "command_interrupt", str(session.pk))
+
+def session_send_input(session: TerminalSession, *, data: str | None = None, keys: list[str] | None = None) -> None:
+    """Keystrokes from a terminal: straight to the backend, no database write on the hot path
+    (the WebSocket consumer marks activity with ``session_touch`` now and then)."""
+    _session_require_live(session)
+    send_to_backend(session.backend.queue, T + "session_input", str(session.pk), data, keys)
+
+
+def session_touch(session: TerminalSession) -> None:
+    TerminalSession.objects.filter(pk=session.pk).update(last_activity=timezone.now())

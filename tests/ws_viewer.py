@@ -37,9 +37,7 @@ class Viewer:
         frame = json.loads(self.ws.recv(timeout=timeout))
         self.frames.append(frame)
         kind = frame.get("type")
-        if kind == "hello" and self.position is None:
-            self.position = frame["seq"]
-        elif kind == "snapshot":
+        if (kind == "hello" and self.position is None) or kind == "snapshot":
             self.position = frame["seq"]
         elif kind == "output":
             if self.position is not None and frame["seq"] != self.position + 1:
@@ -61,16 +59,14 @@ class Viewer:
             if predicate(frame):
                 return frame
 
-    def until_output(self, needle: str, timeout: float = 120) -> None:
-        """Read until the output received since connecting contains ``needle``."""
-        start = len(self.outputs)
-        tail = ""
+    def until_output(self, needle: str, timeout: float = 120, start: int = 0) -> None:
+        """Read until the output received (from output frame number ``start`` on) contains ``needle``."""
+        tail = "".join(d for _, d in self.outputs[start:])
         deadline = time.monotonic() + timeout
         while needle not in tail:
+            tail = tail[-len(needle):]
             self.until(lambda f: f["type"] == "output", max(0.1, deadline - time.monotonic()))
-            tail = (tail + self.outputs[-1][1])[-(len(needle) + 70000):]
-            if len(self.outputs) == start:
-                continue
+            tail += self.outputs[-1][1]
 
     def command_end(self, ref: str, timeout: float = 120) -> dict:
         return self.until(lambda f: f["type"] == "command" and f.get("ref") == ref

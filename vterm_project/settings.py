@@ -118,7 +118,10 @@ REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
 CHANNEL_LAYERS = {
     "default": {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
-        "CONFIG": {"hosts": [REDIS_URL], "capacity": 1000, "expiry": 30, "prefix": "vterm:asgi"},
+        # redis-py >= 8 times out socket reads after 5 s by default, as long as channels-redis'
+        # blocking receive (BZPOPMIN, 5 s): an idle WebSocket consumer would die with it.
+        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000, "expiry": 30,
+                   "prefix": "vterm:asgi"},
     }
 }
 
@@ -203,10 +206,21 @@ VTERM = {
     # (workers/output_frames.py): a flood such as `yes` cannot fill Redis nor make huge messages.
     "STREAM_MAX_CHARS": env_int("VTERM_STREAM_MAX_CHARS", 4 * 1024 * 1024),
     "OUTPUT_FRAME_MAX": env_int("VTERM_OUTPUT_FRAME_MAX", 64 * 1024),
+    # The stream is also bounded in characters, and one frame holds at most OUTPUT_FRAME_MAX
+    # (workers/output_frames.py): a flood such as `yes` cannot fill Redis nor make huge messages.
+    "STREAM_MAX_CHARS": env_int("VTERM_STREAM_MAX_CHARS", 4 * 1024 * 1024),
+    "OUTPUT_FRAME_MAX": env_int("VTERM_OUTPUT_FRAME_MAX", 64 * 1024),
     "OUTPUT_FLUSH_INTERVAL": env_float("VTERM_OUTPUT_FLUSH_INTERVAL", 0.005),
     "SOURCE_USER_BASHRC": env_bool("VTERM_SOURCE_BASHRC", False),
     "SHELL_PATH": os.environ.get("VTERM_SHELL_PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
     "REDIS_PREFIX": os.environ.get("VTERM_REDIS_PREFIX", ""),
+    # WebSocket terminal (docs/websocket.md): largest client frame (bigger: close 1009), and flow
+    # control in characters: pause a viewer above HIGH unacknowledged, resume under LOW, and send
+    # a snapshot instead of the backlog when more than SKIP_AFTER was held back meanwhile.
+    "WS_MAX_FRAME": env_int("VTERM_WS_MAX_FRAME", 512 * 1024),
+    "WS_WINDOW_HIGH": env_int("VTERM_WS_WINDOW_HIGH", 512 * 1024),
+    "WS_WINDOW_LOW": env_int("VTERM_WS_WINDOW_LOW", 128 * 1024),
+    "WS_SKIP_AFTER": env_int("VTERM_WS_SKIP_AFTER", 8 * 1024 * 1024),
     # Security (sessions/ratelimit.py, sessions/login_throttle.py; docs/security.md). 0 turns a limit off.
     "MAX_SESSIONS_PER_USER": env_int("VTERM_MAX_SESSIONS_PER_USER", 100),
     "QUOTA_RETRY_AFTER": env_int("VTERM_QUOTA_RETRY_AFTER", 10),

@@ -14,4 +14,6 @@ urlpatterns = [
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/schema/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="schema-docs"),
     path("api-auth/", include("rest_framework.urls")),
+    # The browser pages: login, your sessions, the terminal (sessions/pages.py).
+    path("", include("sessions.page_urls")),
 ]

@@ -33,7 +33,8 @@ def keystroke_echo(viewer: Viewer, n: int) -> list[float]:
         before = len(viewer.outputs)
         t0 = time.perf_counter()
         viewer.send(type="input", data="x")
-        viewer.until(lambda f: f["type"] == "output" and "x" in f["data"] and len(viewer.outputs) > before, 30)
+        viewer.until(lambda f, before=before: f["type"] == "output" and "x" in f["data"]
+                     and len(viewer.outputs) > before, 30)
         times.append((time.perf_counter() - t0) * 1000)
     viewer.send(type="input", keys=["C-u"])
     return times
@@ -55,7 +56,7 @@ def output_rate(viewer: Viewer, path: str) -> tuple[float, int, int, dict]:
 
 def percentile(values: list[float], p: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
 
 
 def main() -> None:
