@@ -52,7 +52,9 @@ _COUNTERS = {
 }
 
 # Per process: every Daphne is its own scrape target.
-WEBSOCKET_CONNECTIONS = Gauge("vterm_websocket_connections", "Open WebSocket connections of this web process.")
+# livesum: in multiprocess mode, the sum over the processes alive.
+WEBSOCKET_CONNECTIONS = Gauge("vterm_websocket_connections", "Open WebSocket connections of this web process.",
+                              multiprocess_mode="livesum")
 WEBSOCKET_CONNECTIONS_OPENED = Counter("vterm_websocket_connections_opened",
                                        "WebSocket connections accepted by this web process.")
 
