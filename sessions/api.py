@@ -9,8 +9,8 @@ from __future__ import annotations
 from adrf.views import APIView
 from asgiref.sync import sync_to_async
 from django.http import HttpResponse, StreamingHttpResponse
-from drf_spectacular.utils import OpenApiParameter, extend_schema
-from rest_framework import status
+from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
+from rest_framework import serializers, status
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 
@@ -40,6 +40,7 @@ def _paginated(request, view, queryset, serializer_class):
 
 
 class SessionListView(APIView):
+    pagination_class = PageNumberPagination  # for the schema: the list is a DRF page
     @extend_schema(responses=SessionSerializer(many=True))
     async def get(self, request):
         def build():
@@ -75,6 +76,7 @@ class SessionDetailView(APIView):
 
 
 class CommandListView(APIView):
+    pagination_class = PageNumberPagination
     @extend_schema(responses=CommandSerializer(many=True))
     async def get(self, request, session_id):
         def build():
@@ -121,7 +123,7 @@ class CommandOutputView(APIView):
 
 
 class CommandInterruptView(APIView):
-    @extend_schema(request=None, responses=CommandSerializer)
+    @extend_schema(request=None, responses={202: CommandSerializer})
     async def post(self, request, session_id, command_id):
         def interrupt():
             session = selectors.session_get_for_user(request.user, session_id)
@@ -134,7 +136,8 @@ class CommandInterruptView(APIView):
 
 
 class SessionInputView(APIView):
-    @extend_schema(request=InputSerializer, responses={202: None})
+    @extend_schema(request=InputSerializer,
+                   responses={202: inline_serializer("InputAccepted", {"accepted": serializers.BooleanField()})})
     async def post(self, request, session_id):
         data = _valid(InputSerializer, request)
 

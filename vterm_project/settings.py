@@ -162,11 +162,10 @@ REST_FRAMEWORK = {
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.PageNumberPagination",
     "PAGE_SIZE": 50,
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "sessions.api_schema.VtermAutoSchema",  # documents the errors too
     "EXCEPTION_HANDLER": "sessions.api_errors.exception_handler",
-    # JSON nested too deeply is a 400 (sessions/parsers.py); forms for the browsable login.
-    "DEFAULT_PARSER_CLASSES": ["sessions.parsers.SafeJSONParser", "rest_framework.parsers.FormParser",
-                               "rest_framework.parsers.MultiPartParser"],
+    # JSON nested too deeply is a 400 (sessions/parsers.py).
+    "DEFAULT_PARSER_CLASSES": ["sessions.parsers.SafeJSONParser"],  # the API speaks JSON only (API.md)
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "vterm API",
