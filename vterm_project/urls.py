@@ -17,3 +17,7 @@ urlpatterns = [
     # The browser pages: login, your sessions, the terminal (sessions/pages.py).
     path("", include("sessions.page_urls")),
 ]
+
+# JSON, not an HTML page, for /api/ paths (e.g. a session id that is not a UUID).
+handler404 = "sessions.http_errors.handler404"
+handler500 = "sessions.http_errors.handler500"
