@@ -27,9 +27,17 @@ _BAD_COMMAND_CHARS = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 class StrictCharField(serializers.CharField):
     """A string, and only a string: DRF would quietly turn 42 or true into "42" / "True"."""
 
+    default_error_messages = {
+        "surrogate": "May not contain unpaired surrogates (\\ud800-\\udfff): not text a terminal can take.",
+    }
+
     def to_internal_value(self, data):
         if not isinstance(data, str):
             self.fail("invalid")
+        try:
+            data.encode("utf-8")  # JSON may carry a lone "\ud800", which no UTF-8 pipe (tmux) can take
+        except UnicodeEncodeError:
+            self.fail("surrogate")
         return super().to_internal_value(data)
 
 
