@@ -119,6 +119,8 @@ class Attachment:
         self.done = loop.create_future()
         self.term = await self.client.terminal(self.session, reconnect=True)
         self.term.on_reconnect = self.on_reconnect
+        self.term.on_resumed = lambda: self._write(b"[reconnected]\r\n")
+        self.term.reconnect_attempts = 40  # a person waits through a server restart (about 3 minutes)
         cols, rows = local_size(self.fd_in)
         if (cols, rows) != (self.session.cols, self.session.rows):
             await self.term.resize(cols, rows)

@@ -177,8 +177,12 @@ def _exit_code_of(result: CommandResult) -> int:
 
 
 def _run_and_wait(client: Client, session: Session, command: str, timeout: float | None) -> CommandResult:
-    """Submit, then wait however long it takes; the first Ctrl-C interrupts the remote command."""
-    cmd = client.submit(session, command, timeout=timeout, wait=30)
+    """Submit, then wait however long it takes; the first Ctrl-C interrupts the remote command.
+
+    No server-side ``wait`` on the submit: a Ctrl-C during a long POST would leave us without
+    the command's id to interrupt. Polling starts at 50 ms, so quick commands return quickly.
+    """
+    cmd = client.submit(session, command, timeout=timeout)
     interrupted = False
     while not cmd.done:
         try:
@@ -336,7 +340,7 @@ def describe_error(exc: VtermError, settings: config.Settings) -> str:
     if isinstance(exc, AuthError):
         return f"vterm: not allowed: {exc.message}"
     if isinstance(exc, NotFound):
-        return f"vterm: not found: {exc.message}"
+        return f"vterm: not found: {exc}"
     if isinstance(exc, BadRequest) and exc.errors:
         detail = "\n".join(f"  {field}: {' '.join(msgs)}" for field, msgs in exc.errors.items())
         return f"vterm: the server refused the request (400):\n{detail}"

@@ -96,6 +96,8 @@ class _Base:
         self.closed = False
         # Called with the attempt number (1, 2, ...) before each reconnect, e.g. to tell the user.
         self.on_reconnect: Callable[[int], None] | None = None
+        self.reconnect_attempts = RECONNECT_ATTEMPTS
+        self.on_resumed: Callable[[], None] | None = None  # called once a reconnect has succeeded
         # Flow control (API.md hello "flow"): the server pauses a viewer whose unacknowledged
         # output passes its high watermark, so frames handed out are acknowledged as we go.
         self.auto_ack = auto_ack
@@ -209,14 +211,16 @@ class Terminal(_Base):
                     raise StreamClosed(f"the server closed the terminal: {exc.rcvd.reason or 'normal close'}",
                                        exc.rcvd.code) from exc
             while True:
-                if attempt >= RECONNECT_ATTEMPTS:
-                    raise StreamClosed(f"lost the WebSocket and {RECONNECT_ATTEMPTS} reconnects failed")
+                if attempt >= self.reconnect_attempts:
+                    raise StreamClosed(f"lost the WebSocket and {attempt} reconnects failed")
                 time.sleep(self._backoff(attempt))
                 attempt += 1
                 if self.on_reconnect:
                     self.on_reconnect(attempt)
                 try:
                     self.connect()
+                    if self.on_resumed:
+                        self.on_resumed()
                     break
                 except (ConnectionFailed, StreamClosed, Unavailable, ConnectionClosed):
                     continue
@@ -324,14 +328,16 @@ class AsyncTerminal(_Base):
                     raise StreamClosed(f"the server closed the terminal: {exc.rcvd.reason or 'normal close'}",
                                        exc.rcvd.code) from exc
             while True:
-                if attempt >= RECONNECT_ATTEMPTS:
-                    raise StreamClosed(f"lost the WebSocket and {RECONNECT_ATTEMPTS} reconnects failed")
+                if attempt >= self.reconnect_attempts:
+                    raise StreamClosed(f"lost the WebSocket and {attempt} reconnects failed")
                 await asyncio.sleep(self._backoff(attempt))
                 attempt += 1
                 if self.on_reconnect:
                     self.on_reconnect(attempt)
                 try:
                     await self.connect()
+                    if self.on_resumed:
+                        self.on_resumed()
                     break
                 except (ConnectionFailed, StreamClosed, Unavailable, ConnectionClosed):
                     continue
