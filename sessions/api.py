@@ -11,6 +11,7 @@ from asgiref.sync import sync_to_async
 from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
+from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 
@@ -116,8 +117,11 @@ class CommandOutputView(APIView):
         def read():
             session = selectors.session_get_for_user(request.user, session_id)
             return selectors.command_get(session, command_id)
+        raw = request.query_params.get("raw", "0").lower()
+        if raw not in ("1", "true", "yes", "0", "false", "no", ""):
+            raise ValidationError({"raw": ["Must be one of 1, true, yes, 0, false, no."]})
         cmd = await sync_to_async(read)()
-        if request.query_params.get("raw") in ("1", "true", "yes"):
+        if raw in ("1", "true", "yes"):
             return HttpResponse(bytes(cmd.output_raw), content_type="application/octet-stream")
         return HttpResponse(cmd.output, content_type="text/plain; charset=utf-8")
 

@@ -150,7 +150,7 @@ def test_hostile_commands_run_as_bash_text_only(alice, session):
     assert r["output"] == "one\ntwo\n"
     r = alice.run(sid, "printf '\\033[31mred\\033[0m\\n'")
     assert r["output"] == "red\n" and r["status"] == "succeeded"
-    for bad in ("echo \x1b[31m", "echo \x03", "echo \x00"):
+    for bad in ("echo \x1b[31m", "echo \x03", "echo \x00", "echo \ud800"):
         resp = alice.http.post(f"/api/v1/sessions/{sid}/commands/", json={"command": bad})
         assert resp.status_code == 400 and "command" in resp.json(), bad
     # The tmux server and other sessions are unharmed.
