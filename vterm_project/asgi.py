@@ -13,11 +13,12 @@ from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
 from sessions.ws_auth import BearerTokenAuthMiddleware, allowed_hosts_origin_validator
 from sessions.ws_routing import websocket_urlpatterns
-from vterm_project.asgi_handler import SharedSyncThreadASGIHandler
+from vterm_project.asgi_handler import PooledSyncThreadASGIHandler
 from vterm_project.body_limit import RequestBodyLimit
 
-# One long-lived sync thread instead of one per request (see asgi_handler.py).
-django_asgi_app = SharedSyncThreadASGIHandler()
+# Long-lived sync threads instead of one per request (see asgi_handler.py); 0 turns it off.
+if os.environ.get("VTERM_WEB_SYNC_THREADS", "8") != "0":
+    django_asgi_app = PooledSyncThreadASGIHandler()
 
 application = ProtocolTypeRouter({
     # Only /static/ goes to the static handler; everything else passes straight through.
