@@ -185,14 +185,21 @@ def _phase_of(role: str, t: float, mixed: bool, duration: float) -> str:
     return "calm" if t < duration / 2 else "noisy"
 
 
-async def _user(plan: SessionPlan, client: Client, start: float, duration: float, mixed: bool,
-                result: LoadResult, wait: float) -> None:
+async def _open(plan: SessionPlan, client: Client, result: LoadResult, sem: asyncio.Semaphore):
     conn = _Ws(client, plan.id) if plan.channel == "ws" else _Rest(client, plan.id)
-    try:
-        await conn.open()
-    except Exception as exc:  # noqa: BLE001 (a session that cannot be reached is a dropped one)
-        result.errors[f"{plan.channel} open: {type(exc).__name__} {exc}"[:120]] += 1
-        result.dropped.add(plan.id)
+    async with sem:
+        try:
+            await conn.open()
+        except Exception as exc:  # noqa: BLE001 (a session that cannot be reached is a dropped one)
+            result.errors[f"{plan.channel} open: {type(exc).__name__} {exc}"[:120]] += 1
+            result.dropped.add(plan.id)
+            return None
+    return conn
+
+
+async def _user(plan: SessionPlan, conn, start: float, duration: float, mixed: bool,
+                result: LoadResult, wait: float) -> None:
+    if conn is None:
         return
     try:
         interval = 1.0 / plan.rate if plan.rate > 0 else None
@@ -264,8 +271,11 @@ def plan_sessions(ids: list[str], *, rate: float, channels: list[str], mixed: bo
 async def run_load(client: Client, plans: list[SessionPlan], duration: float, *, mixed: bool,
                    wait: float = 30.0, progress=None) -> LoadResult:
     result = LoadResult()
+    # Connections (WebSockets) open before the clock starts, a few at a time: set-up is not a command.
+    sem = asyncio.Semaphore(32)
+    conns = await asyncio.gather(*(_open(p, client, result, sem) for p in plans))
     start = time.perf_counter()
-    users = [asyncio.create_task(_user(p, client, start, duration, mixed, result, wait)) for p in plans]
+    users = [asyncio.create_task(_user(p, c, start, duration, mixed, result, wait)) for p, c in zip(plans, conns)]
     reporter = asyncio.create_task(_progress(result, start, duration, progress)) if progress else None
     await asyncio.gather(*users)
     result.duration = time.perf_counter() - start
