@@ -7,6 +7,7 @@ for the next (it restarts what it killed).
 
 from __future__ import annotations
 
+import os
 import signal
 import threading
 import time
@@ -177,3 +178,28 @@ def redis_pause(fs: FaultStack, redis: PrivateRedis, pause_s: float = 4.0) -> Ou
     out.notes.append("replies while paused: " + ", ".join(f"{r[0]} in {r[2]:.1f}s" for r in replies))
     out.replies = replies
     return tally(out, ended)
+
+
+def worker_paused(fs: FaultStack) -> Outcome:
+    """A worker freezes (SIGSTOP) past the heartbeat TTL, its sessions move, then it goes on
+    (SIGCONT) still holding the stale shells: told it was dead, it must kill them."""
+    out = Outcome("worker paused past TTL, then resumes (fencing)", sessions=1)
+    b = fs.backend_ids()[0]
+    sid = fs.session_on(b)["id"]
+    running = fs.submit(sid, "sleep 60")
+    fs.wait_running(sid, running["id"])
+    pgid = fs.stack.procs[b].pid
+    t0 = time.monotonic()
+    os.killpg(pgid, signal.SIGSTOP)
+    try:
+        fs.wait_session_active(sid, timeout=60, not_on=b)
+        out.recover_s = time.monotonic() - t0
+        assert sid in fs.tmux_windows(b), "the stale shell is still in the frozen backend's tmux"
+    finally:
+        os.killpg(pgid, signal.SIGCONT)
+    wait_for(lambda: sid not in fs.tmux_windows(b), 30, "the resumed backend to kill its stale shell")
+    wait_for(fs.stack.ready, 30, "the resumed backend to be healthy again")
+    after = fs.api.run(sid, "echo moved")
+    ended = fs.settle([running])
+    out.recovered = int(after["status"] == "succeeded")
+    return tally(out, [*ended, after])

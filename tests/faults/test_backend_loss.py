@@ -62,3 +62,11 @@ def test_sigterm_drains_when_asked_to(fs):
     assert fs.api.run(sid, "pwd")["output"] == "/var\n"
     assert sid not in fs.tmux_windows(b)
     fs.restart_worker(b)
+
+
+def test_backend_paused_past_ttl_kills_its_stale_shells_when_it_resumes(fs):
+    out = scenarios.worker_paused(fs)
+    running, after = out.commands
+    assert running["status"] == "interrupted" and "was lost" in running["reason"], running
+    assert after["status"] == "succeeded" and after["output"] == "moved\n"
+    assert out.lost == 0 and out.recovered == 1
