@@ -118,7 +118,7 @@ class CommandOutputView(APIView):
             session = selectors.session_get_for_user(request.user, session_id)
             return selectors.command_get(session, command_id)
         raw = request.query_params.get("raw", "0").lower()
-        if raw not in ("1", "true", "yes", "0", "false", "no", ""):
+        if raw not in ("1", "true", "yes", "0", "false", "no"):
             raise ValidationError({"raw": ["Must be one of 1, true, yes, 0, false, no."]})
         cmd = await sync_to_async(read)()
         if raw in ("1", "true", "yes"):

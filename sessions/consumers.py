@@ -51,6 +51,14 @@ def _errors_text(detail) -> str:
     return str(detail)
 
 
+class NoRouteConsumer(AsyncWebsocketConsumer):
+    """A WebSocket path that is no session's: closed like a missing session."""
+
+    async def connect(self) -> None:
+        await self.accept()
+        await self.close(code=CLOSE_NOT_FOUND)
+
+
 class TerminalConsumer(AsyncWebsocketConsumer):
     session = None
 
@@ -136,7 +144,12 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             await self.send_error("bad_frame", "Binary frames are not understood; send JSON text frames.")
             return
         if len(text_data) > settings.VTERM["WS_MAX_FRAME"]:
-            await self.close(code=CLOSE_TOO_LARGE)
+            try:
+                await self.close(code=CLOSE_TOO_LARGE)
+            except Exception:  # noqa: BLE001 (autobahn raises a bare Exception)
+                # Daphne (autobahn) refuses to send 1009 from the application; it sends 1009 itself
+                # for frames over its --websocket_max_message_size (1 MiB). Between the two: 4009.
+                await self.close(code=4009)
             return
         try:
             frame = json.loads(text_data)

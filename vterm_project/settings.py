@@ -216,7 +216,8 @@ VTERM = {
     # WebSocket terminal (docs/websocket.md): largest client frame (bigger: close 1009), and flow
     # control in characters: pause a viewer above HIGH unacknowledged, resume under LOW, and send
     # a snapshot instead of the backlog when more than SKIP_AFTER was held back meanwhile.
-    "WS_MAX_FRAME": env_int("VTERM_WS_MAX_FRAME", 512 * 1024),
+    # 1 MiB: Daphne's own limit, over which it closes with 1009 (the application cannot send 1009).
+    "WS_MAX_FRAME": env_int("VTERM_WS_MAX_FRAME", 1024 * 1024),
     "WS_WINDOW_HIGH": env_int("VTERM_WS_WINDOW_HIGH", 512 * 1024),
     "WS_WINDOW_LOW": env_int("VTERM_WS_WINDOW_LOW", 128 * 1024),
     "WS_SKIP_AFTER": env_int("VTERM_WS_SKIP_AFTER", 8 * 1024 * 1024),
@@ -264,7 +265,8 @@ VTERM = {
     # WebSocket terminal (docs/websocket.md): largest client frame (bigger: close 1009), and flow
     # control in characters: pause a viewer above HIGH unacknowledged, resume under LOW, and send
     # a snapshot instead of the backlog when more than SKIP_AFTER was held back meanwhile.
-    "WS_MAX_FRAME": env_int("VTERM_WS_MAX_FRAME", 512 * 1024),
+    # 1 MiB: Daphne's own limit, over which it closes with 1009 (the application cannot send 1009).
+    "WS_MAX_FRAME": env_int("VTERM_WS_MAX_FRAME", 1024 * 1024),
     "WS_WINDOW_HIGH": env_int("VTERM_WS_WINDOW_HIGH", 512 * 1024),
     "WS_WINDOW_LOW": env_int("VTERM_WS_WINDOW_LOW", 128 * 1024),
     "WS_SKIP_AFTER": env_int("VTERM_WS_SKIP_AFTER", 8 * 1024 * 1024),
