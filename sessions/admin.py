@@ -6,6 +6,7 @@ from django.http import StreamingHttpResponse
 from . import failover, services
 from .audit import audit_export_lines
 from .models import AuditEvent, Backend, Command, SessionEvent, TerminalSession
+from .resource_usage import human_bytes, usage_order
 
 
 @admin.register(Backend)
@@ -47,14 +48,31 @@ class CommandInline(admin.TabularInline):
 
 @admin.register(TerminalSession)
 class TerminalSessionAdmin(admin.ModelAdmin):
-    list_display = ["id", "name", "owner", "status", "backend", "command_count", "created_at", "last_activity"]
+    list_display = ["id", "name", "owner", "status", "backend", "command_count", "memory", "cpu", "processes",
+                    "created_at", "last_activity"]
     list_filter = ["status", "backend", "created_at"]
     search_fields = ["id", "name", "owner__username", "cwd"]
     readonly_fields = ["id", "owner", "backend", "epoch", "status", "status_reason", "created_at", "last_activity",
-                       "terminated_at", "command_count"]
+                       "terminated_at", "command_count", "resource_usage"]
     list_select_related = ["owner", "backend"]
     inlines = [SessionEventInline, CommandInline]
     actions = ["terminate"]
+
+    # Resource usage as sampled by the backend (workers/resource_usage.py), sortable: which session eats the machine.
+    @admin.display(description="memory (PSS)", ordering=usage_order("pss_bytes"))
+    def memory(self, obj):
+        usage = obj.resource_usage or {}
+        return human_bytes(usage.get("pss_bytes") if usage.get("pss_bytes") is not None else usage.get("memory_bytes"))
+
+    @admin.display(description="CPU %", ordering=usage_order("cpu_percent", float_=True))
+    def cpu(self, obj):
+        value = (obj.resource_usage or {}).get("cpu_percent")
+        return "-" if value is None else f"{value:.1f}"
+
+    @admin.display(description="procs", ordering=usage_order("processes"))
+    def processes(self, obj):
+        value = (obj.resource_usage or {}).get("processes")
+        return "-" if value is None else value
 
     @admin.action(description="Terminate selected sessions")
     def terminate(self, request, queryset):

@@ -194,6 +194,9 @@ class VtermCollector(Collector):
             log.warning("metrics: Redis unavailable", exc_info=True)
             events = {}
         yield from self._events(events)
+        from .resource_usage import session_resource_families
+
+        yield from session_resource_families()
         try:
             from .pool import pool_state
 

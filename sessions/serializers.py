@@ -48,7 +48,7 @@ class SessionSerializer(serializers.ModelSerializer):
     class Meta:
         model = TerminalSession
         fields = ["id", "name", "owner", "status", "status_reason", "backend", "cwd", "env", "cols", "rows",
-                  "created_at", "last_activity", "command_count"]
+                  "created_at", "last_activity", "command_count", "resource_usage"]
         read_only_fields = fields
 
 

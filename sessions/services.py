@@ -366,3 +366,17 @@ def session_send_input(session: TerminalSession, *, data: str | None = None, key
 
 def session_touch(session: TerminalSession) -> None:
     TerminalSession.objects.filter(pk=session.pk).update(last_activity=timezone.now())
+
+
+def session_resource_usage_record(*, backend_id: str, usage: dict[str, dict]) -> int:
+    """Store one round of a backend's samples (workers/resource_usage.py) in one batch.
+
+    Only sessions still placed on that backend and live take them: a backend that lost a
+    session to a migration does not overwrite the figures of its new home.
+    """
+    sessions = list(TerminalSession.objects.filter(pk__in=list(usage), backend_id=backend_id,
+                                                   status__in=TerminalSession.LIVE).only("pk"))
+    for s in sessions:
+        s.resource_usage = usage[str(s.pk)]
+    TerminalSession.objects.bulk_update(sessions, ["resource_usage"], batch_size=500)
+    return len(sessions)

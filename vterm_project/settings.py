@@ -246,6 +246,8 @@ VTERM = {
     "BREAKER_COOLDOWN": env_float("VTERM_BREAKER_COOLDOWN", 30.0),
     # Pool and autoscaler (sessions/pool.py, sessions/autoscaler.py; docs/operations.md).
     "STATS_INTERVAL": env_float("VTERM_STATS_INTERVAL", 5.0),
+    # How often each session's process tree is sampled (workers/resource_usage.py).
+    "RESOURCE_SAMPLE_INTERVAL": env_float("VTERM_RESOURCE_SAMPLE_INTERVAL", 5.0),
     "POOL_MIN_BACKENDS": env_int("VTERM_POOL_MIN_BACKENDS", env_int("VTERM_BACKENDS", 2)),
     "POOL_MAX_BACKENDS": env_int("VTERM_POOL_MAX_BACKENDS", 8),
     "AUTOSCALE_INTERVAL": env_float("VTERM_AUTOSCALE_INTERVAL", 15.0),

@@ -31,6 +31,7 @@ from sessions.redis_state import backend_stats_key, output_stream_key, sync_clie
 from . import failover_runtime
 from .backend_stats import StatsSampler
 from .output_frames import StreamBudget, frame_pieces
+from .resource_usage import ResourceUsageThread
 from .routing import local_backend_id
 from .tmux.driver import CommandResult, TmuxDriver
 from .tmux.shell import clean_output
@@ -96,6 +97,10 @@ class BackendRuntime:
             t.start()
             self._threads.append(t)
         install_submitter(lambda coro: asyncio.run_coroutine_threadsafe(coro, self._loop))
+        usage = ResourceUsageThread(backend_id=self.backend_id, shell_pids=self.driver.shell_pids,
+                                    write=self._writes.put, stop=self._stop)
+        usage.start()
+        self._threads.append(usage)
         adopted = self.driver.start()
         services.backend_register(backend_id=self.backend_id, hostname=socket.gethostname(),
                                   capacity=settings.VTERM["BACKEND_CAPACITY"])

@@ -1,0 +1,80 @@
+"""Per-session resource usage: sampled by the backend, shown in the API, admin and /metrics."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from vterm.client import Client
+
+pytestmark = pytest.mark.integration
+
+HOG_MB = 64
+
+
+def _usage_when(vt: Client, sid: str, predicate, timeout: float = 40.0) -> dict:
+    """The session's resource_usage once ``predicate`` holds (the backend samples every few seconds)."""
+    end = time.monotonic() + timeout
+    while True:
+        usage = vt.get_session(sid).raw.get("resource_usage") or {}
+        if (usage and predicate(usage)) or time.monotonic() > end:
+            return usage
+        time.sleep(0.5)
+
+
+def test_a_sessions_process_tree_is_measured(stack, alice):
+    with Client(stack.url, alice.token) as vt:
+        hog = vt.create_session(name="hog")
+        quiet = vt.create_session(name="quiet")
+        try:
+            # A child holding HOG_MB of touched memory, and one burning CPU.
+            vt.run(hog, f"python3 -c 'x=bytearray({HOG_MB}<<20); import time; time.sleep(300)' & "
+                        "(while :; do :; done) & true")
+            usage = _usage_when(vt, hog.id, lambda u: u["processes"] >= 3 and u["memory_bytes"] > HOG_MB << 20
+                                and u["cpu_percent"] > 1)
+            assert usage["processes"] >= 3, usage
+            assert usage["memory_bytes"] > HOG_MB << 20 and usage["pss_bytes"] > (HOG_MB - 8) << 20, usage
+            # A busy loop, even on a crowded machine, uses more than 1% of a core.
+            assert usage["cpu_percent"] > 1, usage
+            assert usage["sampled_at"]
+            small = _usage_when(vt, quiet.id, lambda u: True)
+            assert small["processes"] == 1 and small["memory_bytes"] < HOG_MB << 20, small
+            assert small["cpu_percent"] < usage["cpu_percent"]
+
+            # The same figures on /metrics, per session.
+            r = httpx.get(stack.url + "/metrics", timeout=30)
+            assert r.status_code == 200
+            series = {(s.name, s.labels.get("session")): s.value
+                      for fam in text_string_to_metric_families(r.text) for s in fam.samples}
+            assert series[("vterm_session_memory_bytes", hog.id)] > HOG_MB << 20
+            assert series[("vterm_session_processes", hog.id)] >= 3
+            assert ("vterm_session_pss_bytes", quiet.id) in series
+
+            # Admin lists them, and sorts by memory: the hog first when sorted descending.
+            code = ("from django.contrib.auth import get_user_model; U=get_user_model(); "
+                    "u,_=U.objects.get_or_create(username='usage-admin'); u.is_staff=u.is_superuser=True; "
+                    "u.set_password('usage-admin-pw-1'); u.save()")
+            stack.config.manage("shell", "-c", code)
+            page = "/admin/vterm_sessions/terminalsession/"
+            with httpx.Client(base_url=stack.url, timeout=30, follow_redirects=True) as browser:
+                browser.get("/admin/login/")
+                r = browser.post(f"/admin/login/?next={page}", data={
+                    "username": "usage-admin", "password": "usage-admin-pw-1", "next": page,
+                    "csrfmiddlewaretoken": browser.cookies["csrftoken"]}, headers={"Referer": stack.url + "/admin/login/"})
+                assert r.status_code == 200 and "Memory (PSS)" in r.text, r.text[:1000]
+                # The memory column's sort link, as admin draws it in the column header.
+                col = re.search(r'column-memory.*?href="\?o=(\d+)', r.text, re.DOTALL).group(1)
+                r = browser.get(page, params={"o": f"-{col}", "status__exact": "active"})
+                assert r.status_code == 200
+                ids = re.findall(r'href="/admin/vterm_sessions/terminalsession/([0-9a-f-]{36})/change/', r.text)
+                assert hog.id in ids and quiet.id in ids and ids.index(hog.id) < ids.index(quiet.id)
+                r = browser.get(page, params={"o": f"{col}", "status__exact": "active"})
+                ids = re.findall(r'href="/admin/vterm_sessions/terminalsession/([0-9a-f-]{36})/change/', r.text)
+                assert ids.index(quiet.id) < ids.index(hog.id)
+        finally:
+            vt.end_session(hog)
+            vt.end_session(quiet)

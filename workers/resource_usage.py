@@ -1,0 +1,103 @@
+"""Per-session resource usage: each shell's process tree, sampled with psutil.
+
+Every few seconds (VTERM_RESOURCE_SAMPLE_INTERVAL) the sampler reads, for every shell
+of this backend, the shell and all its descendants: resident memory (RSS), proportional
+memory (PSS: shared pages split between the processes sharing them, so the figures of
+all sessions add up to what they really cost), CPU percent (100 = one core, summed over
+the tree) and the number of processes. One batch per round goes to the database
+(TerminalSession.resource_usage) through the backend's writer thread.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+import psutil
+from django.conf import settings
+
+from sessions import services
+
+log = logging.getLogger(__name__)
+
+
+class ProcessTreeSampler:
+    """Keeps psutil.Process objects between rounds: cpu_percent measures since the previous call."""
+
+    def __init__(self, *, pss: bool = True) -> None:
+        self._procs: dict[int, psutil.Process] = {}
+        self.pss = pss
+
+    def _tree(self, pid: int, seen: dict[int, psutil.Process]) -> list[psutil.Process]:
+        try:
+            root = self._procs.get(pid) or psutil.Process(pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+        out = []
+        for p in procs:
+            # The cached object, so that cpu_percent has its previous reading (psutil checks pid reuse).
+            known = seen.setdefault(p.pid, self._procs.get(p.pid) or p)
+            out.append(known)
+        return out
+
+    def sample(self, shell_pids: dict[str, int]) -> dict[str, dict]:
+        """``{session_id: {memory_bytes, pss_bytes, cpu_percent, processes, sampled_at}}``."""
+        seen: dict[int, psutil.Process] = {}
+        now = datetime.now(UTC).isoformat()
+        out = {}
+        for session_id, pid in shell_pids.items():
+            rss = pss = 0
+            cpu = 0.0
+            n = 0
+            pss_ok = self.pss
+            for p in self._tree(pid, seen):
+                try:
+                    with p.oneshot():
+                        if pss_ok:
+                            try:
+                                info = p.memory_full_info()
+                                rss += info.rss
+                                pss += getattr(info, "pss", info.uss)
+                            except psutil.AccessDenied:
+                                pss_ok = False
+                                rss += p.memory_info().rss
+                        else:
+                            rss += p.memory_info().rss
+                        cpu += p.cpu_percent(None)
+                    n += 1
+                except psutil.Error:
+                    continue  # gone meanwhile
+            if n:
+                out[session_id] = {"memory_bytes": rss, "pss_bytes": pss if pss_ok else None,
+                                   "cpu_percent": round(cpu, 1), "processes": n, "sampled_at": now}
+        self._procs = seen
+        return out
+
+
+class ResourceUsageThread(threading.Thread):
+    """Samples the backend's shells and hands each round's figures to ``write`` (the writer thread)."""
+
+    def __init__(self, *, backend_id: str, shell_pids: Callable[[], dict[str, int]],
+                 write: Callable[[Callable[[], None]], None], stop: threading.Event,
+                 interval: float | None = None) -> None:
+        super().__init__(name="vterm-resource-usage", daemon=True)
+        self.backend_id = backend_id
+        self.shell_pids = shell_pids
+        self.write = write
+        self.stop_event = stop
+        self.interval = interval or settings.VTERM["RESOURCE_SAMPLE_INTERVAL"]
+        self.sampler = ProcessTreeSampler()
+
+    def run(self) -> None:
+        while not self.stop_event.wait(self.interval):
+            try:
+                usage = self.sampler.sample(self.shell_pids())
+            except Exception:
+                log.warning("resource usage sampling failed", exc_info=True)
+                continue
+            if usage:
+                self.write(lambda usage=usage: services.session_resource_usage_record(
+                    backend_id=self.backend_id, usage=usage))
