@@ -45,7 +45,8 @@ async def session_list(request: HttpRequest) -> HttpResponse:
     def rows() -> list[dict]:
         qs = selectors.session_list_for_user(user).filter(owner=user)[:LIST_LIMIT]
         return [SessionSerializer(s).data for s in qs]
-    return render(request, "vterm/sessions.html", {"sessions": await sync_to_async(rows)()})
+    # Rendering touches the lazy user and the messages (the database): not on the event loop.
+    return await sync_to_async(render)(request, "vterm/sessions.html", {"sessions": await sync_to_async(rows)()})
 
 
 @login_required
@@ -65,4 +66,4 @@ async def terminal(request: HttpRequest, session_id) -> HttpResponse:
     user = await request.auser()
     session = await sync_to_async(selectors.session_get_for_user)(user, session_id)  # foreign: 404
     data = await sync_to_async(lambda: SessionSerializer(session).data)()
-    return render(request, "vterm/terminal.html", {"session": data})
+    return await sync_to_async(render)(request, "vterm/terminal.html", {"session": data})
