@@ -357,6 +357,7 @@ def session_interrupt(session: TerminalSession) -> None:
     _session_require_live(session)
     send_to_backend(session.backend.queue, T + "command_interrupt", str(session.pk))
 
+
 def session_send_input(session: TerminalSession, *, data: str | None = None, keys: list[str] | None = None) -> None:
     """Keystrokes from a terminal: straight to the backend, no database write on the hot path
     (the WebSocket consumer marks activity with ``session_touch`` now and then)."""

@@ -142,9 +142,11 @@ def test_malformed_frames_bounce_off(stack, alice, capsys):
     with pytest.raises(ConnectionClosed) as exc:
         while True:
             v.ws.recv(timeout=30)
-    assert exc.value.rcvd.code == 1009
+    # Daphne closes with 1009 and drops the TCP connection at once; a client still sending may see
+    # the drop (1006) before the close frame. Either way this connection is over and nothing crashed.
+    assert v.ws.close_code in (1009, 1006), exc.value
     assert alice.run(sid, "echo after-close")["output"] == "after-close\n"
     alice.http.delete(f"/api/v1/sessions/{sid}/")
     with capsys.disabled():
         print(f"\n[security] WebSocket fuzz: {len(frames)} malformed frames, {errors} error frames, {pongs} pongs, "
-              "0 closes, session carried on; oversized frame closed with 1009")
+              f"0 closes, session carried on; oversized frame closed with {v.ws.close_code}")
