@@ -3,7 +3,7 @@
     .venv/bin/python -m tests.bench.ws_figures [--keys 200] [--mb 50]
 
 Starts its own stack (Daphne, one backend worker, tmux; Redis from $REDIS_URL or
-127.0.0.1:6379 db 5) unless --url and --token are given, then measures:
+127.0.0.1:6379, its keys under a prefix of its own) unless --url and --token are given, then measures:
 
 - keystroke → echo: one character sent as an `input` frame, until the output frame that
   echoes it arrives (readline at a bash prompt), for --keys keystrokes: median and p99;
@@ -19,10 +19,10 @@ import os
 import statistics
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
-import redis
 
 from tests.ws_viewer import Viewer
 
@@ -47,7 +47,7 @@ def output_rate(viewer: Viewer, path: str) -> tuple[float, int, int, dict]:
     viewer.until(lambda f: f["type"] == "output", 60)
     t0 = time.perf_counter()
     snapshots_before = sum(1 for f in viewer.frames if f["type"] == "snapshot")
-    end = viewer.command_end("cat", 600)
+    end = viewer.command_end("cat", 3600)
     elapsed = time.perf_counter() - t0
     received = sum(len(d.encode()) for _, d in viewer.outputs[first:])
     snapshots = sum(1 for f in viewer.frames if f["type"] == "snapshot") - snapshots_before
@@ -74,9 +74,9 @@ def main() -> None:
     else:
         from tests.conftest import make_stack
 
-        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/5")
-        redis.Redis.from_url(redis_url).flushdb()
-        stack = make_stack(redis_url, tmp, backends=1, prefix="wsbench").start()
+        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        stack = make_stack(redis_url, tmp, backends=1, prefix="wsbench",
+                           VTERM_REDIS_PREFIX=f"wsbench{uuid.uuid4().hex[:6]}:").start()
         url, token = stack.url, stack.token("bench")
     try:
         http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
