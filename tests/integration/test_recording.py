@@ -1,0 +1,109 @@
+"""Session recordings: every session's output, downloadable by its owner as asciicast v2.
+
+The file is checked twice: parsed strictly against the v2 format here, and replayed by
+the asciinema program itself (`asciinema cat`, from the asciinema package).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def _parse_cast(text: str) -> tuple[dict, list[list]]:
+    """asciicast v2, strictly: a header object, then [time, code, data] events in time order."""
+    lines = text.splitlines()
+    header = json.loads(lines[0])
+    assert header["version"] == 2
+    assert isinstance(header["width"], int) and isinstance(header["height"], int)
+    assert isinstance(header["timestamp"], int)
+    events = [json.loads(line) for line in lines[1:] if line]
+    last = 0.0
+    for ev in events:
+        assert isinstance(ev, list) and len(ev) == 3, ev
+        t, code, data = ev
+        assert isinstance(t, (int, float)) and t >= last, (t, last)
+        assert code == "o" and isinstance(data, str)
+        last = t
+    return header, events
+
+
+def test_recording_is_asciicast_v2_that_asciinema_plays(alice, bob, tmp_path):
+    s = alice.create_session(name="recorded", cols=100, rows=30)
+    sid = s["id"]
+    alice.run(sid, "echo first-line")
+    alice.run(sid, "sleep 0.3; printf 'second \\033[1mbold\\033[0m é✓\\n'")
+    alice.run(sid, "echo third-line")
+    r = alice.http.get(f"/api/v1/sessions/{sid}/recording.cast")
+    assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-asciicast")
+    assert f"vterm-{sid}.cast" in r.headers["content-disposition"]
+    header, events = _parse_cast(r.text)
+    assert (header["width"], header["height"]) == (100, 30) and header["title"] == "recorded"
+    output = "".join(e[2] for e in events)
+    for needle in ("first-line", "second \x1b[1mbold\x1b[0m é✓", "third-line"):
+        assert needle in output
+    # Time moves on: the sleep shows between the first and the third line.
+    t_first = next(e[0] for e in events if "first-line" in e[2])
+    t_third = next(e[0] for e in events if "third-line" in e[2])
+    assert t_third > t_first
+    # asciinema itself reads and replays it.
+    cast = tmp_path / "s.cast"
+    cast.write_bytes(r.content)
+    asciinema = shutil.which("asciinema", path=str(Path(sys.executable).parent)) or shutil.which("asciinema")
+    assert asciinema, "asciinema is in the dev extras"
+    played = subprocess.run([asciinema, "cat", str(cast)], capture_output=True, timeout=60, check=False)
+    assert played.returncode == 0, played.stderr
+    assert b"first-line" in played.stdout and b"third-line" in played.stdout
+    # Only its owner (or staff) may download it.
+    assert bob.http.get(f"/api/v1/sessions/{sid}/recording.cast").status_code == 404
+    # Still there after the session ended.
+    alice.http.delete(f"/api/v1/sessions/{sid}/")
+    after = alice.http.get(f"/api/v1/sessions/{sid}/recording.cast")
+    assert after.status_code == 200 and "third-line" in after.text
+
+
+def test_recording_reads_a_long_stream_in_order_with_times_that_never_go_back(redis_url, settings):
+    """Straight against Redis: more frames than one page, a frame without a time, a clock step back."""
+    import asyncio
+    import uuid
+    from datetime import datetime
+
+    import redis
+
+    from sessions.models import TerminalSession
+    from sessions.recording import PAGE, recording_lines
+    from sessions.redis_state import output_stream_key
+
+    settings.REDIS_URL = redis_url
+    settings.VTERM = {**settings.VTERM, "REDIS_PREFIX": f"rec{uuid.uuid4().hex[:6]}:"}
+    session = TerminalSession(id=uuid.uuid4(), name="", cols=80, rows=24,
+                              created_at=datetime.fromtimestamp(1000.0, tz=UTC))
+    r = redis.Redis.from_url(redis_url)
+    key = output_stream_key(str(session.pk))
+    n = PAGE * 2 + 7
+    for seq in range(1, n + 1):
+        fields = {"d": f"frame-{seq}\n"}
+        if seq != 5:
+            fields["t"] = f"{1000.0 + seq / 100 - (0.5 if seq == 600 else 0):.6f}"
+        r.xadd(key, fields, id=f"{seq}-1")
+
+    async def collect():
+        return [line async for line in recording_lines(session)]
+    try:
+        text = "".join(asyncio.run(collect()))
+    finally:
+        r.delete(key)
+    header, events = _parse_cast(text)
+    assert header["title"] == str(session.pk)
+    assert [e[2] for e in events] == [f"frame-{i}\n" for i in range(1, n + 1)]
+    assert events[4][0] == events[3][0]  # no time: the one before it
+    assert events[599][0] == events[598][0]  # a step back is held level
+    assert events[-1][0] == pytest.approx(n / 100)
