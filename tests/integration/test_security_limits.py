@@ -196,6 +196,12 @@ def test_login_attempts_are_throttled_across_web_nodes(two_webs):
     # Three failures: now even the right password is refused, on either node.
     for url in (url2, url1):
         assert "sessionid" not in _login(url, "erin", "erin-pass-123").cookies
+    # The browser's own login page says so: 429 with Retry-After.
+    web = httpx.Client(base_url=url2, timeout=30, headers={"Referer": url2 + "/"})
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', web.get("/login/").text).group(1)
+    r = web.post("/login/", data={"username": "erin", "password": "erin-pass-123", "csrfmiddlewaretoken": token})
+    assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+    assert "Too many failed logins" in r.text and "sessionid" not in web.cookies
     # Another user from the same address is not locked out by erin's failures.
     assert "sessionid" in _login(url2, "frank", "frank-pass-123").cookies
     out = st.config.manage("vterm_audit_export", "--action", "auth.login_throttled").stdout
