@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import uuid
 from typing import ClassVar
 from urllib.parse import parse_qs
 
@@ -76,8 +77,9 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.user = user
         self.session_id = self.scope["url_route"]["kwargs"]["session_id"]
         try:
+            uuid.UUID(self.session_id)
             self.session = await sync_to_async(selectors.session_get_for_user)(user, self.session_id)
-        except Http404:
+        except (ValueError, Http404):  # not an id at all, or no such session of yours
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.session_id = str(self.session.pk)

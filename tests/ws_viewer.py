@@ -21,8 +21,9 @@ class Viewer:
         hdrs = dict(headers or {})
         if token:
             hdrs["Authorization"] = f"Bearer {token}"
+        # No keepalive pings: a viewer that does not read (on purpose) would time its own pings out.
         self.ws = connect(ws_url(base_url, session_id, since), additional_headers=hdrs, max_size=None,
-                          open_timeout=30, close_timeout=5)
+                          open_timeout=30, close_timeout=5, ping_interval=None)
         self.ack = ack
         self.frames: list[dict] = []
         self.outputs: list[tuple[int, str]] = []  # (seq, data) in the order received
