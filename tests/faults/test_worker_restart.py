@@ -59,7 +59,8 @@ def test_drain_moves_sessions_live_and_new_sessions_avoid_the_backend(fs):
     assert fs.staff.http.post("/api/v1/backends/no-such-backend/drain/").status_code == 404
     r = fs.staff.http.post(f"/api/v1/backends/{b}/drain/")
     assert r.status_code == 202, r.text
-    assert r.json() == {"id": b, "status": "draining", "sessions": 1}
+    # Earlier tests here may have left sessions on it too (they all move).
+    assert r.json()["id"] == b and r.json()["status"] == "draining" and r.json()["sessions"] >= 1, r.json()
 
     moved = fs.wait_session_active(sid, timeout=60, not_on=b)
     assert moved["cwd"] == "/tmp" and f"moved to backend {moved['backend']}" in moved["status_reason"]
