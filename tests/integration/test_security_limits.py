@@ -206,3 +206,25 @@ def test_login_attempts_are_throttled_across_web_nodes(two_webs):
     assert "sessionid" in _login(url2, "frank", "frank-pass-123").cookies
     out = st.config.manage("vterm_audit_export", "--action", "auth.login_throttled").stdout
     assert '"username": "erin"' in out and "frank" not in out
+
+
+def test_websocket_frames_spend_the_same_buckets(two_webs):
+    from tests.ws_viewer import Viewer
+
+    st, url1, url2 = two_webs
+    tok = st.token("ws-rate-user")
+    api = Api(url1, tok)
+    sid = api.create_session()["id"]
+    v = Viewer(url2, sid, token=tok)
+    for i in range(3):
+        v.send(type="run", command="true", ref=f"r{i}")
+        v.until(lambda f, i=i: f["type"] == "command" and f.get("ref") == f"r{i}", timeout=60)
+    v.send(type="run", command="true", ref="over")
+    err = v.until(lambda f: f["type"] == "error", timeout=60)
+    assert err["code"] == "throttled" and "command" in err["message"]
+    # The REST side on the other node finds the same empty bucket.
+    _retry_after(api.http.post(f"/api/v1/sessions/{sid}/commands/", json={"command": "true"}))
+    v.send(type="ping")
+    v.until(lambda f: f["type"] == "pong", timeout=30)  # the connection carries on
+    v.close()
+    api.http.delete(f"/api/v1/sessions/{sid}/")
