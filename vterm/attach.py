@@ -21,6 +21,7 @@ from .types import Frame, Screen, Session
 
 COLS_RANGE, ROWS_RANGE = (10, 1000), (2, 500)
 ENDED = ("terminated", "lost", "terminating")
+FIRST_FRAME_WAIT = 2.0
 
 
 def _clamp(v: int, lo_hi: tuple[int, int]) -> int:
@@ -117,15 +118,21 @@ class Attachment:
     async def run(self) -> tuple[int, str]:
         loop = asyncio.get_running_loop()
         self.done = loop.create_future()
+        # Resize first (REST answers once the terminal has it), so the first screen drawn has our size.
+        cols, rows = local_size(self.fd_in)
+        if (cols, rows) != (self.session.cols, self.session.rows):
+            await self.client.resize(self.session, cols, rows)
         self.term = await self.client.terminal(self.session, reconnect=True)
         self.term.on_reconnect = self.on_reconnect
         self.term.on_resumed = lambda: self._write(b"[reconnected]\r\n")
         self.term.reconnect_attempts = 40  # a person waits through a server restart (about 3 minutes)
-        cols, rows = local_size(self.fd_in)
-        if (cols, rows) != (self.session.cols, self.session.rows):
-            await self.term.resize(cols, rows)
-        screen: Screen = await self.client.screen(self.session)
-        self._write(paint(screen.lines, (screen.cursor_x, screen.cursor_y)))
+        # The server sends a snapshot of the screen after hello; where it does not, read the screen.
+        first = await self.term.recv(timeout=FIRST_FRAME_WAIT)
+        if first is None or first.type != "snapshot":
+            screen: Screen = await self.client.screen(self.session)
+            self._write(paint(screen.lines, (screen.cursor_x, screen.cursor_y)))
+        if first is not None:
+            self.on_frame(first)
         reader = asyncio.ensure_future(self.read_frames())
         loop.add_reader(self.fd_in, self.on_stdin)
         loop.add_signal_handler(signal.SIGWINCH, self.on_winch)
