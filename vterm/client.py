@@ -203,7 +203,13 @@ class Client:
         raise nothing: see ``.ok`` / ``.exit_code``.
         """
         deadline = _Remaining(wait)
-        cmd = self.submit(session, command, timeout=timeout, wait=deadline.server_wait())
+        try:
+            cmd = self.submit(session, command, timeout=timeout, wait=deadline.server_wait())
+        except BadRequest as exc:
+            if "wait" not in exc.errors:
+                raise
+            # This server allows a shorter wait (VTERM_MAX_WAIT): nothing was queued; poll instead.
+            cmd = self.submit(session, command, timeout=timeout)
         if cmd.done or deadline.over():
             return cmd
         return self.wait_command(session, cmd, wait=deadline.left())
@@ -359,7 +365,12 @@ class AsyncClient:
                   wait: float | None = None) -> CommandResult:
         """See ``Client.run``."""
         deadline = _Remaining(wait)
-        cmd = await self.submit(session, command, timeout=timeout, wait=deadline.server_wait())
+        try:
+            cmd = await self.submit(session, command, timeout=timeout, wait=deadline.server_wait())
+        except BadRequest as exc:
+            if "wait" not in exc.errors:
+                raise
+            cmd = await self.submit(session, command, timeout=timeout)
         if cmd.done or deadline.over():
             return cmd
         return await self.wait_command(session, cmd, wait=deadline.left())
