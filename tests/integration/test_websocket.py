@@ -215,12 +215,13 @@ def test_bad_frames_get_errors_and_the_session_carries_on(stack, alice, session)
     v.send(type="run", command="echo still-here", ref="ok")
     assert v.command_end("ok")["command"]["output"] == "still-here\n"
 
-    # A frame over the limit closes this connection with 1009, and only this one.
+    # A frame over the limit (Daphne's 1 MiB) closes this connection with 1009, and only this one.
+    # (The client may see the connection torn down while it is still sending the frame: 1006.)
     v.ws.send(json.dumps({"type": "input", "data": "x" * (2 * 1024 * 1024)}))
     with pytest.raises(ConnectionClosed):
         while True:
             v.recv(timeout=30)
-    assert v.ws.close_code == 1009
+    assert v.ws.close_code in (1009, 1006)
     watcher.send(type="run", command="echo watcher-fine", ref="w")
     assert watcher.command_end("w")["command"]["output"] == "watcher-fine\n"
     assert alice.run(session["id"], "echo rest-fine")["output"] == "rest-fine\n"
