@@ -205,22 +205,10 @@ VTERM = {
     # (workers/output_frames.py): a flood such as `yes` cannot fill Redis nor make huge messages.
     "STREAM_MAX_CHARS": env_int("VTERM_STREAM_MAX_CHARS", 4 * 1024 * 1024),
     "OUTPUT_FRAME_MAX": env_int("VTERM_OUTPUT_FRAME_MAX", 64 * 1024),
-    # The stream is also bounded in characters, and one frame holds at most OUTPUT_FRAME_MAX
-    # (workers/output_frames.py): a flood such as `yes` cannot fill Redis nor make huge messages.
-    "STREAM_MAX_CHARS": env_int("VTERM_STREAM_MAX_CHARS", 4 * 1024 * 1024),
-    "OUTPUT_FRAME_MAX": env_int("VTERM_OUTPUT_FRAME_MAX", 64 * 1024),
     "OUTPUT_FLUSH_INTERVAL": env_float("VTERM_OUTPUT_FLUSH_INTERVAL", 0.005),
     "SOURCE_USER_BASHRC": env_bool("VTERM_SOURCE_BASHRC", False),
     "SHELL_PATH": os.environ.get("VTERM_SHELL_PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
     "REDIS_PREFIX": os.environ.get("VTERM_REDIS_PREFIX", ""),
-    # WebSocket terminal (docs/websocket.md): largest client frame (bigger: close 1009), and flow
-    # control in characters: pause a viewer above HIGH unacknowledged, resume under LOW, and send
-    # a snapshot instead of the backlog when more than SKIP_AFTER was held back meanwhile.
-    # 1 MiB: Daphne's own limit, over which it closes with 1009 (the application cannot send 1009).
-    "WS_MAX_FRAME": env_int("VTERM_WS_MAX_FRAME", 1024 * 1024),
-    "WS_WINDOW_HIGH": env_int("VTERM_WS_WINDOW_HIGH", 512 * 1024),
-    "WS_WINDOW_LOW": env_int("VTERM_WS_WINDOW_LOW", 128 * 1024),
-    "WS_SKIP_AFTER": env_int("VTERM_WS_SKIP_AFTER", 8 * 1024 * 1024),
     # Security (sessions/ratelimit.py, sessions/login_throttle.py; docs/security.md). 0 turns a limit off.
     "MAX_SESSIONS_PER_USER": env_int("VTERM_MAX_SESSIONS_PER_USER", 100),
     "QUOTA_RETRY_AFTER": env_int("VTERM_QUOTA_RETRY_AFTER", 10),
