@@ -35,7 +35,7 @@ def local_size(fd: int) -> tuple[int, int]:
 
 def paint(lines: list[str], cursor: tuple[int, int] | None = None) -> bytes:
     """Clear the local screen and draw ``lines`` (a screen or snapshot), cursor last."""
-    out = "\x1b[H\x1b[2J" + "\r\n".join(line.rstrip() for line in lines)
+    out = "\x1b[H\x1b[2J" + "\r\n".join(lines)
     if cursor is not None:
         out += f"\x1b[{cursor[1] + 1};{cursor[0] + 1}H"
     return out.encode()

@@ -161,7 +161,7 @@ def test_login_saves_url_and_token_privately(stack, alice, tmp_path):
 def _attach(env, name, rows=30, cols=100) -> pexpect.spawn:
     child = pexpect.spawn(VTERM, ["attach", name], env=env, dimensions=(rows, cols), encoding="utf-8",
                           timeout=20)
-    child.expect(r"[#$] ")  # the session's prompt, drawn from its screen
+    child.expect(r"[#$]")  # the session's prompt, drawn from its screen
     return child
 
 
