@@ -8,6 +8,7 @@ lock together with the future that will receive their reply, so replies match up
 
 from __future__ import annotations
 
+import io
 import logging
 import subprocess
 import threading
@@ -97,7 +98,9 @@ class ControlClient:
         block: list[str] | None = None
         ours = False  # flag 1 on %begin: the reply to a command this client sent
         try:
-            for line in self._proc.stdout:
+            # Read through a buffer: iterating the unbuffered pipe itself would be one
+            # read(2) per byte, which throttles tmux's output to a trickle.
+            for line in io.BufferedReader(self._proc.stdout, buffer_size=1 << 16):
                 line = line.rstrip(b"\n")
                 if block is not None:
                     if line.startswith((b"%end ", b"%error ")) and self._closes_block(line):
