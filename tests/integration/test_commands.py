@@ -202,3 +202,17 @@ def test_concurrent_sessions(alice):
     for s in sessions:
         assert results[s["id"]] == [f"{s['name']}-{j}\n" for j in range(5)]
         alice.http.delete(f"/api/v1/sessions/{s['id']}/")
+
+
+def test_command_waits_for_a_program_a_person_started(alice, session):
+    """A program typed at the terminal (not through the API) holds later API commands back."""
+    sid = session["id"]
+    alice.http.post(f"/api/v1/sessions/{sid}/input/", json={"data": "sleep 1; echo typed-by-hand\r"})
+    deadline = time.monotonic() + 10
+    while "typed-by-hand" not in "\n".join(alice.http.get(f"/api/v1/sessions/{sid}/screen/").json()["lines"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+        if "sleep 1" in "\n".join(alice.http.get(f"/api/v1/sessions/{sid}/screen/").json()["lines"]):
+            break
+    r = alice.run(sid, "echo from-api", wait=20)
+    assert (r["status"], r["exit_code"], r["output"]) == ("succeeded", 0, "from-api\n")

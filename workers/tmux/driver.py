@@ -418,6 +418,9 @@ class TmuxDriver:
                     status = cmd.stop_reason or ("succeeded" if mark.exit_code == 0 else "failed")
                     self._finish(shell, cmd, status, mark.exit_code, cwd=shell.cwd)
         elif mark.kind == "C":
+            # A command line runs now, ours or one a person typed: nothing more is typed
+            # until its end mark and the next prompt.
+            shell.ready.clear()
             if cmd is not None and cmd.state == "typed":
                 cmd.state = "running"
                 cmd.started_mono = time.monotonic()
