@@ -30,22 +30,38 @@ class ProcessTreeSampler:
         self._procs: dict[int, psutil.Process] = {}
         self.pss = pss
 
-    def _tree(self, pid: int, seen: dict[int, psutil.Process]) -> list[psutil.Process]:
-        try:
-            root = self._procs.get(pid) or psutil.Process(pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return []
+    def _tree(self, pid: int, seen: dict[int, psutil.Process],
+              children_of: dict[int, list[int]]) -> list[psutil.Process]:
         out = []
-        for p in procs:
+        stack = [pid]
+        while stack:
+            p = stack.pop()
+            proc = seen.get(p) or self._procs.get(p)
+            if proc is None:
+                try:
+                    proc = psutil.Process(p)
+                except psutil.Error:
+                    continue
             # The cached object, so that cpu_percent has its previous reading (psutil checks pid reuse).
-            known = seen.setdefault(p.pid, self._procs.get(p.pid) or p)
-            out.append(known)
+            seen[p] = proc
+            out.append(proc)
+            stack.extend(children_of.get(p, ()))
         return out
+
+    @staticmethod
+    def _children_map() -> dict[int, list[int]]:
+        """Every process's children, from one pass over /proc (not one pass per shell)."""
+        children: dict[int, list[int]] = {}
+        for proc in psutil.process_iter(["ppid"]):
+            ppid = proc.info.get("ppid")
+            if ppid:
+                children.setdefault(ppid, []).append(proc.pid)
+        return children
 
     def sample(self, shell_pids: dict[str, int]) -> dict[str, dict]:
         """``{session_id: {memory_bytes, pss_bytes, cpu_percent, processes, sampled_at}}``."""
         seen: dict[int, psutil.Process] = {}
+        children_of = self._children_map()
         now = datetime.now(UTC).isoformat()
         out = {}
         for session_id, pid in shell_pids.items():
@@ -53,7 +69,7 @@ class ProcessTreeSampler:
             cpu = 0.0
             n = 0
             pss_ok = self.pss
-            for p in self._tree(pid, seen):
+            for p in self._tree(pid, seen, children_of):
                 try:
                     with p.oneshot():
                         if pss_ok:
