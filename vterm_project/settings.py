@@ -141,7 +141,9 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "global_keyprefix
 # https://docs.celeryq.dev/en/stable/userguide/calling.html#retry-policy: bounded, so a request
 # waits at most a few seconds for the broker before it answers 503 (docs/failover.md).
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
-CELERY_WORKER_SEND_TASK_EVENTS = True
+# Task events cost a few Redis publishes per task; Flower turns them on while it runs
+# (its --enable_events, on by default), so they are only paid for when someone watches.
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("VTERM_TASK_EVENTS", False)
 CELERY_TASK_SEND_SENT_EVENT = False
 CELERY_BEAT_SCHEDULE: dict = {
     # Dead backends, stuck migrations, idle sessions and orphans (sessions/failover.py).
@@ -182,7 +184,12 @@ LOGGING = {
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "INFO")},
-    "loggers": {"django.channels.server": {"level": "WARNING"}},
+    "loggers": {
+        "django.channels.server": {"level": "WARNING"},
+        # Two INFO lines per task ("received", "succeeded") at hundreds of commands a second.
+        "celery.app.trace": {"level": os.environ.get("VTERM_TASK_LOG_LEVEL", "WARNING")},
+        "celery.worker.strategy": {"level": os.environ.get("VTERM_TASK_LOG_LEVEL", "WARNING")},
+    },
 }
 
 # --- vterm ----------------------------------------------------------------------
