@@ -4,30 +4,37 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
+DEV_STAMP := $(VENV)/.installed-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: run test test-faults bench venv system-deps test-deps vendor lint clean kill-shells
+.PHONY: run test test-faults bench venv venv-dev system-deps test-deps vendor lint clean kill-shells
 
 run: venv system-deps vendor
 	$(PY) -m vterm_project.devstack
 
-test: venv system-deps test-deps vendor
+test: venv-dev system-deps test-deps vendor
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
-test-faults: venv system-deps
+test-faults: venv-dev system-deps
 	$(PY) -m pytest tests/faults -m slow $(PYTEST_ARGS)
 
-bench: venv system-deps
+bench: venv-dev system-deps
 	$(PY) manage.py vterm_bench $(BENCH_ARGS)
 
-venv: $(STAMP)
+# `make run` needs only the project; the tests also need the dev extras (browser driver, Helm renderer...).
+venv: $(RUN_STAMP)
+venv-dev: $(DEV_STAMP)
 
-$(STAMP): pyproject.toml
+$(RUN_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+$(DEV_STAMP): $(RUN_STAMP)
 	$(PY) -m pip install -q -e ".[dev]"
-	touch $(STAMP)
+	touch $@
 
 # Debian/Ubuntu packages, installed only when a command is missing.
 system-deps:
@@ -64,7 +71,7 @@ $(VENDOR)/.built: package.json package-lock.json
 	   node_modules/@xterm/addon-fit/lib/addon-fit.js $(VENDOR)/
 	touch $@
 
-lint: venv
+lint: venv-dev
 	$(VENV)/bin/ruff check .
 
 # Shells outlive the web and worker processes on purpose; this ends them.
