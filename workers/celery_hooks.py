@@ -44,11 +44,21 @@ def stop_backend(sender=None, **kwargs):
         # VTERM_DRAIN_ON_STOP=1 (the Helm chart sets it): SIGTERM moves the sessions away first,
         # as when a pod is removed. Unset (make run, a plain restart): detach and leave the shells
         # running for the next worker to adopt.
+        drained = None
         if settings.VTERM["DRAIN_ON_STOP"] and _runtime is not None:
             from .failover_runtime import drain
 
             try:
                 drain(_runtime, f"backend {_runtime.backend_id} is stopping")
+                drained = _runtime.backend_id
             except Exception:
                 log.exception("drain on stop failed; the pool's reconcile will move what is left")
         runtime_stop()
+        if drained:
+            # Stopped on purpose with nothing left on it (a scale-down): not a dead backend.
+            from sessions.pool import backend_retire
+
+            try:
+                backend_retire(drained)
+            except Exception:
+                log.exception("could not retire backend %s", drained)
