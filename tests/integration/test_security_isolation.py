@@ -6,6 +6,7 @@ directory, and hostile session names, cwds, keys, input and commands.
 
 from __future__ import annotations
 
+import json
 import os
 import stat
 import time
@@ -151,7 +152,10 @@ def test_hostile_commands_run_as_bash_text_only(alice, session):
     r = alice.run(sid, "printf '\\033[31mred\\033[0m\\n'")
     assert r["output"] == "red\n" and r["status"] == "succeeded"
     for bad in ("echo \x1b[31m", "echo \x03", "echo \x00", "echo \ud800"):
-        resp = alice.http.post(f"/api/v1/sessions/{sid}/commands/", json={"command": bad})
+        # Encoded by hand: JSON may carry a lone surrogate ("\ud800") that httpx would not encode.
+        body = json.dumps({"command": bad}).encode()
+        resp = alice.http.post(f"/api/v1/sessions/{sid}/commands/", content=body,
+                               headers={"Content-Type": "application/json"})
         assert resp.status_code == 400 and "command" in resp.json(), bad
     # The tmux server and other sessions are unharmed.
     other = alice.create_session()
