@@ -137,7 +137,8 @@ def test_websocket_terminal_run_output_and_resume(vt, sess):
         assert term.hello is not None and term.hello.session.id == sess.id
         term.run("echo ws-$((6*7))", ref="r1")
         seen, final = [], None
-        while final is None:
+        # The command's end and its terminal output travel separately: wait for both.
+        while final is None or "ws-42\r\n" not in "".join(f.data for f in seen):
             frame = term.recv(timeout=20)
             assert frame is not None, "no frame within 20 s"
             if frame.type == "output":
