@@ -88,7 +88,9 @@ class ReconnectingViewer:
     def __init__(self, url: str, session_id: str, token: str) -> None:
         self.url, self.session_id, self.token = url, session_id, token
         self.viewer = Viewer(url, session_id, token=token)
-        self.outputs: list[tuple[int, str]] = []
+        # Output of the connections before this one. The viewer records a frame before it acks
+        # it, so a frame whose ack hit the closed socket is kept too.
+        self.earlier: list[tuple[int, str]] = []
         self.breaks: list[str] = []
         self.reconnects = 0
         self.stop = threading.Event()
@@ -98,19 +100,22 @@ class ReconnectingViewer:
         try:
             while not self.stop.is_set():
                 try:
-                    frame = self.viewer.recv(timeout=0.5)
+                    self.viewer.recv(timeout=0.5)
                 except TimeoutError:
                     continue
                 except ConnectionClosed:
                     self._resume()
                     continue
-                if frame["type"] == "output":
-                    self.outputs.append((frame["seq"], frame["data"]))
         except Exception as exc:  # noqa: BLE001 (reported by the test)
             self.error = exc
 
+    @property
+    def outputs(self) -> list[tuple[int, str]]:
+        return self.earlier + self.viewer.outputs
+
     def _resume(self) -> None:
         self.breaks += self.viewer.breaks
+        self.earlier += self.viewer.outputs
         since = self.viewer.position
         deadline = time.monotonic() + 60
         while True:
