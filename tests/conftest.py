@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -20,6 +21,10 @@ import pytest
 import redis
 
 from vterm_project.devstack import Stack, StackConfig, free_port, redis_answers
+
+# A shell starts background jobs with SIGINT ignored, and children inherit that: the CLI
+# tests' Ctrl-C would then reach no one. The tests need it delivered as a terminal would.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 

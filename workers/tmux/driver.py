@@ -287,6 +287,9 @@ class TmuxDriver:
             # follow wait for it (not the caller, and not other shells).
             shell.resize_until = time.monotonic() + RESIZE_GRACE
         self._apply_size(shell)
+        # tmux passes the new size to the terminal on a timer; set it now, so that what is
+        # typed next (a person's `stty size`, a full-screen program) already sees it.
+        _set_tty_size(shell.tty, rows, cols)
 
     def send_text(self, name: str, text: str) -> None:
         shell = self._get(name)
@@ -628,6 +631,19 @@ def _tty_canonical(tty: str) -> bool | None:
         return bool(termios.tcgetattr(fd)[3] & termios.ICANON)
     except termios.error:
         return None
+    finally:
+        os.close(fd)
+
+
+def _set_tty_size(tty: str, rows: int, cols: int) -> None:
+    try:
+        fd = os.open(tty, os.O_RDONLY | os.O_NOCTTY | os.O_NONBLOCK)
+    except OSError:
+        return
+    try:
+        fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("hhhh", rows, cols, 0, 0))
+    except OSError:
+        pass
     finally:
         os.close(fd)
 
