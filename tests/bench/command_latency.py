@@ -1,0 +1,47 @@
+"""Latency of one command over REST: `POST …/commands/` with {"command": "true", "wait": 5}, N calls in a row
+on one session, against a stack of its own (Redis from --redis-url). Prints median, p99 and max.
+
+    .venv/bin/python -m tests.bench.command_latency --redis-url redis://127.0.0.1:6379/3 --calls 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from tests.conftest import Api, make_stack
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--calls", type=int, default=200)
+    parser.add_argument("--warmup", type=int, default=20)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="vterm-lat-") as tmp:
+        stack = make_stack(args.redis_url, Path(tmp), backends=1, prefix="lat")
+        stack.start()
+        try:
+            api = Api(stack.url, stack.token("latency"))
+            sid = api.create_session()["id"]
+            for _ in range(args.warmup):
+                api.run(sid, "true", wait=5)
+            times = []
+            for _ in range(args.calls):
+                t0 = time.perf_counter()
+                r = api.http.post(f"/api/v1/sessions/{sid}/commands/", json={"command": "true", "wait": 5})
+                times.append((time.perf_counter() - t0) * 1000)
+                assert r.status_code == 201 and r.json()["exit_code"] == 0, r.text
+            times.sort()
+            p99 = times[max(0, int(round(0.99 * len(times))) - 1)]
+            print(f"POST commands {{true, wait 5}}, {args.calls} calls on one session: "
+                  f"median {statistics.median(times):.2f} ms, p99 {p99:.2f} ms, max {times[-1]:.2f} ms")
+        finally:
+            stack.stop()
+
+
+if __name__ == "__main__":
+    main()
