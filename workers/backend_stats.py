@@ -12,6 +12,8 @@ from pathlib import Path
 
 import psutil
 
+from .proctree import children_map, tree_pids
+
 CGROUP = Path("/sys/fs/cgroup")
 
 
@@ -37,13 +39,15 @@ class StatsSampler:
 
     def _tree(self, roots: list[int]) -> list[psutil.Process]:
         seen: dict[int, psutil.Process] = {}
-        for pid in roots:
-            try:
-                root = self._procs.get(pid) or psutil.Process(pid)
-                for p in [root, *root.children(recursive=True)]:
-                    seen.setdefault(p.pid, self._procs.get(p.pid) or p)
-            except psutil.Error:
-                continue
+        children_of = children_map()
+        for root in roots:
+            for pid in tree_pids(root, children_of):
+                if pid in seen:
+                    continue
+                try:
+                    seen[pid] = self._procs.get(pid) or psutil.Process(pid)
+                except psutil.Error:
+                    continue
         self._procs = seen
         return list(seen.values())
 

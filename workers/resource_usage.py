@@ -20,6 +20,8 @@ from django.conf import settings
 
 from sessions import services
 
+from .proctree import children_map, tree_pids
+
 log = logging.getLogger(__name__)
 
 
@@ -33,9 +35,7 @@ class ProcessTreeSampler:
     def _tree(self, pid: int, seen: dict[int, psutil.Process],
               children_of: dict[int, list[int]]) -> list[psutil.Process]:
         out = []
-        stack = [pid]
-        while stack:
-            p = stack.pop()
+        for p in tree_pids(pid, children_of):
             proc = seen.get(p) or self._procs.get(p)
             if proc is None:
                 try:
@@ -45,23 +45,12 @@ class ProcessTreeSampler:
             # The cached object, so that cpu_percent has its previous reading (psutil checks pid reuse).
             seen[p] = proc
             out.append(proc)
-            stack.extend(children_of.get(p, ()))
         return out
-
-    @staticmethod
-    def _children_map() -> dict[int, list[int]]:
-        """Every process's children, from one pass over /proc (not one pass per shell)."""
-        children: dict[int, list[int]] = {}
-        for proc in psutil.process_iter(["ppid"]):
-            ppid = proc.info.get("ppid")
-            if ppid:
-                children.setdefault(ppid, []).append(proc.pid)
-        return children
 
     def sample(self, shell_pids: dict[str, int]) -> dict[str, dict]:
         """``{session_id: {memory_bytes, pss_bytes, cpu_percent, processes, sampled_at}}``."""
         seen: dict[int, psutil.Process] = {}
-        children_of = self._children_map()
+        children_of = children_map()
         now = datetime.now(UTC).isoformat()
         out = {}
         for session_id, pid in shell_pids.items():
