@@ -9,7 +9,6 @@ from rest_framework.exceptions import APIException
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-
 log = logging.getLogger(__name__)
 
 

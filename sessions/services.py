@@ -27,8 +27,8 @@ from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast
 from .circuit import breaker_open_ids, breaker_record_failure, breaker_record_success
 from .models import Backend, Command, SessionEvent, TerminalSession
-from .redis_state import async_client, blpop, command_done_key, heartbeat_key, output_stream_key, sync_client
 from .ratelimit import ratelimit_check, session_quota_check
+from .redis_state import async_client, blpop, command_done_key, heartbeat_key, output_stream_key, sync_client
 from .replies import call_backend, send_to_backend
 from .serializers import CommandSerializer
 

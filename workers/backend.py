@@ -17,7 +17,8 @@ import socket
 import threading
 import time
 from collections import defaultdict
-from datetime import datetime, timezone as dt_timezone
+from datetime import datetime
+from datetime import timezone as dt_timezone
 from typing import Callable
 
 from django.conf import settings
@@ -168,6 +169,10 @@ class BackendRuntime:
     def shell_exited(self, name: str, reason: str) -> None:
         epoch = self.ledger.epochs.get(name)
         self.ledger.exited(name)
+        # Per-session output state would otherwise grow with every session this backend ever had;
+        # a late flush reads the stream's end again.
+        self.forget_output_seq(name)
+        self._decoders.pop(name, None)
         # Fenced: a stale copy of a session that moved away does not end it.
         self._writes.put(lambda: services.session_shell_exited(session_id=name, reason=reason,
                                                                backend_id=self.backend_id, epoch=epoch))
