@@ -32,6 +32,11 @@ def output_stream_key(session_id: str) -> str:
     return f"{_p()}out:{session_id}"
 
 
+def backend_inbox_key(backend_id: str) -> str:
+    """List of a backend's hot calls (commands, keystrokes, Ctrl-C, resize): workers/inbox.py."""
+    return f"{_p()}backend:{backend_id}:inbox"
+
+
 def backend_stats_key(backend_id: str) -> str:
     """Hash of a backend's resource figures, written with its heartbeat (workers/backend_stats.py)."""
     return f"{_p()}backend:{backend_id}:stats"

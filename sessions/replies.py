@@ -1,7 +1,8 @@
-"""Request/reply with a backend worker: a Celery task out, a Redis list back.
+"""Talking to a backend worker: a Celery task out (and a Redis list back for a reply),
+or, for the hot calls, a message on the backend's inbox (workers/inbox.py).
 
-Celery's result backend would do, but a list per call that the caller blocks on
-(BLPOP) is one Redis round trip and needs no polling.
+Celery's result backend would do for replies, but a list per call that the caller
+blocks on (BLPOP) is one Redis round trip and needs no polling.
 """
 
 from __future__ import annotations
@@ -11,11 +12,16 @@ import uuid
 
 from vterm_project.celery import app as celery_app
 
-from .redis_state import REPLY_TTL, blpop, reply_key, sync_client
+from .redis_state import REPLY_TTL, backend_inbox_key, blpop, reply_key, sync_client
 
 
 def send_to_backend(queue: str, task: str, *args, **kwargs) -> None:
     celery_app.send_task(task, args=list(args), kwargs=kwargs, queue=queue)
+
+
+def push_to_backend(backend_id: str, op: str, **fields) -> None:
+    """Put one hot call on the backend's inbox; taken in order by its inbox thread."""
+    sync_client().rpush(backend_inbox_key(backend_id), json.dumps({"op": op, **fields}))
 
 
 async def call_backend(queue: str, task: str, *args, timeout: float, **kwargs) -> dict | None:

@@ -29,7 +29,7 @@ from .circuit import breaker_open_ids, breaker_record_failure, breaker_record_su
 from .models import Backend, Command, SessionEvent, TerminalSession
 from .ratelimit import ratelimit_check, session_quota_check
 from .redis_state import async_client, blpop, command_done_key, heartbeat_key, output_stream_key, sync_client
-from .replies import call_backend, send_to_backend
+from .replies import call_backend, push_to_backend, send_to_backend
 from .serializers import CommandSerializer
 
 log = logging.getLogger(__name__)
@@ -149,15 +149,21 @@ def _session_reload(session_id) -> TerminalSession:
     return TerminalSession.objects.select_related("owner", "backend").get(pk=session_id)
 
 
-def session_started(*, session_id: str, epoch: int, cwd: str) -> bool:
-    """The backend's shell is up. False when the placement moved on meanwhile (fencing)."""
-    updated = TerminalSession.objects.filter(pk=session_id, epoch=epoch).update(cwd=cwd)
-    if not updated:
-        return False
-    session = TerminalSession.objects.get(pk=session_id)
-    if session.status in (TerminalSession.Status.INITIALIZING, TerminalSession.Status.MIGRATING):
-        session_set_status(session, TerminalSession.Status.ACTIVE, "shell started")
-    return True
+def session_started(*, session_id: str, epoch: int, cwd: str) -> list[dict] | None:
+    """The backend's shell is up. Returns the commands queued meanwhile, oldest first, for it to
+    run; None when the placement moved on meanwhile (fencing)."""
+    with transaction.atomic():
+        # Locks the row first: command_submit either queued its command before (it is in the
+        # list: it is not sent while the session is initializing) or sees it active after.
+        updated = TerminalSession.objects.filter(pk=session_id, epoch=epoch).update(cwd=cwd)
+        if not updated:
+            return None
+        session = TerminalSession.objects.get(pk=session_id)
+        if session.status in (TerminalSession.Status.INITIALIZING, TerminalSession.Status.MIGRATING):
+            session_set_status(session, TerminalSession.Status.ACTIVE, "shell started")
+        queued = list(Command.objects.filter(session_id=session_id, status=Command.Status.QUEUED)
+                      .order_by("seq").values("id", "command", "timeout"))
+    return [{"id": str(c["id"]), "command": c["command"], "timeout": c["timeout"]} for c in queued]
 
 
 def session_terminate(session: TerminalSession, reason: str = "ended by its owner") -> None:
@@ -203,7 +209,7 @@ def session_resize(session: TerminalSession, *, cols: int, rows: int) -> Termina
     _session_require_live(session)
     TerminalSession.objects.filter(pk=session.pk).update(cols=cols, rows=rows)
     session.cols, session.rows = cols, rows
-    send_to_backend(session.backend.queue, T + "session_resize", str(session.pk), cols, rows)
+    push_to_backend(session.backend_id, "resize", session=str(session.pk), cols=cols, rows=rows)
     return session
 
 
@@ -211,7 +217,7 @@ def session_input(session: TerminalSession, *, data: str | None = None, keys: li
     _session_require_live(session)
     ratelimit_check(session.owner_id, "input")
     TerminalSession.objects.filter(pk=session.pk).update(last_activity=timezone.now())
-    send_to_backend(session.backend.queue, T + "session_input", str(session.pk), data, keys)
+    push_to_backend(session.backend_id, "input", session=str(session.pk), data=data, keys=keys)
 
 
 async def session_screen(session: TerminalSession, *, escapes: bool = False) -> dict:
@@ -240,22 +246,23 @@ def command_submit(session: TerminalSession, *, command: str, timeout: float | N
         seq, status, backend_id, epoch = TerminalSession.objects.values_list(
             "command_count", "status", "backend_id", "epoch").get(pk=session.pk)
         cmd = Command.objects.create(session=session, seq=seq, command=command, timeout=timeout)
-        if status != TerminalSession.Status.MIGRATING and backend_id:
-            # While migrating, the new backend takes the queued commands from the database.
-            transaction.on_commit(lambda: _command_send(cmd, backend_queue(backend_id), epoch))
+        if status in (TerminalSession.Status.ACTIVE, TerminalSession.Status.IDLE) and backend_id:
+            # While the shell starts or moves, its backend takes the queued commands from the
+            # database once it is up (session_started, failover.session_resumed).
+            transaction.on_commit(lambda: _command_send(cmd, backend_id, epoch))
     session.command_count = seq
     return cmd
 
 
-def _command_send(cmd: Command, queue: str, epoch: int) -> None:
-    """Queue a recorded command on its backend; if the broker is down it ends, not lingers."""
+def _command_send(cmd: Command, backend_id: str, epoch: int) -> None:
+    """Queue a recorded command on its backend; if Redis is down it ends, not lingers."""
     try:
-        send_to_backend(queue, T + "command_run", str(cmd.pk), str(cmd.session_id), epoch, cmd.command,
-                        cmd.timeout)
+        push_to_backend(backend_id, "run", id=str(cmd.pk), session=str(cmd.session_id), epoch=epoch,
+                        command=cmd.command, timeout=cmd.timeout)
     except Exception as exc:
         Command.objects.filter(pk=cmd.pk, status=Command.Status.QUEUED).update(
             status=Command.Status.INTERRUPTED, finished_at=timezone.now(),
-            reason=f"could not be queued: the broker is unavailable ({exc.__class__.__name__})")
+            reason=f"could not be queued: Redis is unavailable ({exc.__class__.__name__})")
         raise ServiceUnavailable("The message broker (Redis) is unavailable; try again shortly.") from exc
 
 
@@ -274,7 +281,7 @@ def command_interrupt(cmd: Command) -> None:
         raise Conflict(f"The command has already ended ({cmd.status}).")
     session = cmd.session
     _session_require_live(session)
-    send_to_backend(session.backend.queue, T + "command_interrupt", str(session.pk), str(cmd.pk))
+    push_to_backend(session.backend_id, "interrupt", session=str(session.pk), command=str(cmd.pk))
 
 
 def _command_overhead(cmd: Command) -> float | None:
@@ -355,14 +362,14 @@ async def session_snapshot(session: TerminalSession, tries: int = 3) -> dict:
 def session_interrupt(session: TerminalSession) -> None:
     """Ctrl-C in the session: ends its running command (as interrupted) or the foreground program."""
     _session_require_live(session)
-    send_to_backend(session.backend.queue, T + "command_interrupt", str(session.pk))
+    push_to_backend(session.backend_id, "interrupt", session=str(session.pk))
 
 
 def session_send_input(session: TerminalSession, *, data: str | None = None, keys: list[str] | None = None) -> None:
     """Keystrokes from a terminal: straight to the backend, no database write on the hot path
     (the WebSocket consumer marks activity with ``session_touch`` now and then)."""
     _session_require_live(session)
-    send_to_backend(session.backend.queue, T + "session_input", str(session.pk), data, keys)
+    push_to_backend(session.backend_id, "input", session=str(session.pk), data=data, keys=keys)
 
 
 def session_touch(session: TerminalSession) -> None:

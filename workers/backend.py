@@ -31,6 +31,7 @@ from sessions.redis_state import backend_stats_key, output_stream_key, sync_clie
 
 from . import failover_runtime
 from .backend_stats import StatsSampler
+from .inbox import InboxThread
 from .output_frames import StreamBudget, frame_pieces
 from .resource_usage import ResourceUsageThread
 from .routing import local_backend_id
@@ -67,6 +68,8 @@ class BackendRuntime:
         self.driver = self.make_driver()
         self.ledger = failover_runtime.CommandLedger()
         self.recover_lock = threading.Lock()
+        self._session_locks: dict[str, threading.Lock] = {}
+        self._session_locks_lock = threading.Lock()
         self.stopping = False
         self._writes: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._finished: set[str] = set()
@@ -107,6 +110,9 @@ class BackendRuntime:
                                   capacity=settings.VTERM["BACKEND_CAPACITY"])
         # Adopted shells are matched with the database before any task runs (sessions/failover.py).
         failover_runtime.reconcile(self, restarted=True, adopted=adopted)
+        inbox = InboxThread(self, self._stop)
+        inbox.start()
+        self._threads.append(inbox)
         log.info("backend %s up: tmux %s, %d shell(s) adopted", self.backend_id, self.driver.socket_path,
                  len(adopted))
 
@@ -122,18 +128,32 @@ class BackendRuntime:
 
     # -- requests from tasks ----------------------------------------------------
 
+    def session_lock(self, session_id: str) -> threading.Lock:
+        """Held while a session's shell is (re)built here and while its inbox messages are carried
+        out: a command sent once the session is active waits for the ones queued before it."""
+        with self._session_locks_lock:
+            return self._session_locks.setdefault(session_id, threading.Lock())
+
     def session_start(self, session_id: str, epoch: int, cwd: str, env: dict, cols: int, rows: int,
                       resume: bool = False) -> dict:
-        if resume:  # a session moving here from another backend
-            return failover_runtime.session_resume(self, session_id, epoch, cwd, env, cols, rows)
+        with self.session_lock(session_id):
+            if resume:  # a session moving here from another backend
+                return failover_runtime.session_resume(self, session_id, epoch, cwd, env, cols, rows)
+            return self._session_create(session_id, epoch, cwd, env, cols, rows)
+
+    def _session_create(self, session_id: str, epoch: int, cwd: str, env: dict, cols: int, rows: int) -> dict:
         cwd = cwd or os.environ.get("HOME", "/")
         info = self.driver.create_shell(session_id, cwd=cwd, env=env, cols=cols, rows=rows, epoch=epoch)
         self.ledger.epochs[session_id] = epoch
         self.forget_output_seq(session_id)
         close_old_connections()
-        if not services.session_started(session_id=session_id, epoch=epoch, cwd=info.cwd):
+        queued = services.session_started(session_id=session_id, epoch=epoch, cwd=info.cwd)
+        if queued is None:
             self.driver.kill_shell(session_id)
             return {"ok": False, "error": "the session was placed elsewhere meanwhile"}
+        for cmd in queued:  # submitted while the shell was starting
+            failover_runtime.queue_command(self, session_id, cmd["id"], cmd["command"], cmd["timeout"],
+                                           from_database=True)
         return {"ok": True, "cwd": info.cwd}
 
     # -- driver listener (driver threads) ---------------------------------------
@@ -173,6 +193,8 @@ class BackendRuntime:
         # a late flush reads the stream's end again.
         self.forget_output_seq(name)
         self._decoders.pop(name, None)
+        with self._session_locks_lock:
+            self._session_locks.pop(name, None)
         # Fenced: a stale copy of a session that moved away does not end it.
         self._writes.put(lambda: services.session_shell_exited(session_id=name, reason=reason,
                                                                backend_id=self.backend_id, epoch=epoch))

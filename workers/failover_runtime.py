@@ -118,14 +118,12 @@ def queue_command(rt: BackendRuntime, name: str, command_id: str, command: str, 
 
 
 def command_run(rt: BackendRuntime, command_id: str, session_id: str, epoch: int, command: str,
-                timeout: float | None, redelivered: bool) -> None:
-    """A command_run task: refused when stale (fencing), dropped when already seen."""
+                timeout: float | None) -> None:
+    """A command from the inbox: refused when stale (fencing), dropped when already seen."""
     current = rt.ledger.epochs.get(session_id)
     if current is not None and epoch < current:
         log.info("command %s: stale epoch %d < %d, refused", command_id, epoch, current)
         return
-    if redelivered and not failover.command_still_queued(command_id):
-        return  # the broker delivered it again after it was handled
     try:
         queue_command(rt, session_id, command_id, command, timeout)
     except ShellError as exc:

@@ -30,39 +30,7 @@ def session_stop(session_id, reason=""):
     runtime().driver.kill_shell(session_id)
 
 
-@shared_task(name="workers.tasks.command_run", bind=True)
-def command_run(self, command_id, session_id, epoch, command, timeout=None):
-    # Acked early on purpose: the database, not the broker, keeps a queued command
-    # (a restarted or new backend queues it again from there; docs/failover.md).
-    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
-    failover_runtime.command_run(runtime(), command_id, session_id, epoch, command, timeout, redelivered)
-
-
-@shared_task(name="workers.tasks.command_interrupt")
-def command_interrupt(session_id, command_id=None):
-    try:
-        runtime().driver.interrupt(session_id, command_id)
-    except ShellError:
-        log.info("interrupt for %s: no such shell here", session_id)
-
-
-@shared_task(name="workers.tasks.session_input")
-def session_input(session_id, data=None, keys=None):
-    try:
-        if data is not None:
-            runtime().driver.send_text(session_id, data)
-        if keys:
-            runtime().driver.send_keys(session_id, keys)
-    except ShellError:
-        log.info("input for %s: no such shell here", session_id)
-
-
-@shared_task(name="workers.tasks.session_resize")
-def session_resize(session_id, cols, rows):
-    try:
-        runtime().driver.resize(session_id, cols, rows)
-    except ShellError:
-        log.info("resize for %s: no such shell here", session_id)
+# Commands, keystrokes, Ctrl-C and resizes come through the backend's inbox (workers/inbox.py).
 
 
 @shared_task(name="workers.tasks.session_screen")
