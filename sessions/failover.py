@@ -140,10 +140,6 @@ def session_placed_here(*, session_id: str, epoch: int, backend_id: str) -> bool
     return TerminalSession.objects.filter(pk=session_id, epoch=epoch, backend_id=backend_id).exists()
 
 
-def command_still_queued(command_id: str) -> bool:
-    return Command.objects.filter(pk=command_id, status=Command.Status.QUEUED).exists()
-
-
 # -- backends -------------------------------------------------------------------------------
 
 
@@ -236,8 +232,11 @@ def backend_reconcile_shells(*, backend_id: str, shells: list[ShellState], resta
             plan.kill.append(sh.name)
             continue
         if session.status == S.INITIALIZING:
-            session_started(session_id=sh.name, epoch=session.epoch, cwd=sh.cwd)
-        elif session.status == S.MIGRATING:
+            # Its session_start did not finish: the commands sent meanwhile wait in the database.
+            for cmd in session_started(session_id=sh.name, epoch=session.epoch, cwd=sh.cwd) or []:
+                plan.run.append((sh.name, cmd))
+            continue
+        if session.status == S.MIGRATING:
             for cmd in session_resumed(session_id=sh.name, epoch=session.epoch, backend_id=backend_id,
                                        cwd=sh.cwd) or []:
                 plan.run.append((sh.name, cmd))
