@@ -13,9 +13,11 @@ This module knows nothing of Django, Celery or Redis: it reports through a
 from __future__ import annotations
 
 import fcntl
+import glob
 import logging
 import os
 import secrets
+import shlex
 import struct
 import subprocess
 import termios
@@ -27,7 +29,8 @@ from typing import Protocol
 
 from .control import ControlClient, ControlClosed, TmuxCommandError
 from .protocol import quote, quote_format, valid_key
-from .shell import BASHRC, NONCE_ENV, Mark, MarkParser
+from .shell import BASHRC, HISTORY_ENV, NONCE_ENV, Mark, MarkParser
+from .shellenv import EnvParseError, parse_declare_px, user_env
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,8 @@ ESCALATE_AFTER = 2.0
 RESIZE_GRACE = 1.0
 # How long after an end mark to wait for readline to announce it is reading.
 PROMPT_GRACE = 0.25
+# Longest wait for an idle shell to write out its environment (capture_env).
+ENV_CAPTURE_TIMEOUT = 5.0
 
 
 class ShellError(RuntimeError):
@@ -111,6 +116,9 @@ class _Command:
     stop_reason: str | None = None  # "timed_out" | "interrupted"
     escalate_at: float | None = None
     incomplete: bool = False
+    # The driver's own (capture_env): no listener hears of it, its output is not forwarded.
+    hidden: bool = False
+    done: threading.Event | None = None
 
 
 @dataclass
@@ -131,6 +139,7 @@ class _Shell:
     resize_until: float | None = None  # a resize is on its way to the terminal until then
     epoch: int = 0
     last_command: str = ""
+    muted: bool = False  # a hidden command was typed: its echo and prompt are not forwarded
 
 
 class TmuxDriver:
@@ -168,6 +177,9 @@ class TmuxDriver:
         os.chmod(self._dir, 0o700)  # nobody else may reach the socket
         _write_if_changed(self._rc_path, BASHRC)
         _write_if_changed(self._conf_path, TMUX_CONF)
+        # Hand-over files a previous worker left (it died between writing and removing one).
+        for left in glob.glob(os.path.join(self._dir, "env-*")) + glob.glob(os.path.join(self._dir, "hist-*")):
+            _unlink(left)
         if not self._tmux_ok("has-session", "-t", TMUX_SESSION):
             subprocess.run(
                 self._tmux_argv("-f", self._conf_path, "new-session", "-d", "-s", TMUX_SESSION,
@@ -213,7 +225,9 @@ class TmuxDriver:
     # -- shells ---------------------------------------------------------------
 
     def create_shell(self, name: str, *, cwd: str, env: dict[str, str], cols: int, rows: int,
-                     timeout: float = 10.0, epoch: int = 0) -> ShellInfo:
+                     timeout: float = 10.0, epoch: int = 0, history: list[str] | None = None) -> ShellInfo:
+        """Start a shell. ``history``: commands (oldest first) the shell's history starts with,
+        for a session that moved here (Up-arrow finds them); nothing is printed for them."""
         if not os.path.isdir(cwd):
             raise ShellError(f"cwd: no such directory on the backend: {cwd}")
         with self._lock:
@@ -223,6 +237,23 @@ class TmuxDriver:
         full_env = {**self.shell_env, **env, NONCE_ENV: nonce}
         if self.source_user_bashrc:
             full_env["VTERM_SOURCE_BASHRC"] = "1"
+        hist_path = None
+        if history:
+            # Read by the rc at the first prompt, so gone once the shell is ready.
+            hist_path = os.path.join(self._dir, f"hist-{secrets.token_hex(8)}")
+            fd = os.open(hist_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "wb") as f:
+                f.write(b"".join(c.encode("utf-8", "replace") + b"\0" for c in history if "\0" not in c))
+            full_env[HISTORY_ENV] = hist_path
+        try:
+            return self._create_shell(name, cwd=cwd, full_env=full_env, nonce=nonce, cols=cols, rows=rows,
+                                      timeout=timeout, epoch=epoch)
+        finally:
+            if hist_path:
+                _unlink(hist_path)
+
+    def _create_shell(self, name: str, *, cwd: str, full_env: dict[str, str], nonce: str, cols: int, rows: int,
+                      timeout: float, epoch: int) -> ShellInfo:
         args = [f"new-window -d -P -F '#{{window_id}} #{{pane_id}} #{{pane_tty}}' -t {TMUX_SESSION}:",
                 "-n", quote_format(WINDOW_PREFIX + name), "-c", quote_format(cwd)]
         for k, v in full_env.items():
@@ -262,9 +293,12 @@ class TmuxDriver:
         """Take the shell's waiting commands off its queue, unfinished (they will run elsewhere)."""
         shell = self._get(name)
         with self._lock:
-            ids = [c.id for c in shell.queue]
+            dropped = list(shell.queue)
             shell.queue.clear()
-        return ids
+        for cmd in dropped:
+            if cmd.hidden:
+                self._finish(shell, cmd, "interrupted", None, cwd=None)
+        return [c.id for c in dropped if not c.hidden]
 
     def adopt_command(self, name: str, command_id: str, started_at: float | None) -> None:
         """Take a command that is still running in an adopted shell as the current one.
@@ -322,6 +356,52 @@ class TmuxDriver:
         out = self._call(f"display-message -p -t {shell.pane_id} '#{{pane_current_path}}'")
         return out[0] if out and out[0] else shell.cwd
 
+    def capture_env(self, names: list[str], timeout: float = ENV_CAPTURE_TIMEOUT) -> dict[str, dict[str, str] | None]:
+        """The exported environment of idle shells, as their user left it (a session moving away).
+
+        Each shell is typed a hidden command (the rc's ``__vterm_env``, writing ``declare -px``
+        to a private file): it goes through the same queue as commands but no listener hears
+        of it and its echo and prompt are not forwarded; ``$?`` is kept and it leaves no
+        history entry. What is left out of the result: shellenv.user_env. None for a shell
+        that is gone, busy (running or holding commands) or does not answer within ``timeout``
+        (all shells are asked at once).
+        """
+        out: dict[str, dict[str, str] | None] = {}
+        asked = []
+        for name in names:
+            out[name] = None
+            with self._lock:
+                shell = self._shells.get(name)
+                if shell is None or shell.current is not None or shell.queue:
+                    continue
+                path = os.path.join(self._dir, f"env-{secrets.token_hex(8)}")
+                # Leading space: HISTCONTROL=ignorespace keeps it out of the history at once.
+                cmd = _Command(id=f"env-{secrets.token_hex(8)}", text=f' __vterm_env "$?" {shlex.quote(path)}',
+                               timeout=timeout, hidden=True, done=threading.Event())
+                shell.queue.append(cmd)
+                self._start_next(shell)
+            asked.append((name, shell, cmd, path))
+        deadline = time.monotonic() + timeout
+        for name, shell, cmd, path in asked:
+            cmd.done.wait(max(0.0, deadline - time.monotonic()))
+            with self._lock:
+                if cmd in shell.queue:
+                    shell.queue.remove(cmd)  # never typed: the shell stayed busy
+            try:
+                if cmd.done.is_set():
+                    with open(path, "rb") as f:
+                        env, dropped = user_env(parse_declare_px(f.read()), self.shell_env)
+                    if dropped:
+                        log.info("shell %s: not carried (too large or not UTF-8): %s", name, ", ".join(dropped))
+                    out[name] = env
+                else:
+                    log.warning("shell %s did not write its environment in %g s", name, timeout)
+            except (OSError, EnvParseError) as exc:
+                log.warning("shell %s: could not read its environment: %s", name, exc)
+            finally:
+                _unlink(path)
+        return out
+
     # -- commands -------------------------------------------------------------
 
     def run(self, name: str, command_id: str, text: str, timeout: float | None = None) -> None:
@@ -363,9 +443,12 @@ class TmuxDriver:
         cmd = shell.queue.popleft()
         shell.current = cmd
         cmd.state = "typed"
-        shell.last_command = cmd.id
-        # Kept by tmux, so a worker that restarts knows what this shell was last given.
-        self._send_nowait(f"set-option -w -t {shell.window_id} @vterm_cmd {quote(cmd.id)}")
+        if cmd.hidden:
+            shell.muted = True
+        else:
+            shell.last_command = cmd.id
+            # Kept by tmux, so a worker that restarts knows what this shell was last given.
+            self._send_nowait(f"set-option -w -t {shell.window_id} @vterm_cmd {quote(cmd.id)}")
         if cmd.timeout:
             cmd.deadline = time.monotonic() + cmd.timeout
         text = cmd.text
@@ -386,11 +469,26 @@ class TmuxDriver:
                 if len(held) < 64:
                     held.append(data)
                 return
+            # While a hidden command runs (from its echo to the prompt after it), only what
+            # comes outside it is forwarded (its marks would be taken for a command's by viewers).
+            kept = bytearray() if shell.muted else None
+            prompt_after = False
             for piece in shell.parser.feed(data):
-                if piece.data and shell.current is not None and shell.current.state == "running":
-                    self._capture(shell.current, piece.data)
+                cur = shell.current
+                if piece.data and cur is not None and cur.state == "running" and not cur.hidden:
+                    self._capture(cur, piece.data)
+                if kept is not None and not shell.muted and not prompt_after:
+                    kept += piece.data
                 if piece.mark is not None:
+                    muted = shell.muted
                     self._on_mark(shell, piece.mark)
+                    # Readline announces it reads, then draws the prompt: that prompt (usually the
+                    # rest of this chunk) would stand after the one already shown.
+                    prompt_after = prompt_after or (muted and not shell.muted)
+        if kept is not None:
+            if not kept:
+                return
+            data = bytes(kept)
         self.listener.shell_output(shell.name, data)
 
     def _capture(self, cmd: _Command, data: bytes) -> None:
@@ -405,6 +503,7 @@ class TmuxDriver:
         if mark.kind == "R":
             if shell.at_prompt is not None:
                 shell.at_prompt = None
+                shell.muted = False
                 shell.ready.set()
                 self._start_next(shell)
         elif mark.kind == "D":
@@ -428,7 +527,8 @@ class TmuxDriver:
                 cmd.state = "running"
                 cmd.started_mono = time.monotonic()
                 cmd.started_wall = time.time()
-                self.listener.command_started(shell.name, cmd.id, cmd.started_wall)
+                if not cmd.hidden:
+                    self.listener.command_started(shell.name, cmd.id, cmd.started_wall)
         elif mark.kind == "P":
             if cmd is not None and cmd.state == "typed" and not cmd.incomplete:
                 # The whole paste was read and bash still wants more: it never will.
@@ -458,6 +558,9 @@ class TmuxDriver:
         now_mono, now = time.monotonic(), time.time()
         if shell.current is cmd:
             shell.current = None
+        if cmd.hidden:
+            cmd.done.set()  # its caller reads what it wrote
+            return
         duration = (now_mono - cmd.started_mono) * 1000 if cmd.started_mono else None
         if not reason and status in ("timed_out", "interrupted"):
             reason = f"timed out after {cmd.timeout:g} s" if status == "timed_out" else "interrupted"
@@ -491,6 +594,7 @@ class TmuxDriver:
                     if shell.at_prompt is not None and now - shell.at_prompt > PROMPT_GRACE:
                         # No bracketed-paste switch seen (a user's inputrc?): go on anyway.
                         shell.at_prompt = None
+                        shell.muted = False
                         shell.ready.set()
                         self._start_next(shell)
                     if shell.resize_until is not None:
@@ -604,6 +708,13 @@ def _log_failure(command: str):
         if exc is not None:
             log.warning("tmux command failed: %s: %s", command[:80], exc)
     return check
+
+
+def _unlink(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
 
 def _tty_size(tty: str) -> tuple[int, int] | None:

@@ -21,10 +21,14 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 NONCE_ENV = "__VTERM_NONCE"
+HISTORY_ENV = "__VTERM_HISTORY"
 
 BASHRC = r"""# vterm shell integration: generated, do not edit.
 __vterm_nonce=$__VTERM_NONCE
-unset __VTERM_NONCE TMUX TMUX_PANE
+# A session that moved here: its past commands, NUL-separated, loaded at the first prompt
+# (after bash has read HISTFILE, so that they are the newest).
+__vterm_history=${__VTERM_HISTORY:-}
+unset __VTERM_NONCE __VTERM_HISTORY TMUX TMUX_PANE
 if [ -n "$VTERM_SOURCE_BASHRC" ] && [ -r ~/.bashrc ]; then . ~/.bashrc; fi
 unset VTERM_SOURCE_BASHRC
 # Pagers would swallow the next command typed into the session.
@@ -33,6 +37,11 @@ bind 'set enable-bracketed-paste on' 2>/dev/null
 __vterm_user_prompt_command=${PROMPT_COMMAND:-}
 __vterm_prompt() {
   local __vterm_ec=$? __vterm_p=$PWD
+  if [ -n "$__vterm_history" ]; then
+    local __vterm_l
+    { while IFS= read -r -d '' __vterm_l; do history -s -- "$__vterm_l"; done < "$__vterm_history"; } 2>/dev/null
+    __vterm_history=
+  fi
   if [[ $__vterm_p == *[!A-Za-z0-9/._~+,@=-]* ]]; then
     local LC_ALL=C __vterm_i __vterm_c __vterm_o=
     for ((__vterm_i = 0; __vterm_i < ${#__vterm_p}; __vterm_i++)); do
@@ -47,13 +56,20 @@ __vterm_prompt() {
   printf '\033]133;D;%s;%s;%s\007' "$__vterm_ec" "$__vterm_nonce" "$__vterm_p"
   if [ -n "$__vterm_user_prompt_command" ]; then eval "$__vterm_user_prompt_command"; fi
 }
+# The exported environment, for a session moving away (workers/tmux/shellenv.py). Typed by the
+# driver with the last status as $1, which it keeps; it takes itself out of the history.
+__vterm_env() {
+  { builtin declare -px; builtin printf '\n# vterm-env-end\n'; } >| "$2"
+  [[ $(builtin history 1) == *'__vterm_env '* ]] && builtin history -d -1
+  return "$1"
+}
 trap 'printf "\033]133;X;%s;%s\007" "$?" "$__vterm_nonce"' EXIT
 PROMPT_COMMAND=__vterm_prompt
 PS0=$'\e]133;C;'"$__vterm_nonce"$'\a'
 PS2=$'\e]133;P;'"$__vterm_nonce"$'\a> '
 # Completion detection depends on these: changing them is refused, visibly, by bash.
 readonly PS0 PS2 PROMPT_COMMAND __vterm_nonce __vterm_user_prompt_command
-readonly -f __vterm_prompt
+readonly -f __vterm_prompt __vterm_env
 """
 
 _MARK_START = b"\x1b]133;"
