@@ -50,6 +50,10 @@ class TerminalSession(models.Model):
     status_reason = models.CharField(max_length=500, blank=True)
     cwd = models.TextField(blank=True)
     env = models.JSONField(default=dict, blank=True)
+    # The environment last read from its live shell (a drain): what a moved shell starts with.
+    # Null: never read (the creation env is used). docs/failover.md
+    live_env = models.JSONField(null=True, blank=True)
+    live_env_at = models.DateTimeField(null=True, blank=True)
     cols = models.PositiveIntegerField(default=120)
     rows = models.PositiveIntegerField(default=40)
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
