@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 from django.conf import settings
 from django.db import transaction
@@ -40,6 +40,7 @@ from .services import T, backend_pick_least_loaded, backends_alive_cutoff, sessi
 log = logging.getLogger(__name__)
 
 LOCK_TIMEOUT = 30  # seconds a mover may hold a session's lock (a mover that dies frees it then)
+HISTORY_CARRIED = 500  # past commands a moved shell's history starts with (bash's default HISTSIZE)
 S = TerminalSession.Status
 
 
@@ -58,11 +59,28 @@ def _last_cwd(session: TerminalSession) -> str:
     return cwd or session.cwd
 
 
-def session_migrate(session: TerminalSession, *, reason: str, cwd: str | None = None,
+def _moved_env(session: TerminalSession) -> tuple[dict, str]:
+    """The environment a moved shell starts with, and what its status reason says of it."""
+    if session.live_env is not None:
+        at = f" at {session.live_env_at.astimezone(UTC):%Y-%m-%d %H:%M:%S} UTC" if session.live_env_at else ""
+        return session.live_env, f"environment as read from its shell{at}"
+    return session.env, "environment as created: variables exported in its shell were not carried"
+
+
+def session_history(session_id) -> list[str]:
+    """The session's last HISTORY_CARRIED commands that ran, oldest first (a moved shell's history)."""
+    texts = (Command.objects.filter(session_id=session_id, started_at__isnull=False)
+             .exclude(status=Command.Status.QUEUED).order_by("-seq").values_list("command", flat=True))
+    return list(texts[:HISTORY_CARRIED])[::-1]
+
+
+def session_migrate(session: TerminalSession, *, reason: str, cwd: str | None = None, env: dict | None = None,
                     exclude: tuple[str, ...] = ()) -> TerminalSession:
     """Rebuild ``session`` on another healthy backend, or mark it ``lost`` when none can take it.
 
     ``cwd``: the live shell's directory (a drain captures it); else the last one known.
+    ``env``: the live shell's exported environment (a drain reads it; kept as ``live_env``);
+    else the last one read, else the creation ``env`` (the status reason says which).
     A command that was running ends ``interrupted`` with ``reason``; queued ones are kept
     and run on the new backend in order. Another mover holding the lock wins: no-op.
     """
@@ -82,14 +100,16 @@ def session_migrate(session: TerminalSession, *, reason: str, cwd: str | None = 
         if target is None:
             session_lose(session, f"{reason}; no healthy backend could take it")
             return session
+        fields = {"live_env": env, "live_env_at": timezone.now()} if env is not None else {}
         with transaction.atomic():
             moved = TerminalSession.objects.filter(pk=session.pk, epoch=session.epoch).update(
-                epoch=F("epoch") + 1, backend=target, cwd=cwd)
+                epoch=F("epoch") + 1, backend=target, cwd=cwd, **fields)
             if not moved:
                 return session  # moved meanwhile (fenced)
             session.refresh_from_db()
-            session_set_status(session, S.MIGRATING, f"{reason}; moving from {old} to {target.id}")
-        send_to_backend(target.queue, T + "session_start", str(session.pk), session.epoch, cwd, session.env,
+            env, env_note = _moved_env(session)
+            session_set_status(session, S.MIGRATING, f"{reason}; moving from {old} to {target.id}; {env_note}")
+        send_to_backend(target.queue, T + "session_start", str(session.pk), session.epoch, cwd, env,
                         session.cols, session.rows, resume=True)
         log.info("session %s: %s -> %s (epoch %d): %s", session.pk, old, target.id, session.epoch, reason)
         return session
@@ -122,7 +142,8 @@ def session_resumed(*, session_id: str, epoch: int, backend_id: str, cwd: str, n
         queued = list(Command.objects.filter(session_id=session_id, status=Command.Status.QUEUED)
                       .order_by("seq").values("id", "command", "timeout"))
         session = TerminalSession.objects.get(pk=session_id)
-        session_set_status(session, S.ACTIVE, f"moved to backend {backend_id}" + (f" ({note})" if note else ""))
+        notes = "; ".join(n for n in (note, _moved_env(session)[1]) if n)
+        session_set_status(session, S.ACTIVE, f"moved to backend {backend_id} ({notes})")
     return [{"id": str(c["id"]), "command": c["command"], "timeout": c["timeout"]} for c in queued]
 
 

@@ -145,7 +145,10 @@ def session_resume(rt: BackendRuntime, session_id: str, epoch: int, cwd: str, en
     if session_id in rt.driver.shell_names():
         stop_shell(rt, session_id, "replaced by a newer placement")
     try:
-        info = rt.driver.create_shell(session_id, cwd=cwd, env=env, cols=cols, rows=rows, epoch=epoch)
+        # Up-arrow in the moved shell finds what ran before the move.
+        history = failover.session_history(session_id)
+        info = rt.driver.create_shell(session_id, cwd=cwd, env=env, cols=cols, rows=rows, epoch=epoch,
+                                      history=history)
     except ShellError as exc:
         failover.session_resume_failed(session_id=session_id, epoch=epoch, backend_id=rt.backend_id, error=str(exc))
         return {"ok": False, "error": str(exc)}
@@ -166,7 +169,9 @@ def drain(rt: BackendRuntime, reason: str) -> int:
 
     New work stops first (the backend is ``draining``, shells' queues are emptied: those
     commands run where the session goes); running commands get DRAIN_GRACE seconds to end;
-    then each session moves with the cwd its shell has now, and the local shell is ended.
+    then each session moves with the cwd and the exported environment its shell has now (read
+    from the idle ones; a shell still busy moves with the last environment read), and the
+    local shell is ended.
     """
     failover.backend_mark_draining(rt.backend_id)
     names = rt.driver.shell_names()
@@ -180,6 +185,11 @@ def drain(rt: BackendRuntime, reason: str) -> int:
         time.sleep(0.05)
     rt.flush_writes()  # commands that ended are in the database before the move
     sessions = failover.backend_live_sessions(rt.backend_id)
+    try:
+        envs = rt.driver.capture_env([str(s.pk) for s in sessions if str(s.pk) in names])
+    except Exception:
+        log.warning("could not read the shells' environments", exc_info=True)
+        envs = {}
     for session in sessions:
         name = str(session.pk)
         cwd = None
@@ -188,7 +198,7 @@ def drain(rt: BackendRuntime, reason: str) -> int:
                 cwd = rt.driver.current_cwd(name)
             except Exception:
                 log.warning("could not read the cwd of %s", name, exc_info=True)
-        failover.session_migrate(session, reason=reason, cwd=cwd, exclude=(rt.backend_id,))
+        failover.session_migrate(session, reason=reason, cwd=cwd, env=envs.get(name), exclude=(rt.backend_id,))
     for name in names:
         stop_shell(rt, name, f"{reason}: the session moved to another backend")
     rt.flush_writes()
