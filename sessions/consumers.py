@@ -206,17 +206,18 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     async def on_run(self, frame: dict) -> None:
         data = self._valid(RunFrameSerializer, frame)
 
-        def submit() -> Command:
-            # Fresh: ownership and placement (backend, epoch) as they are now.
-            session = selectors.session_get_for_user(self.user, self.session_id)
-            return services.command_submit(session, command=data["command"], timeout=data.get("timeout"))
-        cmd = await sync_to_async(submit)()
-        await self._audit(audit.COMMAND_RUN, audit.audit_command_detail(cmd.pk, cmd.command))
+        client = self.scope.get("client") or ("", 0)
+
+        def submit() -> dict:
+            cmd = services.command_create(self.user, self.session_id, command=data["command"],
+                                          timeout=data.get("timeout"), remote_addr=str(client[0]), via="websocket")
+            return dict(CommandSerializer(cmd).data)
+        body = await sync_to_async(submit)()
         ref = data.get("ref")
         if ref is not None:
-            self.refs[str(cmd.pk)] = ref
+            self.refs[body["id"]] = ref
         # The client learns the command's id at once; later frames follow its state.
-        await self._send_command(await sync_to_async(lambda: dict(CommandSerializer(cmd).data))())
+        await self._send_command(body)
 
     async def on_interrupt(self, frame: dict) -> None:
         await sync_to_async(services.session_interrupt)(self.session)

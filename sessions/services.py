@@ -22,7 +22,7 @@ from rest_framework.exceptions import ValidationError
 
 from workers.routing import backend_queue
 
-from . import metrics
+from . import audit, metrics, selectors
 from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast
 from .circuit import breaker_open_ids, breaker_record_failure, breaker_record_success
@@ -234,22 +234,44 @@ async def session_screen(session: TerminalSession, *, escapes: bool = False) -> 
 # -- commands -------------------------------------------------------------------------
 
 
+def command_create(user, session_id, *, command: str, timeout: float | None = None,
+                   remote_addr: str = "", via: str = "") -> Command:
+    """A user runs a command (REST or WebSocket): their session as it is now (404 when not
+    theirs), the command recorded, queued and audited, in one transaction."""
+    session = selectors.session_get_for_user(user, session_id)
+    _command_admit(session)
+    with transaction.atomic():
+        cmd = _command_record(session, command=command, timeout=timeout)
+        detail = {**({"via": via} if via else {}), **audit.audit_command_detail(cmd.pk, cmd.command)}
+        audit.audit_record(user, audit.COMMAND_RUN, session.pk, remote_addr=remote_addr, detail=detail)
+    return cmd
+
+
 def command_submit(session: TerminalSession, *, command: str, timeout: float | None = None) -> Command:
     """Record the command, then queue it on the session's backend once the row is committed."""
+    _command_admit(session)
+    with transaction.atomic():
+        return _command_record(session, command=command, timeout=timeout)
+
+
+def _command_admit(session: TerminalSession) -> None:
     _session_require_live(session)
     ratelimit_check(session.owner_id, "command")  # the owner's budget, whoever (staff) submits
-    with transaction.atomic():
-        # The update locks the session's row first, so placement read after it is current:
-        # a migration either sees this command queued or happens before it (sessions/failover.py).
-        TerminalSession.objects.filter(pk=session.pk).update(command_count=F("command_count") + 1,
-                                                             last_activity=timezone.now())
-        seq, status, backend_id, epoch = TerminalSession.objects.values_list(
-            "command_count", "status", "backend_id", "epoch").get(pk=session.pk)
-        cmd = Command.objects.create(session=session, seq=seq, command=command, timeout=timeout)
-        if status in (TerminalSession.Status.ACTIVE, TerminalSession.Status.IDLE) and backend_id:
-            # While the shell starts or moves, its backend takes the queued commands from the
-            # database once it is up (session_started, failover.session_resumed).
-            transaction.on_commit(lambda: _command_send(cmd, backend_id, epoch))
+
+
+def _command_record(session: TerminalSession, *, command: str, timeout: float | None) -> Command:
+    """Inside a transaction: the row, and its sending to the backend once that commits."""
+    # The update locks the session's row first, so placement read after it is current:
+    # a migration either sees this command queued or happens before it (sessions/failover.py).
+    TerminalSession.objects.filter(pk=session.pk).update(command_count=F("command_count") + 1,
+                                                         last_activity=timezone.now())
+    seq, status, backend_id, epoch = TerminalSession.objects.values_list(
+        "command_count", "status", "backend_id", "epoch").get(pk=session.pk)
+    cmd = Command.objects.create(session=session, seq=seq, command=command, timeout=timeout)
+    if status in (TerminalSession.Status.ACTIVE, TerminalSession.Status.IDLE) and backend_id:
+        # While the shell starts or moves, its backend takes the queued commands from the
+        # database once it is up (session_started, failover.session_resumed).
+        transaction.on_commit(lambda: _command_send(cmd, backend_id, epoch))
     session.command_count = seq
     return cmd
 

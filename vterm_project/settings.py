@@ -207,6 +207,8 @@ VTERM = {
     "MAX_TIMEOUT": env_float("VTERM_MAX_TIMEOUT", 7 * 24 * 3600.0),
     "SESSION_START_TIMEOUT": env_float("VTERM_SESSION_START_TIMEOUT", 15.0),
     "RPC_TIMEOUT": env_float("VTERM_RPC_TIMEOUT", 5.0),
+    # How long the hot command route trusts a token it has looked up (sessions/auth.py).
+    "TOKEN_CACHE_SECONDS": env_float("VTERM_TOKEN_CACHE_SECONDS", 5.0),
     "STREAM_MAXLEN": env_int("VTERM_STREAM_MAXLEN", 10000),
     # The stream is also bounded in characters, and one frame holds at most OUTPUT_FRAME_MAX
     # (workers/output_frames.py): a flood such as `yes` cannot fill Redis nor make huge messages.

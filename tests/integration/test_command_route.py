@@ -1,0 +1,144 @@
+"""The hot command route (sessions/command_route.py) answers as the DRF view does.
+
+A request with `Content-Type: application/json; charset=utf-8` is left to Django, so each
+case is sent both ways and the answers compared: status, body and headers.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import httpx
+import pytest
+
+from tests.conftest import Api
+
+pytestmark = pytest.mark.integration
+
+HOT = {"Content-Type": "application/json"}
+VIA_DJANGO = {"Content-Type": "application/json; charset=utf-8"}
+SAME_HEADERS = ("content-type", "x-frame-options", "x-content-type-options", "referrer-policy",
+                "cross-origin-opener-policy", "retry-after", "www-authenticate")
+
+
+def post(api: Api, path: str, body: bytes, headers: dict) -> httpx.Response:
+    return api.http.post(path, content=body, headers=headers)
+
+
+def both(api: Api, path: str, body: bytes) -> tuple[httpx.Response, httpx.Response]:
+    return post(api, path, body, HOT), post(api, path, body, VIA_DJANGO)
+
+
+def assert_same(hot: httpx.Response, slow: httpx.Response) -> None:
+    assert hot.status_code == slow.status_code, (hot.text, slow.text)
+    assert hot.content == slow.content
+    for h in SAME_HEADERS:
+        assert hot.headers.get(h) == slow.headers.get(h), h
+
+
+def test_a_command_runs_the_same_both_ways(alice, session):
+    path = f"/api/v1/sessions/{session['id']}/commands/"
+    hot, slow = both(alice, path, b'{"command": "cd /tmp && echo hi", "wait": 10}')
+    assert hot.status_code == slow.status_code == 201
+    a, b = hot.json(), slow.json()
+    assert set(a) == set(b)
+    assert (a["output"], a["exit_code"], a["cwd"], a["status"]) == ("hi\n", 0, "/tmp", "succeeded")
+    assert (b["output"], b["exit_code"], b["cwd"]) == ("hi\n", 0, "/tmp")
+    assert b["seq"] == a["seq"] + 1
+    for h in SAME_HEADERS:
+        assert hot.headers.get(h) == slow.headers.get(h), h
+    # Without wait: queued at once, then it ends.
+    queued = post(alice, path, b'{"command": "sleep 0.2; echo later"}', HOT)
+    assert queued.status_code == 201 and queued.json()["status"] in ("queued", "running")
+    done = alice.wait_command(session["id"], queued.json()["id"])
+    assert done["output"] == "later\n"
+
+
+def test_commands_are_audited_either_way(stack, alice, session):
+    markers = {}
+    for how, headers in (("hot", HOT), ("django", VIA_DJANGO)):
+        markers[how] = uuid.uuid4().hex
+        r = post(alice, f"/api/v1/sessions/{session['id']}/commands/",
+                 f'{{"command": "echo {markers[how]}"}}'.encode(), headers)
+        assert r.status_code == 201
+        markers[how] = (markers[how], r.json()["id"])
+    out = stack.config.manage("vterm_audit_export", "--action", "command.run", "--session", session["id"]).stdout
+    events = [json.loads(line) for line in out.splitlines() if line.strip()]
+    for marker, command_id in markers.values():
+        (ev,) = [e for e in events if e["detail"].get("command_id") == command_id]
+        assert marker in ev["detail"]["command"]
+        assert ev["user"] == "alice" and ev["remote_addr"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("body", [
+    b'{"command": ""}',
+    b'{"command": "true", "wait": -1}',
+    b'{"command": "true", "timeout": "soon"}',
+    b'{"command": "a\\u0000b"}',
+    b'["true"]',
+    b'{"command": NaN}',
+    b'{"command": ',
+    b'{"cmd": "true"}',
+])
+def test_bad_bodies_get_the_same_400(alice, session, body):
+    hot, slow = both(alice, f"/api/v1/sessions/{session['id']}/commands/", body)
+    assert hot.status_code == 400
+    assert_same(hot, slow)
+
+
+def test_someone_elses_or_no_session_is_the_same_404(alice, bob, session):
+    for sid in (session["id"], str(uuid.uuid4())):
+        hot, slow = both(bob, f"/api/v1/sessions/{sid}/commands/", b'{"command": "id"}')
+        assert hot.status_code == 404
+        assert_same(hot, slow)
+
+
+def test_an_ended_session_is_the_same_409(alice):
+    s = alice.create_session()
+    alice.http.delete(f"/api/v1/sessions/{s['id']}/")
+    deadline = time.monotonic() + 20
+    while alice.http.get(f"/api/v1/sessions/{s['id']}/").json()["status"] != "terminated":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    hot, slow = both(alice, f"/api/v1/sessions/{s['id']}/commands/", b'{"command": "true"}')
+    assert hot.status_code == 409
+    assert_same(hot, slow)
+
+
+def test_bad_tokens_get_the_same_401(stack, session):
+    for auth in ("Bearer nope", "Bearer", "Token abc", "Bearer a b"):
+        api = Api(stack.url, "x")
+        api.http.headers["Authorization"] = auth
+        hot, slow = both(api, f"/api/v1/sessions/{session['id']}/commands/", b'{"command": "true"}')
+        assert hot.status_code == 401, auth
+        assert_same(hot, slow)
+
+
+def test_a_deleted_token_stops_working_within_the_cache_time(stack):
+    api = Api(stack.url, stack.token(f"revoked-{uuid.uuid4().hex[:8]}"))
+    sid = api.create_session()["id"]
+    path = f"/api/v1/sessions/{sid}/commands/"
+    assert post(api, path, b'{"command": "true", "wait": 10}', HOT).status_code == 201
+    stack.config.manage("shell", "-c", f"from rest_framework.authtoken.models import Token; "
+                                       f"Token.objects.filter(key='{api.token}').delete()")
+    deadline = time.monotonic() + 5 + 10  # VTERM_TOKEN_CACHE_SECONDS (5) and slack
+    while (r := post(api, path, b'{"command": "true"}', HOT)).status_code != 401:
+        assert r.status_code == 201
+        assert time.monotonic() < deadline, "a deleted token still works"
+        time.sleep(0.5)
+
+
+def test_a_chunked_body_is_served(alice, session):
+    def chunks():
+        yield b'{"command": "echo '
+        yield b'chunked", "wait": 10}'
+    r = alice.http.post(f"/api/v1/sessions/{session['id']}/commands/", content=chunks(), headers=HOT)
+    assert r.status_code == 201 and r.json()["output"] == "chunked\n"
+
+
+def test_a_disallowed_host_is_left_to_django(alice, session):
+    r = alice.http.post(f"/api/v1/sessions/{session['id']}/commands/", content=b'{"command": "true"}',
+                        headers={**HOT, "Host": "evil.example"})
+    assert r.status_code == 400
