@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import pytest
 
+from tests.ws_viewer import Viewer
+
 from . import scenarios
-from .harness import FaultStack
+from .harness import FaultStack, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,8 +47,6 @@ def test_tmux_server_killed_rebuilds_the_shell_with_cwd_and_env(fs):
 
 
 def test_drain_moves_sessions_live_and_new_sessions_avoid_the_backend(fs):
-    from tests.ws_viewer import Viewer
-
     b = fs.backend_ids()[1]
     sid = fs.session_on(b, env={"FAULT_ENV": "kept"})["id"]
     cd = fs.api.run(sid, "cd /tmp")
@@ -76,3 +76,62 @@ def test_drain_moves_sessions_live_and_new_sessions_avoid_the_backend(fs):
     assert cd["status"] == "succeeded"
     assert sid not in fs.tmux_windows(b), "the drained backend ended its copy"
     assert all(fs.api.create_session()["backend"] != b for _ in range(3)), "placement avoids a draining backend"
+
+
+def _backend_status(fs, backend_id: str) -> str:
+    return next(b["status"] for b in fs.staff.http.get("/api/v1/backends/").json() if b["id"] == backend_id)
+
+
+def _healthy_again(fs, backend_id: str) -> None:
+    """A drained backend takes placements again once its worker restarts (a plain stop: it detaches)."""
+    fs.stack.stop_process(backend_id)
+    fs.restart_worker(backend_id)
+    wait_for(lambda: _backend_status(fs, backend_id) == "healthy", 60, f"{backend_id} healthy again")
+
+
+def test_drain_carries_the_live_environment_cwd_and_history(fs):
+    for b in fs.backend_ids():
+        if _backend_status(fs, b) != "healthy":  # the drain test above leaves one draining
+            _healthy_again(fs, b)
+    workdir = fs.tmp / "drained dir ✓"
+    workdir.mkdir(exist_ok=True)
+    session = fs.api.create_session(env={"GIVEN": "at creation", "GONE": "x"})
+    sid, b = session["id"], session["backend"]
+    typed = ["export FOO='a b\"c'", "export NL=$'line1\\nline2' UNI='héllo ✓ =x'", "unset GONE",
+             "export PATH=\"/opt/vterm-test:$PATH\"", f"cd '{workdir}'"]
+    for command in typed:
+        assert fs.api.run(sid, command)["status"] == "succeeded", command
+
+    try:
+        r = fs.staff.http.post(f"/api/v1/backends/{b}/drain/")
+        assert r.status_code == 202, r.text
+        moved = fs.wait_session_active(sid, timeout=60, not_on=b)
+        assert moved["cwd"] == str(workdir), moved
+        assert "environment as read from its shell at" in moved["status_reason"], moved["status_reason"]
+        assert moved["env"] == {"GIVEN": "at creation", "GONE": "x"}, "the API's env is the creation env"
+        assert sid not in fs.tmux_windows(b)
+
+        # The new shell on the other backend has what was exported and unset there, and its cwd.
+        check = 'printf "%s|" "$FOO" "$NL" "$UNI" "${GONE-unset}" "$GIVEN" "${PATH%%:*}"; echo; pwd'
+        out = fs.api.run(sid, check)
+        assert out["output"] == f'a b"c|line1\nline2|héllo ✓ =x|unset|at creation|/opt/vterm-test|\n{workdir}\n', out
+
+        # Its history holds the commands that ran before the move (Up-arrow finds them).
+        hist = fs.api.run(sid, f"history {len(typed) + 2}")["output"].splitlines()
+        assert [line.split(None, 1)[1] for line in hist] == [*typed, check, f"history {len(typed) + 2}"], hist
+        assert fs.api.http.post(f"/api/v1/sessions/{sid}/input/", json={"keys": ["Up", "Up"]}).status_code < 300
+
+        def recalled():
+            lines = fs.api.http.get(f"/api/v1/sessions/{sid}/screen/").json()["lines"]
+            return any(line.rstrip().endswith(check) for line in lines)
+        wait_for(recalled, 10, "Up-arrow to bring back a command from before the move")
+        fs.api.http.post(f"/api/v1/sessions/{sid}/input/", json={"keys": ["C-u"]})
+
+        # Reading the environment left nothing in the terminal's output stream.
+        viewer = Viewer(fs.stack.url, sid, token=fs.api.token, since=0)
+        viewer.until(lambda f: f.get("type") == "output" and "/opt/vterm-test|" in "".join(d for _, d in viewer.outputs),
+                     timeout=30)
+        viewer.close()
+        assert "__vterm_env" not in "".join(d for _, d in viewer.outputs)
+    finally:
+        _healthy_again(fs, b)
