@@ -56,10 +56,11 @@ def test_sigterm_drains_when_asked_to(fs):
     wait_for(lambda: fs.stack.ready(), 60, "both backends healthy")
     sid = fs.session_on(b)["id"]
     fs.api.run(sid, "cd /var")
+    fs.api.run(sid, "export STOP_ENV='kept across the stop'")
     fs.stack.stop_process(b, signal.SIGTERM, timeout=60)
     moved = fs.wait_session_active(sid, timeout=60, not_on=b)
     assert moved["cwd"] == "/var", moved
-    assert fs.api.run(sid, "pwd")["output"] == "/var\n"
+    assert fs.api.run(sid, 'pwd; echo "$STOP_ENV"')["output"] == "/var\nkept across the stop\n"
     assert sid not in fs.tmux_windows(b)
     fs.restart_worker(b)
 
