@@ -53,7 +53,7 @@ class TerminalSessionAdmin(admin.ModelAdmin):
     list_filter = ["status", "backend", "created_at"]
     search_fields = ["id", "name", "owner__username", "cwd"]
     readonly_fields = ["id", "owner", "backend", "epoch", "status", "status_reason", "created_at", "last_activity",
-                       "terminated_at", "command_count", "resource_usage"]
+                       "terminated_at", "command_count", "resource_usage", "live_env", "live_env_at"]
     list_select_related = ["owner", "backend"]
     inlines = [SessionEventInline, CommandInline]
     actions = ["terminate"]
