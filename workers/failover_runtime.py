@@ -145,8 +145,12 @@ def session_resume(rt: BackendRuntime, session_id: str, epoch: int, cwd: str, en
     if session_id in rt.driver.shell_names():
         stop_shell(rt, session_id, "replaced by a newer placement")
     try:
-        # Up-arrow in the moved shell finds what ran before the move.
+        # Up-arrow in the moved shell finds what ran before the move (a nicety: never a reason not to move).
         history = failover.session_history(session_id)
+    except Exception:
+        log.warning("could not read the history of %s", session_id, exc_info=True)
+        history = []
+    try:
         info = rt.driver.create_shell(session_id, cwd=cwd, env=env, cols=cols, rows=rows, epoch=epoch,
                                       history=history)
     except ShellError as exc:

@@ -241,10 +241,13 @@ class TmuxDriver:
         if history:
             # Read by the rc at the first prompt, so gone once the shell is ready.
             hist_path = os.path.join(self._dir, f"hist-{secrets.token_hex(8)}")
-            fd = os.open(hist_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "wb") as f:
-                f.write(b"".join(c.encode("utf-8", "replace") + b"\0" for c in history if "\0" not in c))
-            full_env[HISTORY_ENV] = hist_path
+            try:
+                fd = os.open(hist_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(b"".join(c.encode("utf-8", "replace") + b"\0" for c in history if "\0" not in c))
+                full_env[HISTORY_ENV] = hist_path
+            except OSError as exc:  # a nicety: the shell starts without it
+                log.warning("shell %s: could not write its history: %s", name, exc)
         try:
             return self._create_shell(name, cwd=cwd, full_env=full_env, nonce=nonce, cols=cols, rows=rows,
                                       timeout=timeout, epoch=epoch)
@@ -456,6 +459,7 @@ class TmuxDriver:
             # One unit for bash: one start mark, one end mark, one exit code.
             text = "{ " + text + "\n}"
         # A bracketed paste: readline takes tabs and control keys literally.
+        from workers._trace import T; T("typed")
         self._send_nowait(f"send-keys -t {shell.pane_id} -l -- " + quote("\x1b[200~" + text + "\x1b[201~\r"))
 
     # -- events from tmux (reader thread) ---------------------------------------
@@ -569,6 +573,7 @@ class TmuxDriver:
             truncated=cmd.truncated, cwd=cwd, started_at=cmd.started_wall, finished_at=now,
             duration_ms=round(duration, 3) if duration is not None else None, reason=reason,
         )
+        from workers._trace import T; T("end_mark")
         self.listener.command_finished(shell.name, result)
 
     def _shell_gone(self, shell: _Shell, reason: str) -> None:
