@@ -459,7 +459,6 @@ class TmuxDriver:
             # One unit for bash: one start mark, one end mark, one exit code.
             text = "{ " + text + "\n}"
         # A bracketed paste: readline takes tabs and control keys literally.
-        from workers._trace import T; T("typed")
         self._send_nowait(f"send-keys -t {shell.pane_id} -l -- " + quote("\x1b[200~" + text + "\x1b[201~\r"))
 
     # -- events from tmux (reader thread) ---------------------------------------
@@ -573,7 +572,6 @@ class TmuxDriver:
             truncated=cmd.truncated, cwd=cwd, started_at=cmd.started_wall, finished_at=now,
             duration_ms=round(duration, 3) if duration is not None else None, reason=reason,
         )
-        from workers._trace import T; T("end_mark")
         self.listener.command_finished(shell.name, result)
 
     def _shell_gone(self, shell: _Shell, reason: str) -> None:
