@@ -7,22 +7,25 @@ thread while a shell works); the database steps they take are plain sync helpers
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import transaction
-from django.db.models import Count, F, Q
+from django.db.models import Count, DateTimeField, F, Q, Value
+from django.db.models.functions import Coalesce
+from django.http import Http404
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
 from workers.routing import backend_queue
 
-from . import audit, metrics, selectors
+from . import audit, metrics
 from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast
 from .circuit import breaker_open_ids, breaker_record_failure, breaker_record_success
@@ -236,43 +239,65 @@ async def session_screen(session: TerminalSession, *, escapes: bool = False) -> 
 
 def command_create(user, session_id, *, command: str, timeout: float | None = None,
                    remote_addr: str = "", via: str = "") -> Command:
-    """A user runs a command (REST or WebSocket): their session as it is now (404 when not
-    theirs), the command recorded, queued and audited, in one transaction."""
-    session = selectors.session_get_for_user(user, session_id)
-    _command_admit(session)
+    """A user runs a command (REST or WebSocket): recorded, queued and audited in one transaction.
+
+    404 when the session is not the user's (staff: not anyone's), 409 when it has ended.
+    The session's row is read once, inside the transaction, where its placement is current.
+    """
+    ratelimit_check(_command_budget_owner(user, session_id), "command")  # the owner's budget
     with transaction.atomic():
-        cmd = _command_record(session, command=command, timeout=timeout)
+        cmd = _command_record(session_id, command=command, timeout=timeout,
+                              owner_id=None if user.is_staff else user.pk)
         detail = {**({"via": via} if via else {}), **audit.audit_command_detail(cmd.pk, cmd.command)}
-        audit.audit_record(user, audit.COMMAND_RUN, session.pk, remote_addr=remote_addr, detail=detail)
+        audit.audit_record(user, audit.COMMAND_RUN, session_id, remote_addr=remote_addr, detail=detail)
     return cmd
 
 
 def command_submit(session: TerminalSession, *, command: str, timeout: float | None = None) -> Command:
-    """Record the command, then queue it on the session's backend once the row is committed."""
-    _command_admit(session)
+    """Record a command in ``session`` (already authorized) and queue it; no audit row."""
+    ratelimit_check(session.owner_id, "command")
     with transaction.atomic():
-        return _command_record(session, command=command, timeout=timeout)
+        return _command_record(session.pk, command=command, timeout=timeout)
 
 
-def _command_admit(session: TerminalSession) -> None:
-    _session_require_live(session)
-    ratelimit_check(session.owner_id, "command")  # the owner's budget, whoever (staff) submits
+_session_owners: dict[str, int] = {}  # a session's owner never changes
 
 
-def _command_record(session: TerminalSession, *, command: str, timeout: float | None) -> Command:
+def _command_budget_owner(user, session_id) -> int:
+    """Whose rate budget a command spends: the session owner's, whoever (staff) submits."""
+    if not user.is_staff:
+        return user.pk  # someone else's session is a 404 below, after the same spend
+    key = str(session_id)
+    if key not in _session_owners:
+        owner = TerminalSession.objects.filter(pk=session_id).values_list("owner_id", flat=True).first()
+        if owner is None:
+            raise Http404("No such session.")
+        if len(_session_owners) > 100_000:
+            _session_owners.clear()
+        _session_owners[key] = owner
+    return _session_owners[key]
+
+
+def _command_record(session_id, *, command: str, timeout: float | None, owner_id: int | None = None) -> Command:
     """Inside a transaction: the row, and its sending to the backend once that commits."""
     # The update locks the session's row first, so placement read after it is current:
     # a migration either sees this command queued or happens before it (sessions/failover.py).
-    TerminalSession.objects.filter(pk=session.pk).update(command_count=F("command_count") + 1,
-                                                         last_activity=timezone.now())
+    rows = TerminalSession.objects.filter(pk=session_id)
+    if owner_id is not None:
+        rows = rows.filter(owner_id=owner_id)
+    if not rows.update(command_count=F("command_count") + 1, last_activity=timezone.now()):
+        raise Http404("No such session.")
     seq, status, backend_id, epoch = TerminalSession.objects.values_list(
-        "command_count", "status", "backend_id", "epoch").get(pk=session.pk)
-    cmd = Command.objects.create(session=session, seq=seq, command=command, timeout=timeout)
-    if status in (TerminalSession.Status.ACTIVE, TerminalSession.Status.IDLE) and backend_id:
+        "command_count", "status", "backend_id", "epoch").get(pk=session_id)
+    if status not in TerminalSession.LIVE:
+        raise Conflict(f"The session is {status}.")
+    if not backend_id:
+        raise ServiceUnavailable("The session has no backend at the moment.")
+    cmd = Command.objects.create(session_id=session_id, seq=seq, command=command, timeout=timeout)
+    if status in (TerminalSession.Status.ACTIVE, TerminalSession.Status.IDLE):
         # While the shell starts or moves, its backend takes the queued commands from the
         # database once it is up (session_started, failover.session_resumed).
         transaction.on_commit(lambda: _command_send(cmd, backend_id, epoch))
-    session.command_count = seq
     return cmd
 
 
@@ -280,7 +305,8 @@ def _command_send(cmd: Command, backend_id: str, epoch: int) -> None:
     """Queue a recorded command on its backend; if Redis is down it ends, not lingers."""
     try:
         push_to_backend(backend_id, "run", id=str(cmd.pk), session=str(cmd.session_id), epoch=epoch,
-                        command=cmd.command, timeout=cmd.timeout)
+                        command=cmd.command, timeout=cmd.timeout, seq=cmd.seq,
+                        submitted_at=cmd.submitted_at.isoformat())
     except Exception as exc:
         Command.objects.filter(pk=cmd.pk, status=Command.Status.QUEUED).update(
             status=Command.Status.INTERRUPTED, finished_at=timezone.now(),
@@ -323,27 +349,45 @@ def command_started(*, command_id: str, started_at) -> dict | None:
 
 def command_finished(*, command_id: str, status: str, exit_code, output: str, output_raw: bytes,
                      truncated: bool, cwd: str | None, started_at, finished_at, duration_ms,
-                     reason: str = "") -> dict | None:
-    """Store a command's end, then tell its waiter and viewers. Returns its JSON."""
-    cmd = Command.objects.filter(pk=command_id).first()
-    if cmd is None or cmd.is_final:
-        return None  # already ended (e.g. interrupted by a migration): the first end stands
-    cmd.status, cmd.exit_code, cmd.output, cmd.output_raw = status, exit_code, output, output_raw
-    cmd.output_truncated, cmd.cwd, cmd.reason = truncated, cwd or "", reason[:500]
-    cmd.started_at = cmd.started_at or started_at
-    cmd.finished_at, cmd.duration_ms = finished_at, duration_ms
-    cmd.save(update_fields=["status", "exit_code", "output", "output_raw", "output_truncated", "cwd",
-                            "reason", "started_at", "finished_at", "duration_ms"])
-    TerminalSession.objects.filter(pk=cmd.session_id).update(last_activity=finished_at)
-    data = CommandSerializer(cmd).data
+                     reason: str = "", known: dict | None = None) -> dict | None:
+    """Store a command's end, then tell its waiter and viewers. Returns its JSON.
+
+    ``known``: what the backend was told of the command when it was sent (session, seq,
+    command, timeout, submitted_at), which spares reading the row back.
+    """
+    ended = {"status": status, "exit_code": exit_code, "output": output, "output_raw": output_raw,
+             "output_truncated": truncated, "cwd": cwd or "", "reason": reason[:500],
+             "finished_at": finished_at, "duration_ms": duration_ms}
+    with transaction.atomic():
+        # The first end stands (e.g. interrupted by a migration): a later one changes nothing.
+        if not Command.objects.filter(pk=command_id).exclude(status__in=Command.FINAL).update(
+                started_at=Coalesce(F("started_at"), Value(started_at, output_field=DateTimeField())), **ended):
+            return None
+        if known is not None:
+            cmd = Command(id=command_id, session_id=known["session"], seq=known["seq"], command=known["command"],
+                          timeout=known.get("timeout"), submitted_at=datetime.fromisoformat(known["submitted_at"]),
+                          started_at=started_at, **ended)
+        else:
+            cmd = Command.objects.get(pk=command_id)
+        TerminalSession.objects.filter(pk=cmd.session_id).update(last_activity=finished_at)
+    data = command_json(cmd)
     key = command_done_key(command_id)
-    payload = json.dumps(data)
-    pipe = sync_client().pipeline()
-    pipe.rpush(key, payload)
+    pipe = sync_client().pipeline(transaction=False)
+    pipe.rpush(key, json.dumps(data))
     pipe.expire(key, 300)
     metrics.record_command_finished(status=status, latency_s=_command_overhead(cmd), pipe=pipe)
     pipe.execute()
     return data
+
+
+@functools.cache
+def _command_serializer() -> CommandSerializer:
+    return CommandSerializer()
+
+
+def command_json(cmd: Command) -> dict:
+    """The command as API.md shows it (one serializer reused: building its fields costs more than using them)."""
+    return _command_serializer().to_representation(cmd)
 
 
 # -- terminal output (WebSocket viewers) -------------------------------------------------

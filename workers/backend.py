@@ -16,7 +16,7 @@ import queue
 import socket
 import threading
 import time
-from collections import defaultdict
+from collections import OrderedDict, defaultdict
 from datetime import datetime
 from datetime import timezone as dt_timezone
 from typing import Callable
@@ -39,6 +39,9 @@ from .tmux.driver import CommandResult, TmuxDriver
 from .tmux.shell import clean_output
 
 log = logging.getLogger(__name__)
+
+STARTED_WRITE_DELAY = 0.05  # seconds a command runs before its `running` state is written
+KNOWN_MAX = 50_000
 
 
 def _dt(ts: float | None) -> datetime | None:
@@ -73,6 +76,8 @@ class BackendRuntime:
         self.stopping = False
         self._writes: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._finished: set[str] = set()
+        self._starting: dict[str, tuple[str, float, float]] = {}  # command id -> (shell, started, write after)
+        self._known: OrderedDict[str, dict] = OrderedDict()  # command id -> what its inbox message said
         self._out_lock = threading.Lock()
         self._out: dict[str, bytearray] = defaultdict(bytearray)
         self._seq: dict[str, int] = {}
@@ -163,16 +168,34 @@ class BackendRuntime:
             self._out[name] += data
 
     def command_started(self, name: str, command_id: str, started_at: float) -> None:
-        def write() -> None:
-            if command_id in self._finished:
-                return  # already over: its final write says everything
-            data = services.command_started(command_id=command_id, started_at=_dt(started_at))
-            if data is not None:
-                session_broadcast(name, {"type": "command.event", "command": data})
-        self._writes.put(write)
+        # Written only if the command is still running a moment later (_write_started): most end
+        # sooner, and then their one write at the end says everything.
+        self._starting[command_id] = (name, started_at, time.monotonic() + STARTED_WRITE_DELAY)
+
+    def _write_started(self, now: float) -> None:
+        for command_id, (name, started_at, due) in list(self._starting.items()):
+            if due > now or self._starting.pop(command_id, None) is None:
+                continue
+
+            def write(command_id=command_id, name=name, started_at=started_at) -> None:
+                if command_id in self._finished:
+                    return  # already over: its final write says everything
+                data = services.command_started(command_id=command_id, started_at=_dt(started_at))
+                if data is not None:
+                    session_broadcast(name, {"type": "command.event", "command": data})
+            self._writes.put(write)
+
+    def remember_command(self, msg: dict) -> None:
+        """What the web said of a command it sent (seq, text, submission time): its end is then
+        written without reading the row back."""
+        self._known[msg["id"]] = msg
+        while len(self._known) > KNOWN_MAX:  # ones that never end here (moved, dropped)
+            self._known.popitem(last=False)
 
     def command_finished(self, name: str, result: CommandResult) -> None:
         self._finished.add(result.command_id)
+        self._starting.pop(result.command_id, None)
+        known = self._known.pop(result.command_id, None)
 
         def write() -> None:
             self._finished.discard(result.command_id)
@@ -180,7 +203,7 @@ class BackendRuntime:
                 command_id=result.command_id, status=result.status, exit_code=result.exit_code,
                 output=clean_output(result.raw), output_raw=result.raw, truncated=result.truncated,
                 cwd=result.cwd, started_at=_dt(result.started_at), finished_at=_dt(result.finished_at),
-                duration_ms=result.duration_ms, reason=result.reason,
+                duration_ms=result.duration_ms, reason=result.reason, known=known,
             )
             if data is not None:
                 session_broadcast(name, {"type": "command.event", "command": data})
@@ -240,6 +263,8 @@ class BackendRuntime:
         frame_max = settings.VTERM["OUTPUT_FRAME_MAX"]
         r = sync_client()
         while not self._stop.wait(interval):
+            if self._starting:
+                self._write_started(time.monotonic())
             with self._out_lock:
                 if not self._out:
                     continue

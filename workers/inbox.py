@@ -44,6 +44,8 @@ def handle(rt: BackendRuntime, msg: dict) -> None:
 
 def _carry_out(rt: BackendRuntime, op: str, session_id: str, msg: dict) -> None:
     if op == "run":
+        if "seq" in msg:
+            rt.remember_command(msg)
         failover_runtime.command_run(rt, msg["id"], session_id, msg["epoch"], msg["command"], msg.get("timeout"))
         return
     try:

@@ -1,5 +1,6 @@
 """Latency of one command over REST: `POST …/commands/` with {"command": "true", "wait": 5}, N calls in a row
-on one session, against a stack of its own (Redis from --redis-url). Prints median, p99 and max.
+on one session, against a stack of its own (Redis from --redis-url). Prints median, p99 and max, and the
+CPU time each process of the stack (with its children: tmux, bash) spent per command.
 
     .venv/bin/python -m tests.bench.command_latency --redis-url redis://127.0.0.1:6379/3 --calls 200
 """
@@ -12,7 +13,21 @@ import tempfile
 import time
 from pathlib import Path
 
+import psutil
+
 from tests.conftest import Api, make_stack
+
+
+def _cpu(proc: psutil.Process) -> float:
+    """User + system seconds of a process and its children (the tmux server counts for its backend)."""
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            total += t.user + t.system
+        except psutil.Error:
+            pass
+    return total
 
 
 def main() -> None:
@@ -29,6 +44,8 @@ def main() -> None:
             sid = api.create_session()["id"]
             for _ in range(args.warmup):
                 api.run(sid, "true", wait=5)
+            procs = {name: psutil.Process(p.pid) for name, p in stack.procs.items()}
+            cpu0 = {name: _cpu(p) for name, p in procs.items()}
             times = []
             for _ in range(args.calls):
                 t0 = time.perf_counter()
@@ -39,6 +56,8 @@ def main() -> None:
             p99 = times[max(0, int(round(0.99 * len(times))) - 1)]
             print(f"POST commands {{true, wait 5}}, {args.calls} calls on one session: "
                   f"median {statistics.median(times):.2f} ms, p99 {p99:.2f} ms, max {times[-1]:.2f} ms")
+            print("CPU per command: " + ", ".join(
+                f"{name} {(_cpu(p) - cpu0[name]) * 1000 / args.calls:.2f} ms" for name, p in procs.items()))
         finally:
             stack.stop()
 
