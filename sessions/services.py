@@ -38,6 +38,7 @@ from .serializers import CommandSerializer
 log = logging.getLogger(__name__)
 
 T = "workers.tasks."
+ACTIVITY_RESOLUTION = timedelta(seconds=10)  # last_activity is kept to within this
 
 
 # -- backends -------------------------------------------------------------------------
@@ -369,7 +370,9 @@ def command_finished(*, command_id: str, status: str, exit_code, output: str, ou
                           started_at=started_at, **ended)
         else:
             cmd = Command.objects.get(pk=command_id)
-        TerminalSession.objects.filter(pk=cmd.session_id).update(last_activity=finished_at)
+        # Submission set last_activity; a long command's end moves it on (the idle TTL counts from it).
+        if finished_at is None or finished_at - cmd.submitted_at > ACTIVITY_RESOLUTION:
+            TerminalSession.objects.filter(pk=cmd.session_id).update(last_activity=finished_at)
     data = command_json(cmd)
     key = command_done_key(command_id)
     pipe = sync_client().pipeline(transaction=False)
