@@ -63,6 +63,15 @@ def test_decode_output_octal_escapes():
     assert decode_output("é".encode()) == "é".encode()
 
 
+def test_decode_output_every_byte_as_tmux_escapes_it():
+    # tmux writes bytes below 32 and the backslash as \ooo and every other byte as it is.
+    everything = bytes(range(256)) * 3 + b"\\0\\012\\x41\\n"
+    escaped = b"".join(b"\\%03o" % c if c < 32 or c == 92 else bytes([c]) for c in everything)
+    assert decode_output(escaped) == everything
+    # An escape followed by digits takes three of them only.
+    assert decode_output(rb"\0121") == b"\n1"
+
+
 def test_clean_output_removes_escapes_and_folds_crlf():
     raw = b"\x1b[1;31mred\x1b[0m\r\n\x1b]0;title\x07line\r\nx\ry\n"
     assert clean_output(raw) == "red\nline\nx\ry\n"
