@@ -17,7 +17,13 @@ from django.utils import timezone
 
 from .api_errors import ServiceUnavailable
 from .models import Backend, TerminalSession
-from .redis_state import backend_stats_key, pool_decision_key, pool_desired_key, sync_client
+from .redis_state import (
+    backend_inbox_key,
+    backend_stats_key,
+    pool_decision_key,
+    pool_desired_key,
+    sync_client,
+)
 
 # Statuses a session has while it is not over (exported by vterm_sessions; terminated and lost
 # sessions are history, counted by their events, not scanned on every scrape).
@@ -207,5 +213,5 @@ def backend_retire(backend_id: str) -> bool:
     if TerminalSession.objects.filter(backend_id=backend_id, status__in=TerminalSession.LIVE).exists():
         return False
     Backend.objects.filter(pk=backend_id).delete()
-    sync_client().delete(backend_stats_key(backend_id))
+    sync_client().delete(backend_stats_key(backend_id), backend_inbox_key(backend_id))
     return True

@@ -10,7 +10,10 @@ from __future__ import annotations
 import json
 import uuid
 
+from django.conf import settings
+
 from vterm_project.celery import app as celery_app
+from workers.routing import backend_queue
 
 from .redis_state import REPLY_TTL, backend_inbox_key, blpop, reply_key, sync_client
 
@@ -20,8 +23,13 @@ def send_to_backend(queue: str, task: str, *args, **kwargs) -> None:
 
 
 def push_to_backend(backend_id: str, op: str, **fields) -> None:
-    """Put one hot call on the backend's inbox; taken in order by its inbox thread."""
-    sync_client().rpush(backend_inbox_key(backend_id), json.dumps({"op": op, **fields}))
+    """Put one hot call on the backend's inbox (workers/inbox.py), or, with VTERM_HOT_CALLS=celery,
+    send it as a task on the backend's queue; either way the same handler carries it out, in order."""
+    msg = {"op": op, **fields}
+    if settings.VTERM["HOT_CALLS"] == "celery":
+        send_to_backend(backend_queue(backend_id), "workers.tasks.inbox_message", msg)
+    else:
+        sync_client().rpush(backend_inbox_key(backend_id), json.dumps(msg))
 
 
 async def call_backend(queue: str, task: str, *args, timeout: float, **kwargs) -> dict | None:

@@ -207,6 +207,9 @@ VTERM = {
     "MAX_TIMEOUT": env_float("VTERM_MAX_TIMEOUT", 7 * 24 * 3600.0),
     "SESSION_START_TIMEOUT": env_float("VTERM_SESSION_START_TIMEOUT", 15.0),
     "RPC_TIMEOUT": env_float("VTERM_RPC_TIMEOUT", 5.0),
+    # How commands, keystrokes, Ctrl-C and resizes reach a backend (workers/inbox.py): "redis", a list
+    # of its own that one thread takes from; or "celery", a task each on its queue (seen in Flower, slower).
+    "HOT_CALLS": os.environ.get("VTERM_HOT_CALLS", "redis"),
     # How long the hot command route trusts a token it has looked up (sessions/auth.py).
     "TOKEN_CACHE_SECONDS": env_float("VTERM_TOKEN_CACHE_SECONDS", 5.0),
     "STREAM_MAXLEN": env_int("VTERM_STREAM_MAXLEN", 10000),
@@ -270,3 +273,5 @@ VTERM = {
     "WS_WINDOW_LOW": env_int("VTERM_WS_WINDOW_LOW", 128 * 1024),
     "WS_SKIP_AFTER": env_int("VTERM_WS_SKIP_AFTER", 8 * 1024 * 1024),
 }
+if VTERM["HOT_CALLS"] not in ("redis", "celery"):
+    raise ValueError(f"VTERM_HOT_CALLS must be 'redis' or 'celery', not {VTERM['HOT_CALLS']!r}")

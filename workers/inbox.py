@@ -10,7 +10,9 @@ the database keeps a command ``queued`` until its shell starts it, and a restart
 new backend queues it again from there (workers/failover_runtime.py). Keystrokes are
 no more durable than a keyboard's: a backend that is down misses them.
 
-The rarer calls (start, stop, screen, drain, reconcile) stay Celery tasks.
+The rarer calls (start, stop, screen, drain, reconcile) stay Celery tasks. With
+VTERM_HOT_CALLS=celery the hot ones are Celery tasks too (``workers.tasks.inbox_message``,
+each visible in Flower), carried out by the same ``handle``; measured in docs/bench.md.
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ from celery import shared_task
 
 from sessions.replies import post_reply
 
-from . import failover_runtime
+from . import failover_runtime, inbox
 from .backend import runtime
 from .tmux.driver import ShellError
 
@@ -30,7 +30,10 @@ def session_stop(session_id, reason=""):
     runtime().driver.kill_shell(session_id)
 
 
-# Commands, keystrokes, Ctrl-C and resizes come through the backend's inbox (workers/inbox.py).
+@shared_task(name="workers.tasks.inbox_message")
+def inbox_message(msg):
+    """A hot call sent through Celery (VTERM_HOT_CALLS=celery); by default they come on the inbox list."""
+    inbox.handle(runtime(), msg)
 
 
 @shared_task(name="workers.tasks.session_screen")
