@@ -35,9 +35,12 @@ def main() -> None:
     parser.add_argument("--redis-url", required=True)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment of the stack, e.g. VTERM_HOT_CALLS=celery")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="vterm-lat-") as tmp:
-        stack = make_stack(args.redis_url, Path(tmp), backends=1, prefix="lat")
+        env = dict(e.split("=", 1) for e in args.env)
+        stack = make_stack(args.redis_url, Path(tmp), backends=1, prefix="lat", **env)
         stack.start()
         try:
             api = Api(stack.url, stack.token("latency"))
