@@ -95,11 +95,14 @@ def session_migrate(session: TerminalSession, *, reason: str, cwd: str | None = 
         old = session.backend_id or "none"
         cwd = cwd or _last_cwd(session)
         target = backend_pick_least_loaded(exclude=exclude)
-        _commands_end(session.pk, [Command.Status.RUNNING],
-                      f"{reason}: it was running on backend {old} when the session moved")
         if target is None:
+            # Nowhere to go (every backend dead, draining or full): lost, never left `active`.
+            _commands_end(session.pk, [Command.Status.RUNNING], f"{reason}: it was running on backend {old}, "
+                          "and no healthy backend could take the session")
             session_lose(session, f"{reason}; no healthy backend could take it")
             return session
+        _commands_end(session.pk, [Command.Status.RUNNING],
+                      f"{reason}: it was running on backend {old} when the session moved")
         fields = {"live_env": env, "live_env_at": timezone.now()} if env is not None else {}
         with transaction.atomic():
             moved = TerminalSession.objects.filter(pk=session.pk, epoch=session.epoch).update(

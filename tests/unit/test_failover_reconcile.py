@@ -77,4 +77,7 @@ def test_a_stale_backend_waits_out_the_start_grace_then_is_dead_and_its_sessions
     for cmd in (running, queued):
         cmd.refresh_from_db()
         assert cmd.status == "interrupted" and cmd.reason, cmd.reason
-    assert "was running on backend gone-1" in Command.objects.get(pk=running.pk).reason
+    running_reason = Command.objects.get(pk=running.pk).reason
+    assert "was running on backend gone-1" in running_reason
+    assert "no healthy backend could take the session" in running_reason  # it did not move
+    assert Command.objects.get(pk=queued.pk).reason.startswith("the session was lost: backend gone-1 was lost")
