@@ -1,4 +1,12 @@
 # One image for every vterm process; docker-compose.yml and the Helm chart pick the command.
+
+# The terminal page's xterm.js, from the npm registry at the versions package-lock.json pins
+# (the same `npm run vendor` as `make vendor`).
+FROM node:20-slim AS vendor
+WORKDIR /build
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund --loglevel=error && npm run --silent vendor
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -19,6 +27,7 @@ RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash vterm \
 
 WORKDIR /app
 COPY . .
+COPY --from=vendor /build/sessions/static/vendor/ sessions/static/vendor/
 RUN pip install . \
     && chmod 0755 deploy/docker-entrypoint.sh
 

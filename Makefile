@@ -66,9 +66,7 @@ vendor: $(VENDOR)/.built
 $(VENDOR)/.built: package.json package-lock.json
 	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq npm; }
 	npm ci --no-audit --no-fund --loglevel=error
-	mkdir -p $(VENDOR)
-	cp node_modules/@xterm/xterm/lib/xterm.js node_modules/@xterm/xterm/css/xterm.css \
-	   node_modules/@xterm/addon-fit/lib/addon-fit.js $(VENDOR)/
+	npm run --silent vendor
 	touch $@
 
 lint: venv-dev

@@ -183,6 +183,10 @@ def test_dockerfile() -> None:
     text = "\n".join(lines)
     assert "install -y --no-install-recommends tmux" in text
     assert "pip install ." in text
+    # The terminal page's xterm.js is built into the image, before `pip install .` packages the static files.
+    assert "npm ci" in text and "npm run --silent vendor" in text
+    assert text.index("COPY --from=vendor /build/sessions/static/vendor/ sessions/static/vendor/") < text.index(
+        "pip install .")
     assert "USER vterm" in lines
     assert any(line.startswith("ENTRYPOINT") and "/app/deploy/docker-entrypoint.sh" in line for line in lines)
 
