@@ -1,8 +1,9 @@
 """The whole stack on one machine, for `make run`, the tests and the benchmark.
 
-One list of processes (web, backend workers, beat, Flower, and a private Redis when
-no REDIS_URL is given) is either handed to honcho in the foreground (`make run`) or
-started in the background by ``Stack`` (tests, benchmark). Same commands either way.
+One list of processes (web, backend workers, beat in a control worker of its own, Flower,
+and a private Redis when no REDIS_URL is given) is either handed to honcho in the foreground
+(`make run`) or started in the background by ``Stack`` (tests, benchmark). Same commands
+either way.
 """
 
 from __future__ import annotations
@@ -100,9 +101,7 @@ class StackConfig:
         for bid in self.backend_ids():
             procs.append(Proc(bid, backend_argv(bid), {"VTERM_BACKEND_ID": bid}))
         if self.beat:
-            procs.append(Proc("beat", [py, "-m", "celery", "-A", "vterm_project", "beat", "--loglevel=WARNING",
-                                       "--schedule", str(self.data_dir / "celerybeat-schedule")],
-                              {"VTERM_ROLE": "beat"}))
+            procs.append(Proc("beat", beat_argv(str(self.data_dir / "celerybeat-schedule")), {"VTERM_ROLE": "control"}))
         if self.beat and self.scaler:
             procs.append(Proc("scaler", [py, str(ROOT / "manage.py"), "vterm_local_scaler", "--prefix",
                                          self.backend_prefix, "--base", str(self.backends)],
@@ -121,6 +120,20 @@ class StackConfig:
 def backend_argv(backend_id: str) -> list[str]:
     return [str(BIN / "python"), "-m", "celery", "-A", "vterm_project", "worker", "--pool=solo",
             "--loglevel=INFO", "-n", f"{backend_id}@%h", "-Q", "vterm.control", "--without-gossip"]
+
+
+def beat_argv(schedule: str) -> list[str]:
+    """Celery beat, embedded (-B) in a small worker of its own that consumes vterm.control.
+
+    The periodic tasks (the pool reconcile, the autoscaler) go to vterm.control, which the
+    backends consume too. This worker makes sure they run when every backend is dead: else
+    nothing would declare the backends dead nor end their sessions and commands
+    (docs/failover.md). VTERM_ROLE=control keeps it from becoming a backend
+    (workers/celery_hooks.py).
+    """
+    return [str(BIN / "python"), "-m", "celery", "-A", "vterm_project", "worker", "-B", "--pool=solo",
+            "--loglevel=WARNING", "-n", "control@%h", "-Q", "vterm.control", "--without-gossip",
+            "--schedule", schedule]
 
 
 class Stack:

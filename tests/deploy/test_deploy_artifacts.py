@@ -41,10 +41,14 @@ CHART_DIR = ROOT / "helm" / "vterm"
 # The process commands, as every deployment must run them.
 WEB_CMD = "daphne -b 0.0.0.0 -p 8000 vterm_project.asgi:application"
 BACKEND_CMD = "celery -A vterm_project worker --pool=solo --loglevel=INFO -n backend@%h -Q vterm.control"
-BEAT_CMD = "celery -A vterm_project beat --loglevel=INFO --schedule /tmp/celerybeat-schedule"
+# Beat runs embedded in a small non-backend worker that consumes vterm.control, so that the pool
+# reconcile runs even when every backend is dead (docs/failover.md).
+BEAT_CMD = ("celery -A vterm_project worker -B --pool=solo --loglevel=INFO -n control@%h -Q vterm.control "
+            "--schedule /tmp/celerybeat-schedule")
 FLOWER_CMD = "celery -A vterm_project flower --port=5555"
 MIGRATE_CMD = "python manage.py migrate --noinput"
 BACKEND_PING = "celery -A vterm_project inspect ping -d backend@$HOSTNAME"
+CONTROL_PING = "celery -A vterm_project inspect ping -d control@$HOSTNAME"
 
 # Alert name -> (metric its expression must use, its `for`).
 ALERTS = {
@@ -113,6 +117,8 @@ def test_compose_process_commands(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["web1"]["command"] == services["web2"]["command"] == WEB_CMD
     assert services["beat"]["command"] == BEAT_CMD
+    assert services["beat"]["environment"]["VTERM_ROLE"] == "control"  # not a backend
+    assert services["beat"]["healthcheck"]["test"][-1] == CONTROL_PING.replace("$", "$$")
     assert services["flower"]["command"] == FLOWER_CMD
     assert services["migrate"]["command"] == MIGRATE_CMD
     backend_ids = set()
@@ -684,7 +690,10 @@ def test_chart_process_commands_and_probes(helm: Any) -> None:
     assert web["ports"] == [{"name": "http", "containerPort": 8000}]
     assert web["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert web["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-    assert container(docs, "Deployment", "vterm-beat")["args"] == BEAT_CMD.split()
+    beat = container(docs, "Deployment", "vterm-beat")
+    assert beat["args"] == BEAT_CMD.split()
+    assert {"name": "VTERM_ROLE", "value": "control"} in beat["env"]  # not a backend
+    assert beat["livenessProbe"]["exec"]["command"] == ["sh", "-c", CONTROL_PING]
     assert by_kind(docs, "Deployment")["vterm-beat"]["spec"]["replicas"] == 1
     assert container(docs, "Deployment", "vterm-flower")["args"] == FLOWER_CMD.split()
 
@@ -771,3 +780,19 @@ def test_chart_lints_clean(helm: Any, tmp_path: Path) -> None:
     (chart_copy / "Chart.yaml").write_text(yaml.safe_dump(chart))
     report = helm.lint(str(chart_copy), RENDER_CASES["everything-on"], strict=True)
     assert report["errors"] == [], report
+
+
+def test_make_run_beat_is_a_control_worker_not_a_backend(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """`make run` and the test stacks run beat as the deployments do: in a worker consuming
+    vterm.control with VTERM_ROLE set, so that it never registers as a backend."""
+    from vterm_project.devstack import StackConfig
+    from workers.celery_hooks import _is_backend
+
+    procs = {p.name: p for p in StackConfig(data_dir=tmp_path, redis_url="redis://127.0.0.1:1/0").processes()}
+    beat = procs["beat"]
+    argv = beat.argv[beat.argv.index("celery"):]
+    assert argv[:4] == ["celery", "-A", "vterm_project", "worker"] and "-B" in argv
+    assert argv[argv.index("-Q") + 1] == "vterm.control" and argv[argv.index("-n") + 1] == "control@%h"
+    assert "VTERM_BACKEND_ID" not in beat.env
+    monkeypatch.setenv("VTERM_ROLE", beat.env["VTERM_ROLE"])
+    assert not _is_backend()
