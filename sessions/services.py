@@ -98,6 +98,16 @@ def session_set_status(session: TerminalSession, status: str, reason: str = "") 
     session_broadcast(session.pk, {"type": "session.status", "status": status, "reason": reason})
     if status == TerminalSession.Status.LOST:
         metrics.record_session_drop(session.backend_id)
+    if status in (TerminalSession.Status.TERMINATED, TerminalSession.Status.LOST):
+        _output_expire(session.pk)
+
+
+def _output_expire(session_id) -> None:
+    """An ended session's output stream (and so its recording) goes after VTERM_STREAM_RETENTION,
+    so that Redis does not grow with every session ever made."""
+    retention = settings.VTERM["STREAM_RETENTION"]
+    if retention > 0:
+        sync_client().expire(output_stream_key(str(session_id)), retention)
 
 
 def _session_place(*, owner, name: str, cwd: str, env: dict, cols: int, rows: int) -> TerminalSession:

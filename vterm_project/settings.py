@@ -213,6 +213,8 @@ VTERM = {
     # How long the hot command route trusts a token it has looked up (sessions/auth.py).
     "TOKEN_CACHE_SECONDS": env_float("VTERM_TOKEN_CACHE_SECONDS", 5.0),
     "STREAM_MAXLEN": env_int("VTERM_STREAM_MAXLEN", 10000),
+    # Seconds an ended session's output stream (its replay and its recording) is kept; 0: for ever.
+    "STREAM_RETENTION": env_int("VTERM_STREAM_RETENTION", 7 * 24 * 3600),
     # The stream is also bounded in characters, and one frame holds at most OUTPUT_FRAME_MAX
     # (workers/output_frames.py): a flood such as `yes` cannot fill Redis nor make huge messages.
     "STREAM_MAX_CHARS": env_int("VTERM_STREAM_MAX_CHARS", 4 * 1024 * 1024),

@@ -107,3 +107,23 @@ def test_recording_reads_a_long_stream_in_order_with_times_that_never_go_back(re
     assert events[4][0] == events[3][0]  # no time: the one before it
     assert events[599][0] == events[598][0]  # a step back is held level
     assert events[-1][0] == pytest.approx(n / 100)
+
+
+def test_an_ended_sessions_stream_expires_after_the_retention(alice, redis_url):
+    import time
+
+    import redis
+
+    sid = alice.create_session()["id"]
+    alice.run(sid, "echo kept-for-a-while")
+    r = redis.Redis.from_url(redis_url)
+    key = f"vterm:out:{sid}"
+    assert r.ttl(key) == -1  # a live session's stream does not expire
+    alice.http.delete(f"/api/v1/sessions/{sid}/")
+    deadline = time.monotonic() + 20
+    while alice.http.get(f"/api/v1/sessions/{sid}/").json()["status"] != "terminated":
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
+    # VTERM_STREAM_RETENTION, 7 days by default; the recording is still there meanwhile.
+    assert 7 * 24 * 3600 - 60 < r.ttl(key) <= 7 * 24 * 3600
+    assert "kept-for-a-while" in alice.http.get(f"/api/v1/sessions/{sid}/recording.cast").text
