@@ -37,6 +37,7 @@ class Outcome:
     notes: list[str] = field(default_factory=list)
     commands: list[dict] = field(default_factory=list)
     replies: list[tuple] = field(default_factory=list)  # (status or error, Retry-After, seconds, body)
+    seen: dict = field(default_factory=dict)  # what a scenario read back, for its test to check
 
 
 def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):

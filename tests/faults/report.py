@@ -28,7 +28,7 @@ GROUPS = [
      [("worker", scenarios.worker_crash), ("tmux", scenarios.tmux_killed)]),
     ({"prefix": "rl"},
      [("loss", scenarios.backend_lost), ("late", scenarios.worker_returns_late),
-      ("paused", scenarios.worker_paused)]),
+      ("paused", scenarios.worker_paused), ("all-lost", scenarios.every_backend_lost)]),
     ({"prefix": "rw", "VTERM_HEARTBEAT_TTL": 10},
      [("web", scenarios.web_restart), ("redis-restart", scenarios.redis_restart),
       ("redis-pause", scenarios.redis_pause)]),
@@ -88,7 +88,7 @@ def table(rows) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=3, help="injections of each fault")
-    parser.add_argument("--only", nargs="*", help="fault names: worker tmux loss late paused web redis-restart redis-pause")
+    parser.add_argument("--only", nargs="*", help="fault names: worker tmux loss late paused all-lost web redis-restart redis-pause")
     args = parser.parse_args()
     rows = run(args.runs, set(args.only) if args.only else None)
     print(table(rows))

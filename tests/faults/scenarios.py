@@ -203,3 +203,50 @@ def worker_paused(fs: FaultStack) -> Outcome:
     ended = fs.settle([running])
     out.recovered = int(after["status"] == "succeeded")
     return tally(out, [*ended, after])
+
+
+def every_backend_lost(fs: FaultStack) -> Outcome:
+    """Every backend worker and its tmux server killed at once (the machine with the only
+    backends died): with nowhere to move them, the sessions end ``lost`` with a reason and
+    every command that got a 201 ends ``interrupted``; the control worker that runs beat
+    notices it on its own, since no backend is left to run the reconcile."""
+    out = Outcome("every backend lost (all workers kill -9 + tmux killed)", sessions=len(fs.backend_ids()))
+    sids = [fs.session_on(b)["id"] for b in fs.backend_ids()]
+    acked = [fs.api.run(sid, "cd /tmp") for sid in sids]
+    running = [fs.submit(sid, "sleep 60") for sid in sids]
+    for sid, c in zip(sids, running, strict=True):
+        fs.wait_running(sid, c["id"])
+    queued = [fs.submit(sid, "echo never") for sid in sids]
+    t0 = time.monotonic()
+    for b in fs.backend_ids():
+        fs.stack.stop_process(b, signal.SIGKILL)
+        fs.kill_tmux(b)
+    # Sent after the fault, before it is noticed: still acknowledged, and must end too.
+    after = [fs.submit(sid, "echo after-the-fault") for sid in sids]
+
+    def all_lost():
+        ss = [fs.session(sid) for sid in sids]
+        return all(s["status"] == "lost" for s in ss) and ss
+    out.seen["sessions"] = wait_for(all_lost, 60, "every session to be lost")
+    out.seen["lost_after_s"] = time.monotonic() - t0
+    ended = fs.settle([*running, *queued, *[c for c in after if c]], timeout=30)
+    out.recover_s = time.monotonic() - t0  # until everything acknowledged was in a definite state
+    out.seen["backends"] = {b["id"]: b for b in fs.staff.http.get("/api/v1/backends/").json()}
+    out.seen["sessions"] = [fs.session(sid) for sid in sids]  # as they stand once settled
+    out.seen["after_sent"] = sum(c is not None for c in after)
+    # With every backend dead the API still answers at once: reads, a command to a lost session, a new session.
+    t = time.monotonic()
+    r = fs.api.http.post(f"/api/v1/sessions/{sids[0]}/commands/", json={"command": "echo too-late"}, timeout=10)
+    out.seen["to_lost"] = (r.status_code, r.json(), time.monotonic() - t)
+    t = time.monotonic()
+    r = fs.api.http.post("/api/v1/sessions/", json={}, timeout=10)
+    out.seen["create"] = (r.status_code, r.headers.get("Retry-After"), time.monotonic() - t)
+    t = time.monotonic()
+    r = fs.api.http.get("/api/v1/sessions/", timeout=10)
+    out.seen["list"] = (r.status_code, time.monotonic() - t)
+    out.notes.append(f"sessions lost {out.seen['lost_after_s']:.1f} s after the fault")
+    # Leave the stack whole for what comes next.
+    for b in fs.backend_ids():
+        fs.restart_worker(b)
+    wait_for(fs.stack.ready, 60, "every backend healthy again")
+    return tally(out, [*acked, *ended])

@@ -1,0 +1,109 @@
+"""Every backend lost at once: nothing is left to run the reconcile on a backend, so the
+control worker beat runs in (vterm_project/devstack.py beat_argv) must notice it.
+
+Heartbeat TTL is 4 s and the reconcile runs every second here (harness defaults).
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from . import scenarios
+from .harness import FINAL, FaultStack
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+TTL, INTERVAL = 4, 1
+
+
+@pytest.fixture(scope="module")
+def fs(redis_url, tmp_path_factory):
+    st = FaultStack(redis_url, tmp_path_factory.mktemp("faults-all-lost"), prefix="fa",
+                    VTERM_HEARTBEAT_TTL=TTL, VTERM_RECONCILE_INTERVAL=INTERVAL)
+    try:
+        yield st.start()
+    finally:
+        st.stop()
+
+
+def test_every_backend_lost_sessions_end_lost_and_commands_interrupted(fs):
+    out = scenarios.every_backend_lost(fs)
+    seen = out.seen
+    ids = fs.backend_ids()
+
+    # Noticed within the heartbeat TTL plus a few reconcile runs (and a little for a loaded machine).
+    assert seen["lost_after_s"] <= TTL + 4 * INTERVAL + 3, seen["lost_after_s"]
+    for b in ids:
+        assert seen["backends"][b]["status"] == "dead", seen["backends"][b]
+    for s in seen["sessions"]:
+        assert s["status"] == "lost", s
+        reason = s.get("status_reason", "")
+        assert f"backend {s['backend']} was lost (no heartbeat" in reason, reason
+        assert "no healthy backend could take it" in reason, reason
+
+    # Every command that got a 201 ended, none is left queued or running: the `cd`s before the
+    # fault succeeded; the running, the queued and the ones sent after the fault were interrupted.
+    assert out.lost == 0, [c for c in out.commands if c["status"] not in FINAL]
+    cds, rest = out.commands[:len(ids)], out.commands[len(ids):]
+    assert all(c["status"] == "succeeded" for c in cds), cds
+    assert len(rest) == 2 * len(ids) + seen["after_sent"]
+    running, queued = rest[:len(ids)], rest[len(ids):]
+    for c in running:
+        assert c["status"] == "interrupted" and c["finished_at"], c
+        assert "was lost (no heartbeat" in c["reason"], c
+        # Lost where it was, or moved first to the other backend, not yet seen dead (heartbeats
+        # are a second apart), and lost there: either way the reason says so.
+        assert ("no healthy backend could take the session" in c["reason"]
+                or "when the session moved" in c["reason"]), c
+    for c in queued:
+        assert c["status"] == "interrupted" and c["finished_at"], c
+        assert c["reason"].startswith("the session was lost: backend "), c
+    # Settled soon after the sessions were lost.
+    assert out.recover_s <= seen["lost_after_s"] + 5, (out.recover_s, seen["lost_after_s"])
+
+    # The API answers promptly all along: a command for a lost session is a clear 409, a new
+    # session a 503 with Retry-After (no backend can take it), reads a 200.
+    status, body, took = seen["to_lost"]
+    assert status == 409 and "lost" in str(body).lower(), (status, body)
+    assert took < 2, took
+    status, retry_after, took = seen["create"]
+    assert status == 503 and retry_after, (status, retry_after)
+    assert took < 5, took
+    status, took = seen["list"]
+    assert status == 200 and took < 2, took
+
+    # The backends came back (the scenario restarted them): they serve new sessions again.
+    sid = fs.api.create_session()["id"]
+    assert fs.api.run(sid, "echo back")["output"] == "back\n"
+
+
+def test_whole_pool_restart_adopts_the_shells_instead_of_losing_them(fs):
+    """The grace kept with the control worker: when the whole pool was down (every worker and
+    beat gone, tmux servers alive, then all started again), the reconcile restarts with every heartbeat stale;
+    no backend is declared dead for one heartbeat TTL, and each adopts its shells."""
+    import signal
+    import time
+
+    from .harness import wait_for
+
+    ids = fs.backend_ids()
+    sids = [fs.session_on(b)["id"] for b in ids]
+    for sid in sids:
+        assert fs.api.run(sid, "MARK=same-shell")["status"] == "succeeded"  # not exported: a new shell would lack it
+    # The whole pool crashes (kill -9, as when the machine's processes are killed); the tmux
+    # servers and their shells live on.
+    fs.stack.stop_process("beat", signal.SIGKILL)
+    for b in ids:
+        fs.stack.stop_process(b, signal.SIGKILL)
+    time.sleep(TTL + 2)  # every heartbeat is stale now, and the reconcile has not run for as long
+    fs.stack.start_process(fs.stack.spec("beat"))  # the control worker may well come up first
+    for b in ids:
+        fs.restart_worker(b)
+    wait_for(fs.stack.ready, 60, "every backend healthy again")
+    time.sleep(TTL + 2 * INTERVAL)  # past the grace: nothing is declared dead afterwards either
+    backends = {b["id"]: b for b in fs.staff.http.get("/api/v1/backends/").json()}
+    assert all(backends[b]["status"] == "healthy" for b in ids), backends
+    for sid, b in zip(sids, ids, strict=True):
+        s = fs.session(sid)
+        assert (s["status"], s["backend"]) == ("active", b), s
+        assert fs.api.run(sid, 'echo "$MARK"')["output"] == "same-shell\n"
