@@ -9,10 +9,12 @@ docs/websocket.md.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
 import uuid
+from collections import OrderedDict
 from typing import ClassVar
 from urllib.parse import parse_qs
 
@@ -25,7 +27,7 @@ from rest_framework.exceptions import APIException, ValidationError
 
 from . import audit, metrics, selectors, services
 from .models import Command
-from .redis_state import session_group
+from .redis_state import blpop, command_done_key, session_group
 from .serializers import CommandSerializer, SessionSerializer
 from .ws_flow import OutputWindow
 from .ws_serializers import AckFrameSerializer, InputSerializer, ResizeSerializer, RunFrameSerializer
@@ -40,6 +42,10 @@ PUMP_BATCH = 64  # stream entries read per XRANGE while catching up
 # must stay well under Daphne's 1 MiB); "output_cut": true says it was cut.
 COMMAND_OUTPUT_MAX = 64 * 1024
 TOUCH_EVERY = 10.0  # seconds between last_activity writes while someone types
+# A `run` frame's result is awaited on the command's reply list, as the REST route does, for this
+# long; after that (or for commands others ran) it comes with the session's command events.
+RESULT_WAIT = 60.0
+FINAL_KEEP = 1000  # command ids whose final frame went out, to drop the later copy of it
 
 
 def _errors_text(detail) -> str:
@@ -88,6 +94,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         self.window = OutputWindow(high=cfg["WS_WINDOW_HIGH"], low=cfg["WS_WINDOW_LOW"], skip=cfg["WS_SKIP_AFTER"])
         self._touched_at = 0.0
         self.refs: dict[str, str] = {}  # command id -> the client's ref, for commands it ran
+        self._final_sent: OrderedDict[str, None] = OrderedDict()
+        self._waiters: set[asyncio.Task] = set()
         self.group = session_group(self.session_id)
         # Join before reading the stream: a frame written meanwhile arrives live (deduplicated by seq).
         await self.channel_layer.group_add(self.group, self.channel_name)
@@ -112,6 +120,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
                                                 detail={"via": "websocket", **(detail or {})})
 
     async def disconnect(self, code) -> None:
+        for task in getattr(self, "_waiters", ()):
+            task.cancel()
         if getattr(self, "_counted", False):
             self._counted = False
             metrics.websocket_closed()
@@ -218,6 +228,19 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             self.refs[body["id"]] = ref
         # The client learns the command's id at once; later frames follow its state.
         await self._send_command(body)
+        task = asyncio.create_task(self._await_result(body["id"]))
+        self._waiters.add(task)
+        task.add_done_callback(self._waiters.discard)
+
+    async def _await_result(self, command_id: str) -> None:
+        """The end of a command this client ran, straight from its reply list (the worker pushes
+        it there before the channel layer carries it to every viewer, a few ms later)."""
+        try:
+            got = await blpop(command_done_key(command_id), RESULT_WAIT)
+        except (RedisError, TimeoutError):
+            return  # the command event still comes through the channel layer
+        if got:
+            await self._send_command(json.loads(got))
 
     async def on_interrupt(self, frame: dict) -> None:
         await sync_to_async(services.session_interrupt)(self.session)
@@ -284,6 +307,12 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     async def _send_command(self, command: dict) -> None:
         cid = str(command.get("id"))
+        if cid in self._final_sent:
+            return  # its end went out already (from the reply list): nothing after it is news
+        if command.get("status") in Command.FINAL:
+            self._final_sent[cid] = None
+            if len(self._final_sent) > FINAL_KEEP:
+                self._final_sent.popitem(last=False)
         output = command.get("output") or ""
         if len(output) > COMMAND_OUTPUT_MAX:
             # The output went out as output frames already; the whole of it is one GET away.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 import uuid
 
 import httpx
@@ -51,6 +52,30 @@ def test_hello_then_run_answered_by_command_frames_with_ref(stack, alice, sessio
     v.until(lambda f: f["type"] == "pong")
     assert v.breaks == []
     v.close()
+
+
+def test_each_run_ends_once_for_its_client_and_once_for_other_viewers(stack, alice, session):
+    """The runner gets its command's end from the reply list, other viewers from the channel layer;
+    neither sees it twice, nor a `running` frame after it."""
+    runner, watcher = (Viewer(stack.url, session["id"], token=alice.token) for _ in range(2))
+    ids = []
+    for i, command in enumerate(["true", "sleep 0.2; echo slow", "echo fast"]):
+        runner.send(type="run", command=command, ref=f"x{i}")
+        ids.append(runner.command_end(f"x{i}")["command"]["id"])
+    runner.send(type="ping")  # anything still coming for those commands arrives before the pong
+    runner.until(lambda f: f["type"] == "pong")
+    watcher.until(lambda f: f["type"] == "command" and f["command"]["id"] == ids[-1]
+                  and f["command"]["status"] == "succeeded")
+    time.sleep(0.5)  # late copies, if any, would come now
+    runner.send(type="ping")
+    runner.until(lambda f: f["type"] == "pong")
+    for v in (runner, watcher):
+        for cid in ids:
+            states = [f["command"]["status"] for f in v.frames if f["type"] == "command" and f["command"]["id"] == cid]
+            assert states.count("succeeded") == 1, states
+            assert "running" not in states[states.index("succeeded"):], states
+    runner.close()
+    watcher.close()
 
 
 def test_interrupt_ends_the_running_command(stack, alice, session):
