@@ -48,6 +48,10 @@ class ControlClient:
             stderr=subprocess.DEVNULL,
             env=env,
             bufsize=0,
+            # Its own session: a signal to the worker's process group (Ctrl-C in `make run`, a
+            # SIGTERM to the group) must not end the connection before the worker closes it
+            # itself, which looked like a lost tmux server. If the worker dies, tmux sees EOF.
+            start_new_session=True,
         )
         self._on_output = on_output
         self._on_event = on_event
