@@ -313,7 +313,7 @@ def pool_reconcile() -> dict:
         return {"skipped": "another reconcile is running"}
     try:
         if _pool_just_started():
-            return {"skipped": "the pool is starting: backends get one heartbeat TTL to come back"}
+            return {"skipped": "the pool is starting: backends get VTERM_POOL_START_GRACE to come back"}
         return {"dead": _reconcile_dead(), "stuck": _reconcile_stuck(), "idle": _reconcile_idle(),
                 "orphans_checked_on": _reconcile_orphans()}
     finally:
@@ -324,7 +324,7 @@ def pool_reconcile() -> dict:
 
 
 def _pool_just_started() -> bool:
-    """True for one heartbeat TTL after the reconcile had stopped running (the whole pool was
+    """True for VTERM_POOL_START_GRACE after the reconcile had stopped running (the whole pool was
     down, as in a `make run` restart): every backend's heartbeat is stale then, and each must
     get the time to come back and adopt its shells before it is declared dead."""
     cfg = settings.VTERM
@@ -332,8 +332,9 @@ def _pool_just_started() -> bool:
     now = time.time()
     last = r.getset(reconcile_last_key(), now)
     if last is None or now - float(last) > max(3 * cfg["RECONCILE_INTERVAL"], cfg["HEARTBEAT_TTL"]):
-        r.set(reconcile_grace_key(), 1, ex=max(1, int(cfg["HEARTBEAT_TTL"])))
-        log.info("pool reconcile (re)started: no backend is declared dead for %g s", cfg["HEARTBEAT_TTL"])
+        grace = max(cfg["HEARTBEAT_TTL"], cfg["POOL_START_GRACE"])
+        r.set(reconcile_grace_key(), 1, ex=max(1, int(grace)))
+        log.info("pool reconcile (re)started: no backend is declared dead for %g s", grace)
     return bool(r.exists(reconcile_grace_key()))
 
 

@@ -198,8 +198,12 @@ VTERM = {
     "BACKEND_ID": os.environ.get("VTERM_BACKEND_ID", ""),
     "BACKEND_CAPACITY": env_int("VTERM_BACKEND_CAPACITY", 200),
     "HEARTBEAT_INTERVAL": env_float("VTERM_HEARTBEAT_INTERVAL", 2.0),
-    # A backend whose heartbeat is older than this is dead.
-    "HEARTBEAT_TTL": env_float("VTERM_HEARTBEAT_TTL", 10.0),
+    # A backend whose heartbeat is older than this is dead: with the reconcile every 3 s, a lost
+    # backend is declared dead within 10 s (issue 5), after missing three heartbeats at least.
+    "HEARTBEAT_TTL": env_float("VTERM_HEARTBEAT_TTL", 7.0),
+    # After the whole pool was down (a `make run` restart), no backend is declared dead for this
+    # long (or one HEARTBEAT_TTL, if longer): time for every worker to boot and adopt its shells.
+    "POOL_START_GRACE": env_float("VTERM_POOL_START_GRACE", 20.0),
     "OUTPUT_LIMIT": env_int("VTERM_OUTPUT_LIMIT", 1 << 20),
     "COMMAND_MAX_BYTES": env_int("VTERM_COMMAND_MAX_BYTES", 64 * 1024),
     "INPUT_MAX_BYTES": env_int("VTERM_INPUT_MAX_BYTES", 64 * 1024),

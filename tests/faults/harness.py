@@ -86,7 +86,7 @@ class FaultStack:
     def __init__(self, redis_url: str, tmp: Path, *, prefix: str, backends: int = 2, **env) -> None:
         # A key prefix of its own: its beat's tasks and its queues must not reach other stacks
         # sharing the test Redis database (vterm.control is one queue name for all).
-        defaults = {"VTERM_REDIS_PREFIX": f"{prefix}:", "VTERM_HEARTBEAT_TTL": 4, "VTERM_RECONCILE_INTERVAL": 1, "VTERM_MIGRATE_TIMEOUT": 20,
+        defaults = {"VTERM_REDIS_PREFIX": f"{prefix}:", "VTERM_HEARTBEAT_TTL": 4, "VTERM_POOL_START_GRACE": 0, "VTERM_RECONCILE_INTERVAL": 1, "VTERM_MIGRATE_TIMEOUT": 20,
                     "VTERM_ORPHAN_INTERVAL": 5, "VTERM_DRAIN_GRACE": 3, "VTERM_AUTOSCALE_INTERVAL": 3600}
         self.stack: Stack = make_stack(redis_url, tmp, backends=backends, prefix=prefix, **{**defaults, **env})
         self.stack.config.beat = True  # the reconcile runs from beat
