@@ -67,6 +67,14 @@ def _moved_env(session: TerminalSession) -> tuple[dict, str]:
     return session.env, "environment as created: variables exported in its shell were not carried"
 
 
+def session_live_env_record(*, session_id: str, backend_id: str, epoch: int, env: dict[str, str]) -> bool:
+    """Keep the environment just read from a session's shell (after a command that may have changed
+    it), so that a move after a hard loss starts from it. Fenced: only the backend holding it."""
+    return bool(TerminalSession.objects.filter(pk=session_id, backend_id=backend_id, epoch=epoch,
+                                               status__in=TerminalSession.LIVE)
+                .update(live_env=env, live_env_at=timezone.now()))
+
+
 def session_history(session_id) -> list[str]:
     """The session's last HISTORY_CARRIED commands that ran, oldest first (a moved shell's history)."""
     texts = (Command.objects.filter(session_id=session_id, started_at__isnull=False)

@@ -31,6 +31,7 @@ from sessions.redis_state import backend_stats_key, output_stream_key, sync_clie
 
 from . import failover_runtime
 from .backend_stats import StatsSampler
+from .env_tracker import EnvTracker
 from .inbox import InboxThread
 from .output_frames import StreamBudget, frame_pieces
 from .resource_usage import ResourceUsageThread
@@ -86,6 +87,7 @@ class BackendRuntime:
         self._stop = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._threads: list[threading.Thread] = []
+        self.env_tracker = EnvTracker(self, self._stop)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -115,9 +117,9 @@ class BackendRuntime:
                                   capacity=settings.VTERM["BACKEND_CAPACITY"])
         # Adopted shells are matched with the database before any task runs (sessions/failover.py).
         failover_runtime.reconcile(self, restarted=True, adopted=adopted)
-        inbox = InboxThread(self, self._stop)
-        inbox.start()
-        self._threads.append(inbox)
+        for t in (InboxThread(self, self._stop), self.env_tracker):
+            t.start()
+            self._threads.append(t)
         log.info("backend %s up: tmux %s, %d shell(s) adopted", self.backend_id, self.driver.socket_path,
                  len(adopted))
 
@@ -196,6 +198,8 @@ class BackendRuntime:
         self._finished.add(result.command_id)
         self._starting.pop(result.command_id, None)
         known = self._known.pop(result.command_id, None)
+        if known is not None:
+            self.env_tracker.command_ended(name, known["command"])
 
         def write() -> None:
             self._finished.discard(result.command_id)
@@ -232,6 +236,10 @@ class BackendRuntime:
         log.error("backend %s lost its tmux server", self.backend_id)
         threading.Thread(target=failover_runtime.recover_tmux, args=(self,), name="vterm-recover",
                          daemon=True).start()
+
+    def write(self, job: Callable[[], None]) -> None:
+        """Queue a database write behind the ones before it (the writer thread)."""
+        self._writes.put(job)
 
     def flush_writes(self, timeout: float = 30.0) -> None:
         """Wait until every database write queued so far is done."""

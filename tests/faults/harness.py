@@ -9,6 +9,7 @@ runs each scenario N times and prints the table.
 
 from __future__ import annotations
 
+import json
 import shutil
 import signal
 import subprocess
@@ -154,6 +155,14 @@ class FaultStack:
         except httpx.HTTPError:
             return None
         return r.json() if r.status_code == 201 else None
+
+    def wait_live_env(self, sid: str, name: str, timeout: float = 60) -> None:
+        """Until the session's stored environment (read from its shell after an export) has ``name``."""
+        code = ("import json; from sessions.models import TerminalSession as T; "
+                f"print(json.dumps(T.objects.get(pk='{sid}').live_env))")
+        wait_for(lambda: name in (json.loads(self.stack.config.manage("shell", "-c", code).stdout.strip()
+                                             .splitlines()[-1]) or {}),
+                 timeout, f"the environment of {sid} with {name} to be stored")
 
     def session(self, sid: str) -> dict:
         return self.api.http.get(f"/api/v1/sessions/{sid}/").json()

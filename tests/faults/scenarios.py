@@ -74,12 +74,17 @@ def backend_lost(fs: FaultStack) -> Outcome:
     b = fs.backend_ids()[0]
     sids = [fs.session_on(b, env={"FAULT_ENV": "kept"})["id"] for _ in range(2)]
     acked = [fs.api.run(sid, "cd /tmp") for sid in sids]
+    # Exported after creation: read from the shell after the command (workers/env_tracker.py), since
+    # a machine that dies cannot be asked at the move.
+    acked += [fs.api.run(sid, "export LATER_ENV='exported later'") for sid in sids]
+    for sid in sids:
+        fs.wait_live_env(sid, "LATER_ENV")
     running = fs.submit(sids[0], "sleep 60")
     fs.wait_running(sids[0], running["id"])
     t0 = time.monotonic()
     fs.stack.stop_process(b, signal.SIGKILL)
     fs.kill_tmux(b)
-    queued = [fs.submit(sid, 'echo "$FAULT_ENV"; pwd') for sid in sids]
+    queued = [fs.submit(sid, 'echo "$FAULT_ENV, $LATER_ENV"; pwd') for sid in sids]
     for sid in sids:
         fs.wait_session_active(sid, timeout=60, not_on=b)
     out.recover_s = time.monotonic() - t0

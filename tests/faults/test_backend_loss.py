@@ -29,12 +29,12 @@ def fs(redis_url, tmp_path_factory):
 
 def test_backend_lost_sessions_move_with_cwd_env_and_queued_commands(fs):
     out = scenarios.backend_lost(fs)
-    cds, (running, *rerouted) = out.commands[:2], out.commands[2:]
-    assert all(c["status"] == "succeeded" for c in cds)
+    setup, (running, *rerouted) = out.commands[:4], out.commands[4:]
+    assert all(c["status"] == "succeeded" for c in setup)
     assert running["status"] == "interrupted", running
     assert "was lost" in running["reason"] and "no heartbeat" in running["reason"], running["reason"]
     for c in rerouted:
-        assert (c["status"], c["output"]) == ("succeeded", "kept\n/tmp\n"), c
+        assert (c["status"], c["output"]) == ("succeeded", "kept, exported later\n/tmp\n"), c
     assert out.lost == 0 and out.recovered == 2
 
 
