@@ -135,10 +135,21 @@ class FaultStack:
 
     # -- the API ------------------------------------------------------------------
 
+    def backends_healthy(self, ids: list[str] | None = None) -> bool:
+        """These backends (default: all of the stack's) registered and healthy, so placement reaches them."""
+        listed = {b["id"]: b["status"] for b in self.staff.http.get("/api/v1/backends/").json()}
+        return all(listed.get(b) == "healthy" for b in (ids or self.backend_ids()))
+
+    def all_backends_healthy(self) -> bool:
+        return self.backends_healthy()
+
     def session_on(self, backend_id: str, **body) -> dict:
         """A new session placed on ``backend_id`` (placement is least-loaded: others go elsewhere)."""
+        # A backend just restarted by the case before may not have registered again yet.
+        wait_for(lambda: self.backends_healthy([backend_id]), 60, f"backend {backend_id} healthy")
         made = []
-        for _ in range(2 * len(self.backend_ids()) + 2):
+        # Earlier cases may have left sessions on the other backends (moved there): enough tries to even out.
+        for _ in range(50):
             s = self.api.create_session(**body)
             if s["backend"] == backend_id:
                 for other in made:

@@ -253,5 +253,5 @@ def every_backend_lost(fs: FaultStack) -> Outcome:
     # Leave the stack whole for what comes next.
     for b in fs.backend_ids():
         fs.restart_worker(b)
-    wait_for(fs.stack.ready, 60, "every backend healthy again")
+    wait_for(fs.all_backends_healthy, 60, "every backend healthy again")
     return tally(out, [*acked, *ended])
