@@ -125,7 +125,8 @@ def _session_place(*, owner, name: str, cwd: str, env: dict, cols: int, rows: in
     return session
 
 
-def _session_start_failed(session: TerminalSession, field: str, error: str) -> None:
+def _session_start_failed(session: TerminalSession) -> None:
+    """The client gets an error for it, so the session must not appear later."""
     session.delete()
 
 
@@ -142,14 +143,14 @@ async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | No
         )
     except Exception:
         # Broker or Redis down: the client gets a 503, so no session must appear later.
-        await sync_to_async(_session_start_failed)(session, "", "")
+        await sync_to_async(_session_start_failed)(session)
         raise
     if reply is None or (not reply.get("ok") and not reply.get("field")):
         await sync_to_async(breaker_record_failure)(session.backend_id)
     else:
         await sync_to_async(breaker_record_success)(session.backend_id)
     if reply is not None and not reply.get("ok"):
-        await sync_to_async(_session_start_failed)(session, reply.get("field", ""), reply.get("error", ""))
+        await sync_to_async(_session_start_failed)(session)
         if reply.get("field"):
             raise ValidationError({reply["field"]: [reply["error"]]})
         raise ServiceUnavailable(f"The backend could not start the shell: {reply.get('error')}")
