@@ -1,5 +1,6 @@
 """ASGI entry point: HTTP through Django (static files included), WebSockets through Channels."""
 
+import gc
 import os
 
 from django.core.asgi import get_asgi_application
@@ -26,6 +27,10 @@ http_app = ASGIStaticFilesHandler(django_asgi_app)
 # VTERM_COMMAND_ROUTE=0 leaves it to the DRF view, for comparison.
 if os.environ.get("VTERM_COMMAND_ROUTE", "1") != "0":
     http_app = CommandRoute(http_app)
+
+# Everything loaded so far lives as long as the process: out of the garbage collector's scans, whose
+# full passes over it paused requests for 50-100 ms (docs/bench.md).
+gc.freeze()
 
 application = ProtocolTypeRouter({
     # Only /static/ goes to the static handler; everything else passes straight through.

@@ -6,6 +6,7 @@ backend runtime; on shutdown it detaches from tmux, leaving the shells running.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 
@@ -32,6 +33,7 @@ def start_backend(sender=None, **kwargs):
         from .backend import runtime_start
 
         runtime_start()
+        gc.freeze()  # as the web does (vterm_project/asgi.py): what was loaded stays out of GC passes
 
 
 @worker_shutdown.connect
