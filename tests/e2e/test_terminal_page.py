@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
@@ -48,7 +49,10 @@ def browser(vendor_files):
 
 
 def wait_for(driver, predicate, timeout: float = 60, what: str = ""):
-    return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: predicate(d), what)
+    # The session list redraws its rows as they change: an element found just before a redraw is stale.
+    return WebDriverWait(driver, timeout, poll_frequency=0.1,
+                         ignored_exceptions=(NoSuchElementException, StaleElementReferenceException)).until(
+        lambda d: predicate(d), what)
 
 
 def screen_lines(driver) -> list[str]:
@@ -119,7 +123,9 @@ def test_log_in_open_a_terminal_type_and_read_back(stack, browser):
 
     # End it from the list.
     d.get(stack.url + "/")
-    row = d.find_element(By.CSS_SELECTOR, f'tr[data-session="{session_id}"]')
-    row.find_element(By.CSS_SELECTOR, "button.danger").click()
+    def click_end(d) -> bool:
+        d.find_element(By.CSS_SELECTOR, f'tr[data-session="{session_id}"] button.danger').click()
+        return True  # a row redrawn meanwhile is stale: wait_for tries again
+    wait_for(d, click_end, what="the session's end button")
     wait_for(d, lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-session="{session_id}"] .status').text
              in ("terminating", "terminated"), what="the session ending")
