@@ -94,7 +94,7 @@ class CommandListView(APIView):
             request.user, session_id, command=data["command"], timeout=data.get("timeout"),
             remote_addr=audit.request_addr(request))
         wait = data.get("wait") or 0
-        body = await services.command_wait(cmd, wait) if wait else CommandSerializer(cmd).data
+        body = await services.command_wait(cmd, wait) if wait else services.command_json(cmd)
         return Response(body, status=status.HTTP_201_CREATED)
 
 

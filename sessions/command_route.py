@@ -30,7 +30,7 @@ from rest_framework.renderers import JSONRenderer
 from . import services
 from .api_errors import exception_handler
 from .auth import token_user
-from .serializers import CommandCreateSerializer, CommandSerializer
+from .serializers import CommandCreateSerializer
 
 PATH = re.compile(r"/api/v1/sessions/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/commands/")
 
@@ -67,7 +67,7 @@ class CommandRoute:
             return await self._error(exc, scope, send)
         try:
             wait = data.get("wait") or 0
-            result = await services.command_wait(cmd, wait) if wait else CommandSerializer(cmd).data
+            result = await services.command_wait(cmd, wait) if wait else services.command_json(cmd)
         except Exception as exc:  # noqa: BLE001 (answered as the view would, or raised again)
             return await self._error(exc, scope, send)
         await self._respond(send, 201, result)

@@ -28,7 +28,7 @@ from rest_framework.exceptions import APIException, ValidationError
 from . import audit, metrics, selectors, services
 from .models import Command
 from .redis_state import blpop, command_done_key, session_group
-from .serializers import CommandSerializer, SessionSerializer
+from .serializers import SessionSerializer
 from .ws_flow import OutputWindow
 from .ws_serializers import AckFrameSerializer, InputSerializer, ResizeSerializer, RunFrameSerializer
 
@@ -221,7 +221,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         def submit() -> dict:
             cmd = services.command_create(self.user, self.session_id, command=data["command"],
                                           timeout=data.get("timeout"), remote_addr=str(client[0]), via="websocket")
-            return dict(CommandSerializer(cmd).data)
+            return services.command_json(cmd)
         body = await sync_to_async(submit)()
         ref = data.get("ref")
         if ref is not None:

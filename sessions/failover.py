@@ -35,7 +35,14 @@ from .redis_state import (
     sync_client,
 )
 from .replies import send_to_backend
-from .services import T, backend_pick_least_loaded, backends_alive_cutoff, session_set_status, session_started
+from .services import (
+    T,
+    backend_pick_least_loaded,
+    backends_alive_cutoff,
+    commands_queued,
+    session_set_status,
+    session_started,
+)
 
 log = logging.getLogger(__name__)
 
@@ -150,12 +157,11 @@ def session_resumed(*, session_id: str, epoch: int, backend_id: str, cwd: str, n
                                                  status=S.MIGRATING).update(cwd=cwd)
         if not updated:
             return None
-        queued = list(Command.objects.filter(session_id=session_id, status=Command.Status.QUEUED)
-                      .order_by("seq").values("id", "command", "timeout"))
+        queued = commands_queued(session_id)
         session = TerminalSession.objects.get(pk=session_id)
         notes = "; ".join(n for n in (note, _moved_env(session)[1]) if n)
         session_set_status(session, S.ACTIVE, f"moved to backend {backend_id} ({notes})")
-    return [{"id": str(c["id"]), "command": c["command"], "timeout": c["timeout"]} for c in queued]
+    return queued
 
 
 def session_resume_failed(*, session_id: str, epoch: int, backend_id: str, error: str) -> None:

@@ -176,9 +176,14 @@ def session_started(*, session_id: str, epoch: int, cwd: str) -> list[dict] | No
         session = TerminalSession.objects.get(pk=session_id)
         if session.status in (TerminalSession.Status.INITIALIZING, TerminalSession.Status.MIGRATING):
             session_set_status(session, TerminalSession.Status.ACTIVE, "shell started")
-        queued = list(Command.objects.filter(session_id=session_id, status=Command.Status.QUEUED)
-                      .order_by("seq").values("id", "command", "timeout"))
-    return [{"id": str(c["id"]), "command": c["command"], "timeout": c["timeout"]} for c in queued]
+        return commands_queued(session_id)
+
+
+def commands_queued(session_id) -> list[dict]:
+    """A session's queued commands, oldest first, as a backend takes them ({id, command, timeout})."""
+    rows = (Command.objects.filter(session_id=session_id, status=Command.Status.QUEUED)
+            .order_by("seq").values("id", "command", "timeout"))
+    return [{"id": str(c["id"]), "command": c["command"], "timeout": c["timeout"]} for c in rows]
 
 
 def session_terminate(session: TerminalSession, reason: str = "ended by its owner") -> None:
@@ -333,7 +338,7 @@ async def command_wait(cmd: Command, wait: float) -> dict:
         if got:
             return json.loads(got)
     fresh = await Command.objects.aget(pk=cmd.pk)
-    return CommandSerializer(fresh).data
+    return command_json(fresh)
 
 
 def command_interrupt(cmd: Command) -> None:
@@ -356,7 +361,7 @@ def command_started(*, command_id: str, started_at) -> dict | None:
         status=Command.Status.RUNNING, started_at=started_at)
     if not updated:
         return None
-    return CommandSerializer(Command.objects.get(pk=command_id)).data
+    return command_json(Command.objects.get(pk=command_id))
 
 
 def command_finished(*, command_id: str, status: str, exit_code, output: str, output_raw: bytes,

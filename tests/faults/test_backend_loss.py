@@ -38,8 +38,10 @@ def test_backend_lost_sessions_move_with_cwd_env_and_queued_commands(fs):
     assert out.lost == 0 and out.recovered == 2
 
 
-def test_backend_returning_late_kills_its_stale_shells(fs):
-    out = scenarios.worker_returns_late(fs)
+@pytest.mark.parametrize("scenario", [scenarios.worker_returns_late, scenarios.worker_paused],
+                         ids=["returns-late", "paused-past-ttl"])
+def test_backend_coming_back_after_its_sessions_moved_kills_its_stale_shells(fs, scenario):
+    out = scenario(fs)
     running, after = out.commands
     assert running["status"] == "interrupted" and "was lost" in running["reason"], running
     assert after["status"] == "succeeded" and after["output"] == "moved\n"
@@ -64,10 +66,3 @@ def test_sigterm_drains_when_asked_to(fs):
     assert sid not in fs.tmux_windows(b)
     fs.restart_worker(b)
 
-
-def test_backend_paused_past_ttl_kills_its_stale_shells_when_it_resumes(fs):
-    out = scenarios.worker_paused(fs)
-    running, after = out.commands
-    assert running["status"] == "interrupted" and "was lost" in running["reason"], running
-    assert after["status"] == "succeeded" and after["output"] == "moved\n"
-    assert out.lost == 0 and out.recovered == 1
