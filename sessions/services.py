@@ -7,6 +7,7 @@ thread while a shell works); the database steps they take are plain sync helpers
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -27,7 +28,7 @@ from workers.routing import backend_queue
 
 from . import audit, metrics
 from .api_errors import Conflict, ServiceUnavailable
-from .broadcast import session_broadcast
+from .broadcast import session_broadcast, viewers_key
 from .circuit import breaker_open_ids, breaker_record_failure, breaker_record_success
 from .models import Backend, Command, SessionEvent, TerminalSession
 from .ratelimit import ratelimit_check, session_quota_check
@@ -367,7 +368,7 @@ def command_started(*, command_id: str, started_at) -> dict | None:
 def command_finished(*, command_id: str, status: str, exit_code, output: str, output_raw: bytes,
                      truncated: bool, cwd: str | None, started_at, finished_at, duration_ms,
                      reason: str = "", known: dict | None = None) -> dict | None:
-    """Store a command's end, then tell its waiter and viewers. Returns its JSON.
+    """Store a command's end, then tell its waiter and its viewers, if any. Returns its JSON.
 
     ``known``: what the backend was told of the command when it was sent (session, seq,
     command, timeout, submitted_at), which spares reading the row back.
@@ -375,19 +376,25 @@ def command_finished(*, command_id: str, status: str, exit_code, output: str, ou
     ended = {"status": status, "exit_code": exit_code, "output": output, "output_raw": output_raw,
              "output_truncated": truncated, "cwd": cwd or "", "reason": reason[:500],
              "finished_at": finished_at, "duration_ms": duration_ms}
-    with transaction.atomic():
+    cmd = None
+    if known is not None:
+        cmd = Command(id=command_id, session_id=known["session"], seq=known["seq"], command=known["command"],
+                      timeout=known.get("timeout"), submitted_at=datetime.fromisoformat(known["submitted_at"]),
+                      started_at=started_at, **ended)
+    # Submission set last_activity; a long command's end moves it on (the idle TTL counts from it).
+    # Most commands are short and known: their end is one statement, which needs no transaction
+    # of its own (BEGIN and COMMIT would cost a database round trip each).
+    def long_ran(c: Command) -> bool:
+        return finished_at is None or finished_at - c.submitted_at > ACTIVITY_RESOLUTION
+    one_statement = cmd is not None and not long_ran(cmd)
+    with contextlib.nullcontext() if one_statement else transaction.atomic():
         # The first end stands (e.g. interrupted by a migration): a later one changes nothing.
         if not Command.objects.filter(pk=command_id).exclude(status__in=Command.FINAL).update(
                 started_at=Coalesce(F("started_at"), Value(started_at, output_field=DateTimeField())), **ended):
             return None
-        if known is not None:
-            cmd = Command(id=command_id, session_id=known["session"], seq=known["seq"], command=known["command"],
-                          timeout=known.get("timeout"), submitted_at=datetime.fromisoformat(known["submitted_at"]),
-                          started_at=started_at, **ended)
-        else:
+        if cmd is None:
             cmd = Command.objects.get(pk=command_id)
-        # Submission set last_activity; a long command's end moves it on (the idle TTL counts from it).
-        if finished_at is None or finished_at - cmd.submitted_at > ACTIVITY_RESOLUTION:
+        if long_ran(cmd):
             TerminalSession.objects.filter(pk=cmd.session_id).update(last_activity=finished_at)
     data = command_json(cmd)
     key = command_done_key(command_id)
@@ -395,7 +402,10 @@ def command_finished(*, command_id: str, status: str, exit_code, output: str, ou
     pipe.rpush(key, json.dumps(data))
     pipe.expire(key, 300)
     metrics.record_command_finished(status=status, latency_s=_command_overhead(cmd), pipe=pipe)
-    pipe.execute()
+    pipe.exists(viewers_key(cmd.session_id))  # after the reply: see sessions/broadcast.py
+    *_, watched = pipe.execute()
+    if watched:
+        session_broadcast(cmd.session_id, {"type": "command.event", "command": data})
     return data
 
 

@@ -25,7 +25,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from sessions import services
-from sessions.broadcast import install_submitter, session_broadcast
+from sessions.broadcast import install_submitter, session_broadcast, viewers_key
 from sessions.metrics import record_output_bytes
 from sessions.redis_state import backend_stats_key, output_stream_key, sync_client
 
@@ -203,14 +203,12 @@ class BackendRuntime:
 
         def write() -> None:
             self._finished.discard(result.command_id)
-            data = services.command_finished(
+            services.command_finished(
                 command_id=result.command_id, status=result.status, exit_code=result.exit_code,
                 output=clean_output(result.raw), output_raw=result.raw, truncated=result.truncated,
                 cwd=result.cwd, started_at=_dt(result.started_at), finished_at=_dt(result.finished_at),
                 duration_ms=result.duration_ms, reason=result.reason, known=known,
             )
-            if data is not None:
-                session_broadcast(name, {"type": "command.event", "command": data})
         self._writes.put(write)
 
     def shell_exited(self, name: str, reason: str) -> None:
@@ -295,9 +293,14 @@ class BackendRuntime:
                             pipe.xtrim(output_stream_key(name), minid=f"{trim_below}-0", approximate=True)
                         frames.append((name, seq, piece))
                 record_output_bytes(self.backend_id, sum(len(d) for d in batch.values()), pipe=pipe)
-                pipe.execute()
+                # Asked after the stream is written: see sessions/broadcast.py.
+                for name in batch:
+                    pipe.exists(viewers_key(name))
+                replies = pipe.execute()
+                watched = {name for name, n in zip(batch, replies[len(replies) - len(batch):]) if n}
                 for name, seq, text in frames:
-                    session_broadcast(name, {"type": "output.frame", "seq": seq, "data": text})
+                    if name in watched:
+                        session_broadcast(name, {"type": "output.frame", "seq": seq, "data": text})
             except Exception:
                 log.exception("output flush failed")
 

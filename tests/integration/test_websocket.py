@@ -10,9 +10,11 @@ import uuid
 
 import httpx
 import pytest
+import redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from sessions.broadcast import viewers_key
 from tests.conftest import Api, make_stack
 from tests.ws_viewer import Viewer, ws_url
 
@@ -128,6 +130,28 @@ def test_two_viewers_see_the_same_output(stack, alice, session):
     assert common and all(dict(one.outputs)[s] == dict(two.outputs)[s] for s in common)
     one.close()
     two.close()
+
+
+def test_backend_sends_to_a_session_group_only_while_someone_watches(stack, alice, session, redis_url):
+    """The backend skips the channel layer for a session whose group key is absent (sessions/broadcast.py):
+    the key must be the one channels-redis keeps the group under, and a viewer who joins a busy
+    session must still get every frame after its hello, from the stream or live."""
+    r = redis.Redis.from_url(redis_url)
+    key = viewers_key(session["id"])
+    assert not r.exists(key)
+    # Output flows while nobody watches, and goes on while a viewer joins.
+    alice.run(session["id"], "(for i in $(seq 1 400); do echo tick-$i; sleep 0.005; done) &", wait=10)
+    v = Viewer(stack.url, session["id"], token=alice.token)
+    assert r.exists(key)
+    v.until_output("tick-400")
+    assert v.breaks == []
+    seen = [int(x) for x in re.findall(r"tick-(\d+)", v.output())]
+    assert seen == list(range(seen[0], 401)), "a frame went missing after the viewer joined"
+    v.close()
+    deadline = time.monotonic() + 30
+    while r.exists(key) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not r.exists(key), "the group outlived its last viewer"
 
 
 # Flow control with a small window, so that a few hundred kB of output exercise it.
