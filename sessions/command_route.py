@@ -16,12 +16,12 @@ is submitted goes through the API's exception handler, as in the view.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
-from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.db import close_old_connections
 from django.http.request import split_domain_port, validate_host
@@ -59,8 +59,9 @@ class CommandRoute:
             return await self.app(scope, replay, send)
         client = scope.get("client") or ("", 0)
         try:
-            cmd = await sync_to_async(self._submit, thread_sensitive=False, executor=_executor)(
-                token, m.group(1), data, str(client[0]))
+            # A plain executor call: asgiref's sync_to_async adds context copying this does not need.
+            cmd = await asyncio.get_running_loop().run_in_executor(
+                _executor, self._submit, token, m.group(1), data, str(client[0]))
         except _NotServed:
             return await self.app(scope, replay, send)
         except Exception as exc:  # noqa: BLE001 (answered as the view would, or raised again)

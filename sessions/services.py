@@ -12,12 +12,13 @@ import functools
 import json
 import logging
 import time
+import uuid
 from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import Count, DateTimeField, F, Q, Value
 from django.db.models.functions import Coalesce
 from django.http import Http404
@@ -300,13 +301,10 @@ def _command_record(session_id, *, command: str, timeout: float | None, owner_id
     """Inside a transaction: the row, and its sending to the backend once that commits."""
     # The update locks the session's row first, so placement read after it is current:
     # a migration either sees this command queued or happens before it (sessions/failover.py).
-    rows = TerminalSession.objects.filter(pk=session_id)
-    if owner_id is not None:
-        rows = rows.filter(owner_id=owner_id)
-    if not rows.update(command_count=F("command_count") + 1, last_activity=timezone.now()):
+    taken = _session_next_seq(session_id, owner_id)
+    if taken is None:
         raise Http404("No such session.")
-    seq, status, backend_id, epoch = TerminalSession.objects.values_list(
-        "command_count", "status", "backend_id", "epoch").get(pk=session_id)
+    seq, status, backend_id, epoch = taken
     if status not in TerminalSession.LIVE:
         raise Conflict(f"The session is {status}.")
     if not backend_id:
@@ -317,6 +315,33 @@ def _command_record(session_id, *, command: str, timeout: float | None, owner_id
         # database once it is up (session_started, failover.session_resumed).
         transaction.on_commit(lambda: _command_send(cmd, backend_id, epoch))
     return cmd
+
+
+def _session_next_seq(session_id, owner_id: int | None) -> tuple[int, str, str | None, int] | None:
+    """Count a command in the session's row, locking it: (seq, status, backend_id, epoch), or None
+    when there is no such session (of ``owner_id``). One statement (UPDATE ... RETURNING, which
+    SQLite and PostgreSQL both have), where the ORM would need an UPDATE and then a SELECT."""
+    meta, qn = TerminalSession._meta, connection.ops.quote_name
+    count, activity, status, backend, epoch, owner = (
+        qn(meta.get_field(f).column) for f in ("command_count", "last_activity", "status", "backend", "epoch", "owner"))
+    pk = meta.pk.get_db_prep_value(_uuid_or_none(session_id), connection)
+    if pk is None:
+        return None
+    sql = f"UPDATE {qn(meta.db_table)} SET {count} = {count} + 1, {activity} = %s WHERE {qn(meta.pk.column)} = %s"
+    params = [meta.get_field("last_activity").get_db_prep_value(timezone.now(), connection), pk]
+    if owner_id is not None:
+        sql += f" AND {owner} = %s"
+        params.append(owner_id)
+    with connection.cursor() as cursor:
+        cursor.execute(f"{sql} RETURNING {count}, {status}, {backend}, {epoch}", params)
+        return cursor.fetchone()
+
+
+def _uuid_or_none(value) -> uuid.UUID | None:
+    try:
+        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
+    except ValueError:
+        return None
 
 
 def _command_send(cmd: Command, backend_id: str, epoch: int) -> None:
