@@ -11,6 +11,7 @@ import contextlib
 import functools
 import json
 import logging
+import threading
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -264,12 +265,22 @@ def command_create(user, session_id, *, command: str, timeout: float | None = No
     The session's row is read once, inside the transaction, where its placement is current.
     """
     ratelimit_check(_command_budget_owner(user, session_id), "command")  # the owner's budget
-    with transaction.atomic():
+    with _writer_turn(), transaction.atomic():
         cmd = _command_record(session_id, command=command, timeout=timeout,
                               owner_id=None if user.is_staff else user.pk)
         detail = {**({"via": via} if via else {}), **audit.audit_command_detail(cmd.pk, cmd.command)}
         audit.audit_record(user, audit.COMMAND_RUN, session_id, remote_addr=remote_addr, detail=detail)
     return cmd
+
+
+_sqlite_writer = threading.Lock()
+
+
+def _writer_turn():
+    """SQLite: one writing transaction of this process at a time. SQLite lets one writer in and
+    has the others poll with growing sleeps (1, 2, 5, 10 ... ms); this process's threads queue
+    here instead and each starts the moment the one before commits. Other databases: nothing."""
+    return _sqlite_writer if connection.vendor == "sqlite" else contextlib.nullcontext()
 
 
 def command_submit(session: TerminalSession, *, command: str, timeout: float | None = None) -> Command:
@@ -398,40 +409,77 @@ def command_finished(*, command_id: str, status: str, exit_code, output: str, ou
     ``known``: what the backend was told of the command when it was sent (session, seq,
     command, timeout, submitted_at), which spares reading the row back.
     """
+    return commands_finished([{
+        "command_id": command_id, "status": status, "exit_code": exit_code, "output": output,
+        "output_raw": output_raw, "truncated": truncated, "cwd": cwd, "started_at": started_at,
+        "finished_at": finished_at, "duration_ms": duration_ms, "reason": reason, "known": known}])[0]
+
+
+def commands_finished(ends: list[dict]) -> list[dict | None]:
+    """command_finished for several ends at once (a backend's writer under load): one commit for
+    all of them (one WAL flush; on SQLite one turn of the write lock), then one Redis pipeline for
+    their replies. Each end is as command_finished's arguments; returns each one's JSON, or None
+    for an end that came after another (the first end stands)."""
+    cmds = [_command_ended(**end) for end in ends]
+    # A short, known command's end is one statement, which needs no transaction of its own
+    # (BEGIN and COMMIT would cost a database round trip each).
+    alone = len(ends) == 1 and cmds[0][0] is not None and not cmds[0][2]
+    with contextlib.nullcontext() if alone else transaction.atomic():
+        stored = [_command_end_store(end["command_id"], *cmd) for end, cmd in zip(ends, cmds)]
+    pipe = sync_client().pipeline(transaction=False)
+    replies = []
+    for end, cmd in zip(ends, stored):
+        if cmd is None:
+            replies.append(None)
+            continue
+        data = command_json(cmd)
+        key = command_done_key(end["command_id"])
+        pipe.rpush(key, json.dumps(data))
+        pipe.expire(key, 300)
+        metrics.record_command_finished(status=end["status"], latency_s=_command_overhead(cmd), pipe=pipe)
+        replies.append(data)
+    done = [(cmd.session_id, data) for cmd, data in zip(stored, replies) if data is not None]
+    for session_id, _ in done:
+        pipe.exists(viewers_key(session_id))  # after the replies: see sessions/broadcast.py
+    answers = pipe.execute()
+    for (session_id, data), watched in zip(done, answers[len(answers) - len(done):]):
+        if watched:
+            session_broadcast(session_id, {"type": "command.event", "command": data})
+    return replies
+
+
+def _command_ended(*, command_id: str, status: str, exit_code, output: str, output_raw: bytes, truncated: bool,
+                   cwd: str | None, started_at, finished_at, duration_ms, reason: str = "",
+                   known: dict | None = None) -> tuple[Command | None, dict, bool]:
+    """(the command as it ends, when ``known`` says enough of it; the fields its end sets;
+    whether it ran long enough to move its session's last_activity, None: not known yet)."""
     ended = {"status": status, "exit_code": exit_code, "output": output, "output_raw": output_raw,
              "output_truncated": truncated, "cwd": cwd or "", "reason": reason[:500],
-             "finished_at": finished_at, "duration_ms": duration_ms}
-    cmd = None
-    if known is not None:
-        cmd = Command(id=command_id, session_id=known["session"], seq=known["seq"], command=known["command"],
-                      timeout=known.get("timeout"), submitted_at=datetime.fromisoformat(known["submitted_at"]),
-                      started_at=started_at, **ended)
-    # Submission set last_activity; a long command's end moves it on (the idle TTL counts from it).
-    # Most commands are short and known: their end is one statement, which needs no transaction
-    # of its own (BEGIN and COMMIT would cost a database round trip each).
-    def long_ran(c: Command) -> bool:
-        return finished_at is None or finished_at - c.submitted_at > ACTIVITY_RESOLUTION
-    one_statement = cmd is not None and not long_ran(cmd)
-    with contextlib.nullcontext() if one_statement else transaction.atomic():
-        # The first end stands (e.g. interrupted by a migration): a later one changes nothing.
-        if not Command.objects.filter(pk=command_id).exclude(status__in=Command.FINAL).update(
-                started_at=Coalesce(F("started_at"), Value(started_at, output_field=DateTimeField())), **ended):
-            return None
-        if cmd is None:
-            cmd = Command.objects.get(pk=command_id)
-        if long_ran(cmd):
-            TerminalSession.objects.filter(pk=cmd.session_id).update(last_activity=finished_at)
-    data = command_json(cmd)
-    key = command_done_key(command_id)
-    pipe = sync_client().pipeline(transaction=False)
-    pipe.rpush(key, json.dumps(data))
-    pipe.expire(key, 300)
-    metrics.record_command_finished(status=status, latency_s=_command_overhead(cmd), pipe=pipe)
-    pipe.exists(viewers_key(cmd.session_id))  # after the reply: see sessions/broadcast.py
-    *_, watched = pipe.execute()
-    if watched:
-        session_broadcast(cmd.session_id, {"type": "command.event", "command": data})
-    return data
+             "finished_at": finished_at, "duration_ms": duration_ms, "started_at": started_at}
+    if known is None:
+        return None, ended, None
+    cmd = Command(id=command_id, session_id=known["session"], seq=known["seq"], command=known["command"],
+                  timeout=known.get("timeout"), submitted_at=datetime.fromisoformat(known["submitted_at"]), **ended)
+    return cmd, ended, _ran_long(cmd)
+
+
+def _ran_long(cmd: Command) -> bool:
+    """Submission set last_activity; a long command's end moves it on (the idle TTL counts from it)."""
+    return cmd.finished_at is None or cmd.finished_at - cmd.submitted_at > ACTIVITY_RESOLUTION
+
+
+def _command_end_store(command_id: str, cmd: Command | None, ended: dict, long_ran: bool | None) -> Command | None:
+    """Write one end (in the caller's transaction, if any); None if the command had already ended."""
+    fields = {**ended, "started_at": Coalesce(F("started_at"), Value(ended["started_at"], output_field=DateTimeField()))}
+    # The first end stands (e.g. interrupted by a migration): a later one changes nothing.
+    if not Command.objects.filter(pk=command_id).exclude(status__in=Command.FINAL).update(**fields):
+        return None
+    if cmd is None:
+        cmd = Command.objects.get(pk=command_id)
+        long_ran = _ran_long(cmd)
+    if long_ran:
+        TerminalSession.objects.filter(pk=cmd.session_id).update(last_activity=ended["finished_at"])
+    return cmd
 
 
 @functools.cache

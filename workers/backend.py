@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import codecs
+import functools
 import logging
 import os
 import queue
@@ -17,6 +18,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict, defaultdict
+from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone as dt_timezone
 from typing import Callable
@@ -43,6 +45,13 @@ log = logging.getLogger(__name__)
 
 STARTED_WRITE_DELAY = 0.05  # seconds a command runs before its `running` state is written
 KNOWN_MAX = 50_000
+END_BATCH_MAX = 64  # command ends written in one transaction, at most
+
+
+@dataclass
+class _CommandEnd:
+    """A command's end for the writer thread: services.commands_finished's arguments."""
+    fields: dict
 
 
 def _dt(ts: float | None) -> datetime | None:
@@ -201,15 +210,12 @@ class BackendRuntime:
         if known is not None:
             self.env_tracker.command_ended(name, known["command"])
 
-        def write() -> None:
-            self._finished.discard(result.command_id)
-            services.command_finished(
-                command_id=result.command_id, status=result.status, exit_code=result.exit_code,
-                output=clean_output(result.raw), output_raw=result.raw, truncated=result.truncated,
-                cwd=result.cwd, started_at=_dt(result.started_at), finished_at=_dt(result.finished_at),
-                duration_ms=result.duration_ms, reason=result.reason, known=known,
-            )
-        self._writes.put(write)
+        self._writes.put(_CommandEnd(dict(
+            command_id=result.command_id, status=result.status, exit_code=result.exit_code,
+            output=clean_output(result.raw), output_raw=result.raw, truncated=result.truncated,
+            cwd=result.cwd, started_at=_dt(result.started_at), finished_at=_dt(result.finished_at),
+            duration_ms=result.duration_ms, reason=result.reason, known=known,
+        )))
 
     def shell_exited(self, name: str, reason: str) -> None:
         epoch = self.ledger.epochs.get(name)
@@ -252,15 +258,47 @@ class BackendRuntime:
     # -- threads ----------------------------------------------------------------
 
     def _write_loop(self) -> None:
+        held: list = []  # a job taken while gathering ends, run next
         while True:
-            job = self._writes.get()
+            job = held.pop() if held else self._writes.get()
             if job is None:
                 return
+            if isinstance(job, _CommandEnd):
+                # The ends queued right behind this one are written with it: one commit for all.
+                ends = [job]
+                while len(ends) < END_BATCH_MAX:
+                    try:
+                        more = self._writes.get_nowait()
+                    except queue.Empty:
+                        break
+                    if not isinstance(more, _CommandEnd):
+                        held.append(more)
+                        break
+                    ends.append(more)
+                job = functools.partial(self._write_ends, ends)
             try:
                 job()
             except Exception:
                 log.exception("backend write failed")
                 close_old_connections()
+
+    def _write_ends(self, ends: list[_CommandEnd]) -> None:
+        for end in ends:
+            self._finished.discard(end.fields["command_id"])
+        try:
+            services.commands_finished([end.fields for end in ends])
+        except Exception:
+            if len(ends) == 1:
+                raise
+            # One bad end must not take the others with it: each on its own.
+            log.exception("backend: %d command ends failed together; writing them one by one", len(ends))
+            close_old_connections()
+            for end in ends:
+                try:
+                    services.commands_finished([end.fields])
+                except Exception:
+                    log.exception("backend: the end of command %s failed", end.fields["command_id"])
+                    close_old_connections()
 
     def _flush_loop(self) -> None:
         """Batch output: one stream entry and one group message per session per tick (more for a flood)."""
