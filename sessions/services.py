@@ -450,7 +450,7 @@ def commands_finished(ends: list[dict]) -> list[dict | None]:
 
 def _command_ended(*, command_id: str, status: str, exit_code, output: str, output_raw: bytes, truncated: bool,
                    cwd: str | None, started_at, finished_at, duration_ms, reason: str = "",
-                   known: dict | None = None) -> tuple[Command | None, dict, bool]:
+                   known: dict | None = None) -> tuple[Command | None, dict, bool | None]:
     """(the command as it ends, when ``known`` says enough of it; the fields its end sets;
     whether it ran long enough to move its session's last_activity, None: not known yet)."""
     ended = {"status": status, "exit_code": exit_code, "output": output, "output_raw": output_raw,
