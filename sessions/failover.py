@@ -151,7 +151,7 @@ def session_resumed(*, session_id: str, epoch: int, backend_id: str, cwd: str, n
     """The new backend's shell is up: ``active`` again. Returns the queued commands to run there,
     oldest first, or None when the placement moved on meanwhile (fencing)."""
     with transaction.atomic():
-        # Locks the row first: command_submit either queued its command before (it is in the
+        # Locks the row first: command_create either queued its command before (it is in the
         # list) or sees the session active after (it sends the command itself).
         updated = TerminalSession.objects.filter(pk=session_id, epoch=epoch, backend_id=backend_id,
                                                  status=S.MIGRATING).update(cwd=cwd)

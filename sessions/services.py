@@ -13,7 +13,6 @@ import json
 import logging
 import threading
 import time
-import uuid
 from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
@@ -171,7 +170,7 @@ def session_started(*, session_id: str, epoch: int, cwd: str) -> list[dict] | No
     """The backend's shell is up. Returns the commands queued meanwhile, oldest first, for it to
     run; None when the placement moved on meanwhile (fencing)."""
     with transaction.atomic():
-        # Locks the row first: command_submit either queued its command before (it is in the
+        # Locks the row first: command_create either queued its command before (it is in the
         # list: it is not sent while the session is initializing) or sees it active after.
         updated = TerminalSession.objects.filter(pk=session_id, epoch=epoch).update(cwd=cwd)
         if not updated:
@@ -283,13 +282,6 @@ def _writer_turn():
     return _sqlite_writer if connection.vendor == "sqlite" else contextlib.nullcontext()
 
 
-def command_submit(session: TerminalSession, *, command: str, timeout: float | None = None) -> Command:
-    """Record a command in ``session`` (already authorized) and queue it; no audit row."""
-    ratelimit_check(session.owner_id, "command")
-    with transaction.atomic():
-        return _command_record(session.pk, command=command, timeout=timeout)
-
-
 _session_owners: dict[str, int] = {}  # a session's owner never changes
 
 
@@ -335,9 +327,7 @@ def _session_next_seq(session_id, owner_id: int | None) -> tuple[int, str, str |
     meta, qn = TerminalSession._meta, connection.ops.quote_name
     count, activity, status, backend, epoch, owner = (
         qn(meta.get_field(f).column) for f in ("command_count", "last_activity", "status", "backend", "epoch", "owner"))
-    pk = meta.pk.get_db_prep_value(_uuid_or_none(session_id), connection)
-    if pk is None:
-        return None
+    pk = meta.pk.get_db_prep_value(session_id, connection)
     sql = f"UPDATE {qn(meta.db_table)} SET {count} = {count} + 1, {activity} = %s WHERE {qn(meta.pk.column)} = %s"
     params = [meta.get_field("last_activity").get_db_prep_value(timezone.now(), connection), pk]
     if owner_id is not None:
@@ -346,13 +336,6 @@ def _session_next_seq(session_id, owner_id: int | None) -> tuple[int, str, str |
     with connection.cursor() as cursor:
         cursor.execute(f"{sql} RETURNING {count}, {status}, {backend}, {epoch}", params)
         return cursor.fetchone()
-
-
-def _uuid_or_none(value) -> uuid.UUID | None:
-    try:
-        return value if isinstance(value, uuid.UUID) else uuid.UUID(str(value))
-    except ValueError:
-        return None
 
 
 def _command_send(cmd: Command, backend_id: str, epoch: int) -> None:
@@ -401,25 +384,15 @@ def command_started(*, command_id: str, started_at) -> dict | None:
     return command_json(Command.objects.get(pk=command_id))
 
 
-def command_finished(*, command_id: str, status: str, exit_code, output: str, output_raw: bytes,
-                     truncated: bool, cwd: str | None, started_at, finished_at, duration_ms,
-                     reason: str = "", known: dict | None = None) -> dict | None:
-    """Store a command's end, then tell its waiter and its viewers, if any. Returns its JSON.
-
-    ``known``: what the backend was told of the command when it was sent (session, seq,
-    command, timeout, submitted_at), which spares reading the row back.
-    """
-    return commands_finished([{
-        "command_id": command_id, "status": status, "exit_code": exit_code, "output": output,
-        "output_raw": output_raw, "truncated": truncated, "cwd": cwd, "started_at": started_at,
-        "finished_at": finished_at, "duration_ms": duration_ms, "reason": reason, "known": known}])[0]
-
-
 def commands_finished(ends: list[dict]) -> list[dict | None]:
-    """command_finished for several ends at once (a backend's writer under load): one commit for
-    all of them (one WAL flush; on SQLite one turn of the write lock), then one Redis pipeline for
-    their replies. Each end is as command_finished's arguments; returns each one's JSON, or None
-    for an end that came after another (the first end stands)."""
+    """Store the ends of commands, then tell their waiters and their viewers, if any.
+
+    Several at once when a backend's writer is behind: one commit for all of them (one WAL
+    flush; on SQLite one turn of the write lock), then one Redis pipeline for their replies.
+    Each end is _command_ended's arguments; ``known`` in it is what the backend was told of the
+    command when it was sent (session, seq, command, timeout, submitted_at), which spares
+    reading the row back. Returns each one's JSON, or None for an end that came after another
+    (the first end stands)."""
     cmds = [_command_ended(**end) for end in ends]
     # A short, known command's end is one statement, which needs no transaction of its own
     # (BEGIN and COMMIT would cost a database round trip each).

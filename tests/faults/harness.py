@@ -104,6 +104,16 @@ class FaultStack:
     def stop(self) -> None:
         self.stack.stop()
 
+    def __enter__(self) -> FaultStack:
+        try:
+            return self.start()
+        except BaseException:
+            self.stop()  # what did start is stopped too
+            raise
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
     # -- processes --------------------------------------------------------------
 
     def backend_ids(self) -> list[str]:

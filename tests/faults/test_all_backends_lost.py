@@ -18,12 +18,9 @@ TTL, INTERVAL = 4, 1
 
 @pytest.fixture(scope="module")
 def fs(redis_url, tmp_path_factory):
-    st = FaultStack(redis_url, tmp_path_factory.mktemp("faults-all-lost"), prefix="fa",
-                    VTERM_HEARTBEAT_TTL=TTL, VTERM_RECONCILE_INTERVAL=INTERVAL)
-    try:
-        yield st.start()
-    finally:
-        st.stop()
+    with FaultStack(redis_url, tmp_path_factory.mktemp("faults-all-lost"), prefix="fa",
+                    VTERM_HEARTBEAT_TTL=TTL, VTERM_RECONCILE_INTERVAL=INTERVAL) as st:
+        yield st
 
 
 def test_every_backend_lost_sessions_end_lost_and_commands_interrupted(fs):

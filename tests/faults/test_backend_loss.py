@@ -20,11 +20,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def fs(redis_url, tmp_path_factory):
-    st = FaultStack(redis_url, tmp_path_factory.mktemp("faults-loss"), prefix="fl")
-    try:
-        yield st.start()
-    finally:
-        st.stop()
+    with FaultStack(redis_url, tmp_path_factory.mktemp("faults-loss"), prefix="fl") as st:
+        yield st
 
 
 def test_backend_lost_sessions_move_with_cwd_env_and_queued_commands(fs):

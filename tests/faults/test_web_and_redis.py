@@ -21,11 +21,8 @@ def redis(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def fs(redis, tmp_path_factory):
-    st = FaultStack(redis.url, tmp_path_factory.mktemp("faults-web-redis"), prefix="fw", VTERM_HEARTBEAT_TTL=10)
-    try:
-        yield st.start()
-    finally:
-        st.stop()
+    with FaultStack(redis.url, tmp_path_factory.mktemp("faults-web-redis"), prefix="fw", VTERM_HEARTBEAT_TTL=10) as st:
+        yield st
 
 
 def _no_process_died(fs):

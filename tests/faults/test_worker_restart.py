@@ -17,11 +17,8 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 def fs(redis_url, tmp_path_factory):
-    st = FaultStack(redis_url, tmp_path_factory.mktemp("faults-restart"), prefix="fr", VTERM_HEARTBEAT_TTL=60)
-    try:
-        yield st.start()
-    finally:
-        st.stop()
+    with FaultStack(redis_url, tmp_path_factory.mktemp("faults-restart"), prefix="fr", VTERM_HEARTBEAT_TTL=60) as st:
+        yield st
 
 
 def test_worker_kill9_mid_command_adopts_and_runs_what_was_queued(fs):
