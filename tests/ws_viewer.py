@@ -30,6 +30,11 @@ class Viewer:
         self.position: int | None = since  # the seq this viewer's screen is at
         self.breaks: list[str] = []  # seq rule violations
         self.hello = self.recv() if read_hello else None
+        # Without `since` the server sends the screen next. Waiting for it keeps a test's
+        # "run, then read the output frames" honest: output that ended before the screen was
+        # taken shows in the snapshot, not as frames (seq rule), so a test that did not wait
+        # could look for frames that are rightly never sent.
+        self.snapshot = self.until(lambda f: f["type"] == "snapshot") if read_hello and since is None else None
 
     def send(self, **frame) -> None:
         self.ws.send(json.dumps(frame))
