@@ -35,6 +35,7 @@ from . import failover_runtime
 from .backend_stats import StatsSampler
 from .env_tracker import EnvTracker
 from .inbox import InboxThread
+from .keyed_locks import KeyedLocks
 from .output_frames import StreamBudget, frame_pieces
 from .resource_usage import ResourceUsageThread
 from .routing import local_backend_id
@@ -81,8 +82,7 @@ class BackendRuntime:
         self.driver = self.make_driver()
         self.ledger = failover_runtime.CommandLedger()
         self.recover_lock = threading.Lock()
-        self._session_locks: dict[str, threading.Lock] = {}
-        self._session_locks_lock = threading.Lock()
+        self._session_locks = KeyedLocks()
         self.stopping = False
         self._writes: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._finished: set[str] = set()
@@ -144,11 +144,10 @@ class BackendRuntime:
 
     # -- requests from tasks ----------------------------------------------------
 
-    def session_lock(self, session_id: str) -> threading.Lock:
+    def session_lock(self, session_id: str):
         """Held while a session's shell is (re)built here and while its inbox messages are carried
         out: a command sent once the session is active waits for the ones queued before it."""
-        with self._session_locks_lock:
-            return self._session_locks.setdefault(session_id, threading.Lock())
+        return self._session_locks.hold(session_id)
 
     def session_start(self, session_id: str, epoch: int, cwd: str, env: dict, cols: int, rows: int,
                       resume: bool = False) -> dict:
@@ -224,8 +223,6 @@ class BackendRuntime:
         # a late flush reads the stream's end again.
         self.forget_output_seq(name)
         self._decoders.pop(name, None)
-        with self._session_locks_lock:
-            self._session_locks.pop(name, None)
         # Fenced: a stale copy of a session that moved away does not end it.
         self._writes.put(lambda: services.session_shell_exited(session_id=name, reason=reason,
                                                                backend_id=self.backend_id, epoch=epoch))
