@@ -164,6 +164,15 @@ def session_resumed(*, session_id: str, epoch: int, backend_id: str, cwd: str, n
     return queued
 
 
+def session_start_finish(*, session_id: str, status: str, epoch: int, backend_id: str, cwd: str) -> list[dict]:
+    """Mark up a shell the reconcile found whose start (``initializing``) or move (``migrating``)
+    was not marked done; its queued commands to run, oldest first. Nothing when that start got
+    there first (the session is no longer in ``status``) or the placement moved on."""
+    if status == S.INITIALIZING:
+        return session_started(session_id=session_id, epoch=epoch, cwd=cwd, initializing_only=True) or []
+    return session_resumed(session_id=session_id, epoch=epoch, backend_id=backend_id, cwd=cwd) or []
+
+
 def session_resume_failed(*, session_id: str, epoch: int, backend_id: str, error: str) -> None:
     """The new backend could not rebuild the shell: count it against that backend, try another."""
     breaker_record_failure(backend_id)
@@ -245,6 +254,10 @@ class ReconcilePlan:
     kill: list[str] = field(default_factory=list)  # shells of sessions that moved or ended
     adopt: list[tuple[str, str, float | None]] = field(default_factory=list)  # (shell, command id, started)
     run: list[tuple[str, dict]] = field(default_factory=list)  # (shell, command) to queue, in order
+    # Shells up whose start or move was not marked done: (shell, status, epoch, cwd). The backend
+    # finishes each under the session's lock (session_start_finish), so that a start still under
+    # way here and the inbox keep the session's commands in order and run each once.
+    finish: list[tuple[str, str, int, str]] = field(default_factory=list)
     migrated: list[str] = field(default_factory=list)  # live records with no shell here: moved
 
 
@@ -269,15 +282,10 @@ def backend_reconcile_shells(*, backend_id: str, shells: list[ShellState], resta
         if session is None or session.status == S.TERMINATING or (sh.epoch and sh.epoch != session.epoch):
             plan.kill.append(sh.name)
             continue
-        if session.status == S.INITIALIZING:
-            # Its session_start did not finish: the commands sent meanwhile wait in the database.
-            for cmd in session_started(session_id=sh.name, epoch=session.epoch, cwd=sh.cwd) or []:
-                plan.run.append((sh.name, cmd))
-            continue
-        if session.status == S.MIGRATING:
-            for cmd in session_resumed(session_id=sh.name, epoch=session.epoch, backend_id=backend_id,
-                                       cwd=sh.cwd) or []:
-                plan.run.append((sh.name, cmd))
+        if session.status in (S.INITIALIZING, S.MIGRATING):
+            # Its session_start has not marked it up (yet, or it never will: a worker restarted
+            # meanwhile); the commands sent meanwhile wait in the database.
+            plan.finish.append((sh.name, session.status, session.epoch, sh.cwd))
             continue
         if restarted:
             _settle_commands(session, sh, plan)

@@ -166,13 +166,15 @@ def _session_reload(session_id) -> TerminalSession:
     return TerminalSession.objects.select_related("owner", "backend").get(pk=session_id)
 
 
-def session_started(*, session_id: str, epoch: int, cwd: str) -> list[dict] | None:
+def session_started(*, session_id: str, epoch: int, cwd: str, initializing_only: bool = False) -> list[dict] | None:
     """The backend's shell is up. Returns the commands queued meanwhile, oldest first, for it to
-    run; None when the placement moved on meanwhile (fencing)."""
+    run; None when the placement moved on meanwhile (fencing) or, with ``initializing_only``,
+    when the session is no longer initializing (its start was marked done already)."""
+    only = {"status": TerminalSession.Status.INITIALIZING} if initializing_only else {}
     with transaction.atomic():
         # Locks the row first: command_create either queued its command before (it is in the
         # list: it is not sent while the session is initializing) or sees it active after.
-        updated = TerminalSession.objects.filter(pk=session_id, epoch=epoch).update(cwd=cwd)
+        updated = TerminalSession.objects.filter(pk=session_id, epoch=epoch, **only).update(cwd=cwd)
         if not updated:
             return None
         session = TerminalSession.objects.get(pk=session_id)

@@ -91,9 +91,17 @@ def reconcile(rt: BackendRuntime, *, restarted: bool, adopted: list[ShellInfo] |
         rt.driver.adopt_command(name, command_id, started)
     for name, cmd in plan.run:
         queue_command(rt, name, cmd["id"], cmd["command"], cmd["timeout"], from_database=True)
-    if plan.kill or plan.adopt or plan.run or plan.migrated:
-        log.info("backend %s reconciled: %d killed, %d adopted, %d queued again, %d moved", rt.backend_id,
-                 len(plan.kill), len(plan.adopt), len(plan.run), len(plan.migrated))
+    for name, status, epoch, cwd in plan.finish:
+        # Under the session's lock: a session_start still under way here finishes first (and this
+        # then finds nothing to do), and inbox commands wait until the queued ones are given.
+        with rt.session_lock(name):
+            for cmd in failover.session_start_finish(session_id=name, status=status, epoch=epoch,
+                                                     backend_id=rt.backend_id, cwd=cwd):
+                queue_command(rt, name, cmd["id"], cmd["command"], cmd["timeout"], from_database=True)
+    if plan.kill or plan.adopt or plan.run or plan.migrated or plan.finish:
+        log.info("backend %s reconciled: %d killed, %d adopted, %d queued again, %d moved, %d marked up",
+                 rt.backend_id, len(plan.kill), len(plan.adopt), len(plan.run), len(plan.migrated),
+                 len(plan.finish))
     return plan
 
 

@@ -81,3 +81,49 @@ def test_a_stale_backend_waits_out_the_start_grace_then_is_dead_and_its_sessions
     assert "was running on backend gone-1" in running_reason
     assert "no healthy backend could take the session" in running_reason  # it did not move
     assert Command.objects.get(pk=queued.pk).reason.startswith("the session was lost: backend gone-1 was lost")
+
+
+@pytest.mark.parametrize("status", ["initializing", "migrating"])
+def test_a_shell_up_whose_start_was_not_marked_done_is_finished_once(live_redis, owner, status):
+    """The periodic reconcile finds a shell whose session is still initializing (or migrating):
+    it leaves the marking to the backend (under the session's lock), and whichever of the start
+    and the reconcile marks it first gets the queued commands; the other gets none, so each runs once."""
+    from sessions import services
+
+    backend = Backend.objects.create(id=f"fin-{status[:4]}", hostname="h", queue="backend.fin",
+                                     last_heartbeat=timezone.now())
+    session = TerminalSession.objects.create(owner=owner, backend=backend, epoch=2, status=status)
+    queued = [Command.objects.create(session=session, seq=i, command=f"echo {i}") for i in (1, 2)]
+    shell = failover.ShellState(name=str(session.pk), epoch=2, busy=False, last_command="", cwd="/tmp")
+
+    plan = failover.backend_reconcile_shells(backend_id=backend.id, shells=[shell], restarted=False)
+    assert plan.finish == [(str(session.pk), status, 2, "/tmp")] and plan.run == [] and plan.kill == []
+    session.refresh_from_db()
+    assert session.status == status, "the plan alone changes nothing"
+
+    # The start (or move) got there first: the reconcile's turn finds nothing to run.
+    if status == "initializing":
+        first = services.session_started(session_id=str(session.pk), epoch=2, cwd="/tmp")
+    else:
+        first = failover.session_resumed(session_id=str(session.pk), epoch=2, backend_id=backend.id, cwd="/tmp")
+    assert [c["id"] for c in first] == [str(c.pk) for c in queued]
+    again = failover.session_start_finish(session_id=str(session.pk), status=status, epoch=2,
+                                          backend_id=backend.id, cwd="/tmp")
+    assert again == []
+    session.refresh_from_db()
+    assert session.status == "active"
+
+
+def test_the_reconcile_marks_up_a_start_that_never_finished(live_redis, owner):
+    backend = Backend.objects.create(id="fin-lone", hostname="h", queue="backend.fin-lone",
+                                     last_heartbeat=timezone.now())
+    session = TerminalSession.objects.create(owner=owner, backend=backend, epoch=1, status="initializing")
+    cmd = Command.objects.create(session=session, seq=1, command="echo waited")
+    got = failover.session_start_finish(session_id=str(session.pk), status="initializing", epoch=1,
+                                        backend_id=backend.id, cwd="/srv")
+    assert [c["id"] for c in got] == [str(cmd.pk)]
+    session.refresh_from_db()
+    assert (session.status, session.cwd) == ("active", "/srv")
+    # A stale epoch (the session was placed again meanwhile) is fenced off.
+    assert failover.session_start_finish(session_id=str(session.pk), status="initializing", epoch=0,
+                                         backend_id=backend.id, cwd="/srv") == []
