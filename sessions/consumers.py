@@ -201,8 +201,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     async def on_input(self, frame: dict) -> None:
         data = self._valid(InputSerializer, frame)
         # Off the shared sync thread: keystrokes wait on no one's database work.
-        await sync_to_async(services.session_send_input, thread_sensitive=False)(
-            self.session, data=data.get("data"), keys=data.get("keys"))
+        await sync_to_async(services.session_input, thread_sensitive=False)(
+            self.session, data=data.get("data"), keys=data.get("keys"), touch=False)
         now = time.monotonic()
         if now - self._touched_at > TOUCH_EVERY:
             self._touched_at = now

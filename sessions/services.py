@@ -237,10 +237,15 @@ def session_resize(session: TerminalSession, *, cols: int, rows: int) -> Termina
     return session
 
 
-def session_input(session: TerminalSession, *, data: str | None = None, keys: list[str] | None = None) -> None:
+def session_input(session: TerminalSession, *, data: str | None = None, keys: list[str] | None = None,
+                  touch: bool = True) -> None:
+    """Keystrokes (REST `input`, WebSocket `input` frames): spent from the owner's input budget,
+    then straight to the backend. ``touch=False`` leaves out the database write that marks
+    activity; a terminal, which sends a frame per key, marks it now and then (``session_touch``)."""
     _session_require_live(session)
     ratelimit_check(session.owner_id, "input")
-    TerminalSession.objects.filter(pk=session.pk).update(last_activity=timezone.now())
+    if touch:
+        session_touch(session)
     push_to_backend(session.backend_id, "input", session=str(session.pk), data=data, keys=keys)
 
 
@@ -506,13 +511,6 @@ def session_interrupt(session: TerminalSession) -> None:
     """Ctrl-C in the session: ends its running command (as interrupted) or the foreground program."""
     _session_require_live(session)
     push_to_backend(session.backend_id, "interrupt", session=str(session.pk))
-
-
-def session_send_input(session: TerminalSession, *, data: str | None = None, keys: list[str] | None = None) -> None:
-    """Keystrokes from a terminal: straight to the backend, no database write on the hot path
-    (the WebSocket consumer marks activity with ``session_touch`` now and then)."""
-    _session_require_live(session)
-    push_to_backend(session.backend_id, "input", session=str(session.pk), data=data, keys=keys)
 
 
 def session_touch(session: TerminalSession) -> None:

@@ -228,3 +228,23 @@ def test_websocket_frames_spend_the_same_buckets(two_webs):
     v.until(lambda f: f["type"] == "pong", timeout=30)  # the connection carries on
     v.close()
     api.http.delete(f"/api/v1/sessions/{sid}/")
+
+
+def test_websocket_keystrokes_spend_the_input_bucket(two_webs):
+    from tests.ws_viewer import Viewer
+
+    st, url1, url2 = two_webs
+    tok = st.token("ws-input-user")
+    api = Api(url1, tok)
+    sid = api.create_session()["id"]
+    v = Viewer(url2, sid, token=tok)
+    for _ in range(6):  # a burst of 3 at 0.5/s: the later frames find the bucket empty
+        v.send(type="input", data="x")
+    err = v.until(lambda f: f["type"] == "error", timeout=60)
+    assert err["code"] == "throttled" and err["message"].startswith("input: ") and "input" in err["message"][7:]
+    # The REST side on the other node finds the same empty bucket.
+    _retry_after(api.http.post(f"/api/v1/sessions/{sid}/input/", json={"data": "y"}))
+    v.send(type="ping")
+    v.until(lambda f: f["type"] == "pong", timeout=30)  # the connection carries on
+    v.close()
+    api.http.delete(f"/api/v1/sessions/{sid}/")
