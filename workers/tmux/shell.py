@@ -7,6 +7,10 @@ The shell prints, carrying a per-session nonce so that output cannot forge them:
 - ``ESC ] 133 ; D ; ec ; nonce ; cwd BEL`` (PROMPT_COMMAND) the command ended with ``ec``
 - ``ESC ] 133 ; X ; ec ; nonce BEL``     (EXIT trap) the shell itself is exiting
 
+and, at the end of PS1, ``ESC ] 133 ; B BEL``: where the prompt ends and the typed command
+starts. It carries no nonce and means nothing to vterm: it is output, for terminals (the
+page's command list reads the command line from there).
+
 and readline's ``ESC [ ? 2004 h`` (bracketed paste on) says the prompt is reading
 input with the terminal in raw mode: typing earlier would make the kernel echo the
 keys itself. The parser reports it as mark ``R`` and keeps its bytes as output.
@@ -55,6 +59,9 @@ __vterm_prompt() {
   fi
   printf '\033]133;D;%s;%s;%s\007' "$__vterm_ec" "$__vterm_nonce" "$__vterm_p"
   if [ -n "$__vterm_user_prompt_command" ]; then eval "$__vterm_user_prompt_command"; fi
+  # The prompt's end (133;B), for terminals that show which command ran: kept at the end of
+  # PS1 whatever the user (or their prompt command) sets it to (a readonly PS1 is left alone, quietly).
+  [[ $PS1 == *$'\e]133;B\a'* ]] || { PS1+=$'\[\e]133;B\a\]'; } 2>/dev/null
 }
 # The exported environment, for a session moving away (workers/tmux/shellenv.py). Typed by the
 # driver with the last status as $1, which it keeps; it takes itself out of the history.

@@ -57,21 +57,38 @@
     term.write(text, () => processed(frame.seq));
   }
 
-  // -- exit codes: the shell's marks (C: a command starts; D;<exit>;<nonce>;<cwd>: it ended) --
+  // -- exit codes: the shell's marks (B: the prompt ends; C: a command starts;
+  //    D;<exit>;<nonce>;<cwd>: it ended) --
   let running = false;
+  let inputStart = null; // where the last prompt ended: the command line starts there
   term.parser.registerOscHandler(133, (data) => {
     const parts = data.split(";");
-    if (parts[0] === "C") {
+    const buf = term.buffer.active;
+    if (parts[0] === "B") {
+      inputStart = { y: buf.baseY + buf.cursorY, x: buf.cursorX };
+    } else if (parts[0] === "C") {
       running = true;
-      const buf = term.buffer.active;
-      const line = buf.getLine(buf.baseY + buf.cursorY - 1);
-      state.lastCommandLine = line ? line.translateToString(true) : "";
+      state.lastCommandLine = commandLine(buf);
+      inputStart = null;
     } else if (parts[0] === "D" && running) {
       running = false;
       commandEnded(parseInt(parts[1], 10), state.lastCommandLine);
     }
     return true; // handled: nothing to draw
   });
+
+  // The command line just entered: from the prompt's end (when the shell marked it) to the
+  // line above the cursor, wrapped lines included; else that one line, prompt and all.
+  function commandLine(buf) {
+    const endY = buf.baseY + buf.cursorY - 1;
+    const from = inputStart && inputStart.y <= endY && endY - inputStart.y < 50 ? inputStart : { y: endY, x: 0 };
+    let text = "";
+    for (let y = from.y; y <= endY; y++) {
+      const line = buf.getLine(y);
+      if (line) text += line.translateToString(y === endY, y === from.y ? from.x : 0);
+    }
+    return text;
+  }
 
   function commandEnded(code, label) {
     state.exitCodes.push(code);
