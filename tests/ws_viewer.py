@@ -7,6 +7,8 @@ import time
 
 from websockets.sync.client import connect
 
+from vterm.stream import SYNC_CONNECT_EXTRA  # a connection that outlives a `with` block
+
 
 def ws_url(base_url: str, session_id: str, since: int | None = None) -> str:
     url = base_url.replace("http", "ws", 1) + f"/ws/v1/sessions/{session_id}/"
@@ -23,7 +25,7 @@ class Viewer:
             hdrs["Authorization"] = f"Bearer {token}"
         # No keepalive pings: a viewer that does not read (on purpose) would time its own pings out.
         self.ws = connect(ws_url(base_url, session_id, since), additional_headers=hdrs, max_size=None,
-                          open_timeout=30, close_timeout=5, ping_interval=None)
+                          open_timeout=30, close_timeout=5, ping_interval=None, **SYNC_CONNECT_EXTRA)
         self.ack = ack
         self.frames: list[dict] = []
         self.outputs: list[tuple[int, str]] = []  # (seq, data) in the order received

@@ -38,7 +38,7 @@ RECONNECT_ATTEMPTS = 8
 MAX_FRAME = 16 * 1024 * 1024
 DEFAULT_ACK_EVERY = 32 * 1024
 # websockets ≥ 17.1 wants `legacy=True` for a sync connection that outlives a `with` block.
-_SYNC_CONNECT_EXTRA = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
+SYNC_CONNECT_EXTRA = {"legacy": True} if "legacy" in inspect.signature(connect).parameters else {}
 
 
 def ws_url(base_url: str, session_id: str, since: int | None = None) -> str:
@@ -157,7 +157,7 @@ class Terminal(_Base):
         url = _with_since(self.url, self.last_seq)
         try:
             self._ws = connect(url, additional_headers=self._headers(), open_timeout=self.open_timeout,
-                               max_size=MAX_FRAME, compression=None, **_SYNC_CONNECT_EXTRA)
+                               max_size=MAX_FRAME, compression=None, **SYNC_CONNECT_EXTRA)
         except (InvalidHandshake, OSError, TimeoutError) as exc:
             raise _handshake_error(url, exc) from exc
         first = self._recv_frame(timeout=self.open_timeout)
