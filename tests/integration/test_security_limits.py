@@ -208,42 +208,31 @@ def test_login_attempts_are_throttled_across_web_nodes(two_webs):
     assert '"username": "erin"' in out and "frank" not in out
 
 
-def test_websocket_frames_spend_the_same_buckets(two_webs):
+@pytest.mark.parametrize("kind", ["command", "input"])
+def test_websocket_frames_spend_the_same_buckets(two_webs, kind):
+    """`run` frames spend the command bucket and `input` frames the input bucket, shared with
+    REST across web nodes: over it, an error frame, and the connection carries on."""
     from tests.ws_viewer import Viewer
 
     st, url1, url2 = two_webs
-    tok = st.token("ws-rate-user")
+    tok = st.token(f"ws-{kind}-user")
     api = Api(url1, tok)
     sid = api.create_session()["id"]
     v = Viewer(url2, sid, token=tok)
-    for i in range(3):
-        v.send(type="run", command="true", ref=f"r{i}")
-        v.until(lambda f, i=i: f["type"] == "command" and f.get("ref") == f"r{i}", timeout=60)
-    v.send(type="run", command="true", ref="over")
+    if kind == "command":
+        for i in range(3):
+            v.send(type="run", command="true", ref=f"r{i}")
+            v.until(lambda f, i=i: f["type"] == "command" and f.get("ref") == f"r{i}", timeout=60)
+        v.send(type="run", command="true", ref="over")
+        rest_path, rest_body = "commands", {"command": "true"}
+    else:
+        for _ in range(6):  # a burst of 3 at 0.5/s: the later frames find the bucket empty
+            v.send(type="input", data="x")
+        rest_path, rest_body = "input", {"data": "y"}
     err = v.until(lambda f: f["type"] == "error", timeout=60)
-    assert err["code"] == "throttled" and "command" in err["message"]
+    assert err["code"] == "throttled" and f"Too many {kind} requests" in err["message"], err
     # The REST side on the other node finds the same empty bucket.
-    _retry_after(api.http.post(f"/api/v1/sessions/{sid}/commands/", json={"command": "true"}))
-    v.send(type="ping")
-    v.until(lambda f: f["type"] == "pong", timeout=30)  # the connection carries on
-    v.close()
-    api.http.delete(f"/api/v1/sessions/{sid}/")
-
-
-def test_websocket_keystrokes_spend_the_input_bucket(two_webs):
-    from tests.ws_viewer import Viewer
-
-    st, url1, url2 = two_webs
-    tok = st.token("ws-input-user")
-    api = Api(url1, tok)
-    sid = api.create_session()["id"]
-    v = Viewer(url2, sid, token=tok)
-    for _ in range(6):  # a burst of 3 at 0.5/s: the later frames find the bucket empty
-        v.send(type="input", data="x")
-    err = v.until(lambda f: f["type"] == "error", timeout=60)
-    assert err["code"] == "throttled" and err["message"].startswith("input: ") and "input" in err["message"][7:]
-    # The REST side on the other node finds the same empty bucket.
-    _retry_after(api.http.post(f"/api/v1/sessions/{sid}/input/", json={"data": "y"}))
+    _retry_after(api.http.post(f"/api/v1/sessions/{sid}/{rest_path}/", json=rest_body))
     v.send(type="ping")
     v.until(lambda f: f["type"] == "pong", timeout=30)  # the connection carries on
     v.close()
