@@ -331,18 +331,25 @@ def _session_next_seq(session_id, owner_id: int | None) -> tuple[int, str, str |
     """Count a command in the session's row, locking it: (seq, status, backend_id, epoch), or None
     when there is no such session (of ``owner_id``). One statement (UPDATE ... RETURNING, which
     SQLite and PostgreSQL both have), where the ORM would need an UPDATE and then a SELECT."""
-    meta, qn = TerminalSession._meta, connection.ops.quote_name
-    count, activity, status, backend, epoch, owner = (
-        qn(meta.get_field(f).column) for f in ("command_count", "last_activity", "status", "backend", "epoch", "owner"))
+    meta, q = TerminalSession._meta, _session_sql_names(connection.vendor)
+    count = q["command_count"]
     pk = meta.pk.get_db_prep_value(session_id, connection)
-    sql = f"UPDATE {qn(meta.db_table)} SET {count} = {count} + 1, {activity} = %s WHERE {qn(meta.pk.column)} = %s"
+    sql = f"UPDATE {q['table']} SET {count} = {count} + 1, {q['last_activity']} = %s WHERE {q['pk']} = %s"
     params = [meta.get_field("last_activity").get_db_prep_value(timezone.now(), connection), pk]
     if owner_id is not None:
-        sql += f" AND {owner} = %s"
+        sql += f" AND {q['owner']} = %s"
         params.append(owner_id)
     with connection.cursor() as cursor:
-        cursor.execute(f"{sql} RETURNING {count}, {status}, {backend}, {epoch}", params)
+        cursor.execute(f"{sql} RETURNING {count}, {q['status']}, {q['backend']}, {q['epoch']}", params)
         return cursor.fetchone()
+
+
+@functools.cache
+def _session_sql_names(vendor: str) -> dict[str, str]:
+    """TerminalSession's quoted table ("table"), primary key ("pk") and field columns (by field
+    name), for the hand-written statements here; worked out once, not per command."""
+    meta, qn = TerminalSession._meta, connection.ops.quote_name
+    return {**{f.name: qn(f.column) for f in meta.concrete_fields}, "table": qn(meta.db_table), "pk": qn(meta.pk.column)}
 
 
 def _command_send(cmd: Command, backend_id: str, epoch: int) -> None:
@@ -532,11 +539,10 @@ def session_resource_usage_record(*, backend_id: str, usage: dict[str, dict]) ->
     database's write lock held all along. At 1000 sessions that wait was the p99 of commands
     (docs/bench.md).
     """
-    meta, qn = TerminalSession._meta, connection.ops.quote_name
+    meta, q = TerminalSession._meta, _session_sql_names(connection.vendor)
     field, live = meta.get_field("resource_usage"), list(TerminalSession.LIVE)
-    sql = (f"UPDATE {qn(meta.db_table)} SET {qn(field.column)} = %s WHERE {qn(meta.pk.column)} = %s"
-           f" AND {qn(meta.get_field('backend').column)} = %s"
-           f" AND {qn(meta.get_field('status').column)} IN ({', '.join(['%s'] * len(live))})")
+    sql = (f"UPDATE {q['table']} SET {q['resource_usage']} = %s WHERE {q['pk']} = %s AND {q['backend']} = %s"
+           f" AND {q['status']} IN ({', '.join(['%s'] * len(live))})")
     rows = [(field.get_db_prep_save(figures, connection), meta.pk.get_db_prep_value(sid, connection),
              backend_id, *live) for sid, figures in usage.items()]
     stored = 0
