@@ -20,6 +20,7 @@ import httpx
 import pytest
 import redis
 
+from tests import stack_logs
 from vterm_project.devstack import Stack, StackConfig, free_port, redis_answers
 
 # A shell starts background jobs with SIGINT ignored, and children inherit that: the CLI
@@ -73,7 +74,27 @@ def make_stack(redis_url: str, tmp: Path, *, backends: int = 2, prefix: str = "t
                       beat=False, backend_prefix=prefix,
                       extra_env={"VTERM_HEARTBEAT_INTERVAL": "1", "SECRET_KEY": "test-secret-key-not-for-shells",
                                  **{k: str(v) for k, v in extra_env.items()}})
-    return Stack(cfg)
+    st = Stack(cfg)
+    stack_logs.watch(st.log_dir)
+    return st
+
+
+_LOG_OFFSETS = pytest.StashKey[dict]()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    item.stash[_LOG_OFFSETS] = stack_logs.offsets()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item, call):
+    report = yield
+    if report.failed and _LOG_OFFSETS in item.stash:
+        errors = stack_logs.errors_since(item.stash[_LOG_OFFSETS])
+        if errors:
+            report.sections.append(("errors the stacks' processes logged during this test", errors))
+    return report
 
 
 @pytest.fixture(scope="session")

@@ -387,11 +387,18 @@ def runtime() -> BackendRuntime:
 
 
 def runtime_start() -> BackendRuntime:
+    """Start this process's backend runtime. One that fails to start is stopped again, not kept:
+    half started (a heartbeat, no inbox reader) it would look healthy and never run a command."""
     global _runtime
     with _runtime_lock:
         if _runtime is None:
-            _runtime = BackendRuntime()
-            _runtime.start()
+            rt = BackendRuntime()
+            try:
+                rt.start()
+            except BaseException:
+                rt.stop()
+                raise
+            _runtime = rt
         return _runtime
 
 

@@ -9,12 +9,19 @@ from __future__ import annotations
 import gc
 import logging
 import os
+import time
 
+from celery.exceptions import WorkerShutdown
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
 from .routing import backend_queue, local_backend_id
 
 log = logging.getLogger(__name__)
+
+# A start that fails (tmux or the database not answering in time) is tried again before the
+# worker gives up and exits.
+START_ATTEMPTS = 3
+START_RETRY_DELAY = 2.0  # seconds, times the attempt number
 
 
 def _is_backend() -> bool:
@@ -32,7 +39,18 @@ def start_backend(sender=None, **kwargs):
     if _is_backend():
         from .backend import runtime_start
 
-        runtime_start()
+        for attempt in range(1, START_ATTEMPTS + 1):
+            try:
+                runtime_start()
+                break
+            except Exception:
+                log.exception("backend start failed (attempt %d of %d)", attempt, START_ATTEMPTS)
+                if attempt == START_ATTEMPTS:
+                    # A worker that is no backend must not stay up: its queue would fill unread.
+                    # Exit code 1, so that the supervisor (Kubernetes, honcho) sees it and restarts it.
+                    log.critical("backend could not start; the worker exits")
+                    raise WorkerShutdown(1) from None
+                time.sleep(START_RETRY_DELAY * attempt)
         gc.freeze()  # as the web does (vterm_project/asgi.py): what was loaded stays out of GC passes
 
 

@@ -1,0 +1,68 @@
+"""A backend worker whose start fails tries again, and gives up by exiting: it is never left half up.
+
+Half up (heartbeat running, inbox never read) a backend looks healthy, takes sessions and runs
+none of their commands. The failure here is real: the directory of the backend's tmux socket
+cannot be made because a file stands in its place.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+
+import pytest
+
+from tests.conftest import Api, make_stack
+from tests.faults.harness import wait_for
+from vterm_project.devstack import ROOT, backend_argv
+
+pytestmark = pytest.mark.integration
+
+
+def _block_tmux_dir(data_dir, backend_id: str):
+    blocker = data_dir / "tmux" / backend_id
+    blocker.parent.mkdir(parents=True, exist_ok=True)
+    blocker.write_text("a file where the tmux socket's directory should be")
+    return blocker
+
+
+def test_a_failed_start_is_tried_again_and_the_backend_then_runs_commands(redis_url, tmp_path):
+    st = make_stack(redis_url, tmp_path, backends=1, prefix="boot")
+    bid = st.config.backend_ids()[0]
+    blocker = _block_tmux_dir(st.config.data_dir, bid)
+    log = st.log_dir / f"{bid}.log"
+
+    def unblock_after_the_first_failure():
+        wait_for(lambda: log.exists() and "backend start failed (attempt 1 of" in log.read_text(errors="replace"),
+                 60, "the first start to fail")
+        blocker.unlink()
+
+    unblocker = threading.Thread(target=unblock_after_the_first_failure, daemon=True)
+    unblocker.start()
+    try:
+        st.start()
+        api = Api(st.url, st.token("boot"))
+        sid = api.create_session()["id"]
+        # Through the inbox, which a half-started runtime never reads.
+        out = api.run(sid, "echo served")
+        assert (out["status"], out["output"]) == ("succeeded", "served\n"), out
+    finally:
+        st.stop()
+    unblocker.join(5)
+    text = log.read_text(errors="replace")
+    assert "FileExistsError" in text, "the first attempt failed for the reason made here"
+    assert text.count(f"backend {bid} up:") == 1, text[-3000:]
+
+
+def test_a_start_that_keeps_failing_ends_the_worker_with_exit_code_1(redis_url, tmp_path):
+    st = make_stack(redis_url, tmp_path, backends=1, prefix="bootfail")
+    bid = st.config.backend_ids()[0]
+    _block_tmux_dir(st.config.data_dir, bid)
+    st.config.manage("migrate", "--noinput", "-v0")
+    proc = subprocess.run(backend_argv(bid), env={**st.config.env(), "VTERM_BACKEND_ID": bid},
+                          capture_output=True, text=True, timeout=120, cwd=ROOT, check=False)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 1, out[-3000:]
+    assert out.count("backend start failed (attempt") == 3, out[-3000:]
+    assert "backend could not start; the worker exits" in out
+    assert f"backend {bid} up:" not in out
