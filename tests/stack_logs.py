@@ -10,6 +10,8 @@ from pathlib import Path
 
 _LOG_DIRS: list[Path] = []  # of every stack the tests made
 MAX_LINES = 60  # per log file, the last ones
+# Django logs every 5xx at ERROR: /readyz answers 503 until the stack is up, which is no error.
+NOT_ERRORS = "Service Unavailable: /readyz"
 
 
 def watch(log_dir: Path) -> None:
@@ -47,6 +49,6 @@ def error_lines(text: str) -> list[str]:
         elif in_traceback:
             keep.append(line)
             in_traceback = line.startswith((" ", "\t"))  # the exception's own line ends it
-        elif " ERROR " in line or " CRITICAL " in line:
+        elif (" ERROR " in line or " CRITICAL " in line) and NOT_ERRORS not in line:
             keep.append(line)
     return keep

@@ -3,6 +3,7 @@
 from tests import stack_logs
 
 LOG = """\
+2026-11-30 14:53:25,800 ERROR django.request Service Unavailable: /readyz
 2026-11-30 14:53:25,908 INFO celery.worker.consumer.connection Connected to redis://127.0.0.1:6379/15
 2026-11-30 14:53:26,001 ERROR celery.utils.dispatch.signal backend start failed (attempt 1 of 3)
 Traceback (most recent call last):
@@ -15,7 +16,7 @@ FileExistsError: [Errno 17] File exists: '/tmp/x/tmux/boot-1'
 
 
 def test_keeps_tracebacks_and_error_lines_only():
-    assert stack_logs.error_lines(LOG) == LOG.splitlines()[1:6] + LOG.splitlines()[7:8]
+    assert stack_logs.error_lines(LOG) == LOG.splitlines()[2:7] + LOG.splitlines()[8:9]
 
 
 def test_reports_only_what_was_logged_after_the_offsets(tmp_path):
