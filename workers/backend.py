@@ -14,6 +14,7 @@ import functools
 import logging
 import os
 import queue
+import signal
 import socket
 import threading
 import time
@@ -141,6 +142,12 @@ class BackendRuntime:
             if t.name == "vterm-writer":
                 t.join(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
+
+    def exit_worker(self) -> None:
+        """End this worker process as a stop does (its supervisor starts it again). With no
+        heartbeat from here on, the pool moves its sessions (at once when the stop drains)."""
+        self._stop.set()
+        os.kill(os.getpid(), signal.SIGTERM)
 
     # -- requests from tasks ----------------------------------------------------
 

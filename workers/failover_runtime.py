@@ -248,6 +248,9 @@ def recover_tmux(rt: BackendRuntime) -> None:
                 log.exception("tmux restart failed (attempt %d)", attempt + 1)
                 time.sleep(0.5)
         else:
+            # Heartbeating on without tmux, the backend would keep its sessions and run nothing.
+            log.critical("backend %s: no tmux server could be started; the worker exits", rt.backend_id)
+            rt.exit_worker()
             return
         rt.ledger.epochs.clear()
         close_old_connections()

@@ -1,8 +1,9 @@
-"""A backend worker whose start fails tries again, and gives up by exiting: it is never left half up.
+"""A backend worker that cannot get a tmux server, at its start or after losing it, does not stay up.
 
-Half up (heartbeat running, inbox never read) a backend looks healthy, takes sessions and runs
-none of their commands. The failure here is real: the directory of the backend's tmux socket
-cannot be made because a file stands in its place.
+Half up (heartbeat running, inbox never read or no tmux) a backend looks healthy, takes sessions
+and runs none of their commands. Its start is tried again; then the worker exits, so that its
+supervisor restarts it and the pool moves its sessions. The failure here is real: the directory
+of the backend's tmux socket cannot be made because a file stands in its place.
 """
 
 from __future__ import annotations
@@ -66,3 +67,25 @@ def test_a_start_that_keeps_failing_ends_the_worker_with_exit_code_1(redis_url, 
     assert out.count("backend start failed (attempt") == 3, out[-3000:]
     assert "backend could not start; the worker exits" in out
     assert f"backend {bid} up:" not in out
+
+
+def test_a_lost_tmux_server_that_cannot_be_started_again_ends_the_worker(redis_url, tmp_path):
+    st = make_stack(redis_url, tmp_path, backends=1, prefix="notmux")
+    bid = st.config.backend_ids()[0]
+    try:
+        st.start()
+        api = Api(st.url, st.token("notmux"))
+        sid = api.create_session()["id"]
+        assert api.run(sid, "true")["status"] == "succeeded"
+        worker = st.procs[bid]
+        # The server goes on from the moved directory until killed; a new one cannot be made.
+        tmux_dir = st.config.data_dir / "tmux" / bid
+        moved = tmux_dir.rename(tmux_dir.with_name(f"{bid}.moved"))
+        _block_tmux_dir(st.config.data_dir, bid)
+        subprocess.run(["tmux", "-S", str(moved / "tmux.sock"), "kill-server"], check=True)
+        worker.wait(timeout=90)
+    finally:
+        st.stop()
+    text = (st.log_dir / f"{bid}.log").read_text(errors="replace")
+    assert "tmux restart failed (attempt 20)" in text, text[-3000:]
+    assert f"backend {bid}: no tmux server could be started; the worker exits" in text
