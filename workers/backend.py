@@ -403,7 +403,10 @@ def runtime_start() -> BackendRuntime:
             try:
                 rt.start()
             except BaseException:
-                rt.stop()
+                try:
+                    rt.stop()
+                except Exception:  # the start's own error is the one to raise
+                    log.exception("stopping the runtime that failed to start failed too")
                 raise
             _runtime = rt
         return _runtime

@@ -47,7 +47,7 @@ def start_backend(sender=None, **kwargs):
                 log.exception("backend start failed (attempt %d of %d)", attempt, START_ATTEMPTS)
                 if attempt == START_ATTEMPTS:
                     # A worker that is no backend must not stay up: its queue would fill unread.
-                    # Exit code 1, so that the supervisor (Kubernetes, honcho) sees it and restarts it.
+                    # Exit code 1 for its supervisor: Kubernetes restarts it, `make run` (honcho) stops.
                     log.critical("backend could not start; the worker exits")
                     raise WorkerShutdown(1) from None
                 time.sleep(START_RETRY_DELAY * attempt)
