@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -30,6 +31,7 @@ from rest_framework.renderers import JSONRenderer
 from . import services
 from .api_errors import exception_handler
 from .auth import token_user
+from .http_metrics import record_command_route
 from .serializers import CommandCreateSerializer
 
 PATH = re.compile(r"/api/v1/sessions/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/commands/")
@@ -57,13 +59,23 @@ class CommandRoute:
         data = _command_data(body) if not more else None
         if data is None:
             return await self.app(scope, replay, send)
+        began = time.perf_counter()
+        answered = await self._serve(scope, replay, send, token, m.group(1), data)
+        if answered is not None:  # else Django answered, and its middleware counted it
+            status, size = answered
+            record_command_route(transport="https" if scope.get("scheme") == "https" else "http", status=status,
+                                 request_bytes=len(body), response_bytes=size, seconds=time.perf_counter() - began)
+
+    async def _serve(self, scope, replay, send, token: str, session_id: str, data: dict) -> tuple[int, int] | None:
+        """Submit and answer: (status, body size), or None when the request was left to Django."""
         client = scope.get("client") or ("", 0)
         try:
             # A plain executor call: asgiref's sync_to_async adds context copying this does not need.
             cmd = await asyncio.get_running_loop().run_in_executor(
-                _executor, self._submit, token, m.group(1), data, str(client[0]))
+                _executor, self._submit, token, session_id, data, str(client[0]))
         except _NotServed:
-            return await self.app(scope, replay, send)
+            await self.app(scope, replay, send)
+            return None
         except Exception as exc:  # noqa: BLE001 (answered as the view would, or raised again)
             return await self._error(exc, scope, send)
         try:
@@ -71,7 +83,7 @@ class CommandRoute:
             result = await services.command_wait(cmd, wait) if wait else services.command_json(cmd)
         except Exception as exc:  # noqa: BLE001 (answered as the view would, or raised again)
             return await self._error(exc, scope, send)
-        await self._respond(send, 201, result)
+        return await self._respond(send, 201, result)
 
     @staticmethod
     def _submit(token: str, session_id: str, data: dict, remote_addr: str):
@@ -82,15 +94,15 @@ class CommandRoute:
         return services.command_create(user, session_id, command=data["command"], timeout=data.get("timeout"),
                                        remote_addr=remote_addr)
 
-    async def _error(self, exc: Exception, scope, send) -> None:
+    async def _error(self, exc: Exception, scope, send) -> tuple[int, int]:
         response = exception_handler(exc, {"request": SimpleNamespace(path=scope["path"]), "view": None})
         if response is None:
             raise exc
         extra = [(k.lower().encode(), str(v).encode()) for k, v in response.items()
                  if k.lower() in ("retry-after", "www-authenticate")]
-        await self._respond(send, response.status_code, response.data, extra)
+        return await self._respond(send, response.status_code, response.data, extra)
 
-    async def _respond(self, send, status: int, data, extra: list | None = None) -> None:
+    async def _respond(self, send, status: int, data, extra: list | None = None) -> tuple[int, int]:
         payload = self.renderer.render(data)
         await send({"type": "http.response.start", "status": status, "headers": [
             (b"content-type", b"application/json"),
@@ -105,6 +117,7 @@ class CommandRoute:
             *(extra or []),
         ]})
         await send({"type": "http.response.body", "body": payload})
+        return status, len(payload)
 
 
 class _NotServed(Exception):

@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from tests.conftest import Api
+from tests.prom import scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -142,3 +143,27 @@ def test_a_disallowed_host_is_left_to_django(alice, session):
     r = alice.http.post(f"/api/v1/sessions/{session['id']}/commands/", content=b'{"command": "true"}',
                         headers={**HOT, "Host": "evil.example"})
     assert r.status_code == 400
+
+
+def test_both_ways_are_counted_in_django_prometheus_request_series(stack, alice, session):
+    """The hot route bypasses Django's middleware, so it counts itself in the same series
+    (sessions/http_metrics.py): one command each way adds the same to each."""
+    path = f"/api/v1/sessions/{session['id']}/commands/"
+    route = {"view": "command-list", "method": "POST"}
+    counted = [("django_http_requests_total_by_view_transport_method_total", {**route, "transport": "http"}),
+               ("django_http_responses_total_by_status_view_method_total", {**route, "status": "201"}),
+               ("django_http_requests_latency_seconds_by_view_method_count", route)]
+    before = scrape(stack.url)
+    assert post(alice, path, b'{"command": "true", "wait": 10}', HOT).status_code == 201
+    after_hot = scrape(stack.url)
+    assert post(alice, path, b'{"command": "true", "wait": 10}', VIA_DJANGO).status_code == 201
+    after_django = scrape(stack.url)
+    for name, labels in counted:
+        hot = value(after_hot, name, **labels) - value(before, name, **labels)
+        via_django = value(after_django, name, **labels) - value(after_hot, name, **labels)
+        assert hot == via_django == 1, (name, hot, via_django)
+    # An error answered by the hot route is counted with its status.
+    assert post(alice, f"/api/v1/sessions/{uuid.uuid4()}/commands/", b'{"command": "true"}', HOT).status_code == 404
+    after_404 = scrape(stack.url)
+    assert value(after_404, "django_http_responses_total_by_status_total", status="404") \
+        == value(after_django, "django_http_responses_total_by_status_total", status="404") + 1

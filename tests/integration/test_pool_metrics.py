@@ -6,9 +6,9 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import Api
+from tests.prom import scrape, value
 
 pytestmark = pytest.mark.integration
 
@@ -16,20 +16,6 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def ops(stack) -> Api:
     return Api(stack.url, stack.token("ops", staff=True))
-
-
-def scrape(url: str, **kw) -> dict[str, list]:
-    r = httpx.get(url + "/metrics", timeout=30, **kw)
-    assert r.status_code == 200, r.text
-    out: dict[str, list] = {}
-    for fam in text_string_to_metric_families(r.text):
-        for s in fam.samples:
-            out.setdefault(s.name, []).append((s.labels, s.value))
-    return out
-
-
-def value(series: dict, name: str, **labels) -> float:
-    return sum(v for lab, v in series.get(name, []) if all(lab.get(k) == x for k, x in labels.items()))
 
 
 def wait_for(predicate, timeout: float = 30, what: str = "condition"):
