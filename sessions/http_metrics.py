@@ -25,18 +25,30 @@ def _view_name() -> str:
 
 def record_command_route(*, transport: str, status: int, request_bytes: int, response_bytes: int,
                          seconds: float) -> None:
-    m, view, code = Metrics.get_instance(), _view_name(), str(status)
-    # PrometheusBeforeMiddleware
-    m.requests_total.inc()
-    m.responses_total.inc()
-    m.requests_latency_before.observe(seconds)
-    # PrometheusAfterMiddleware
-    m.requests_by_method.labels(method=METHOD).inc()
-    m.requests_by_transport.labels(transport=transport).inc()
-    m.requests_body_bytes.observe(request_bytes)
-    m.requests_by_view_transport_method.labels(view=view, transport=transport, method=METHOD).inc()
-    m.responses_by_status.labels(status=code).inc()
-    m.responses_by_status_view_method.labels(status=code, view=view, method=METHOD).inc()
-    m.responses_by_charset.labels(charset="utf-8").inc()
-    m.responses_body_bytes.observe(response_bytes)
-    m.requests_latency_by_view_method.labels(view=view, method=METHOD).observe(seconds)
+    counters, request_size, response_size, latencies = _series(transport, str(status))
+    for counter in counters:
+        counter.inc()
+    request_size.observe(request_bytes)
+    response_size.observe(response_bytes)
+    for histogram in latencies:
+        histogram.observe(seconds)
+
+
+@functools.cache
+def _series(transport: str, status: str) -> tuple:
+    """The series one answer adds to, labelled once per (transport, status): a label lookup is
+    most of the cost, on every command."""
+    m, view = Metrics.get_instance(), _view_name()
+    counters = (
+        # PrometheusBeforeMiddleware
+        m.requests_total, m.responses_total,
+        # PrometheusAfterMiddleware
+        m.requests_by_method.labels(method=METHOD),
+        m.requests_by_transport.labels(transport=transport),
+        m.requests_by_view_transport_method.labels(view=view, transport=transport, method=METHOD),
+        m.responses_by_status.labels(status=status),
+        m.responses_by_status_view_method.labels(status=status, view=view, method=METHOD),
+        m.responses_by_charset.labels(charset="utf-8"),
+    )
+    latencies = (m.requests_latency_before, m.requests_latency_by_view_method.labels(view=view, method=METHOD))
+    return counters, m.requests_body_bytes, m.responses_body_bytes, latencies
