@@ -11,9 +11,9 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import ARTIFACTS, Api
+from tests.prom import scrape, value
 from vterm_project.devstack import Stack, StackConfig, free_port
 
 pytestmark = pytest.mark.integration
@@ -58,12 +58,9 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def desired_from_metrics(url: str) -> float:
-    r = httpx.get(url + "/metrics", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=30)
-    assert r.status_code == 200
-    for fam in text_string_to_metric_families(r.text):
-        if fam.name == "vterm_pool_desired_backends":
-            return fam.samples[0].value
-    raise AssertionError("no vterm_pool_desired_backends")
+    series = scrape(url, headers={"Authorization": f"Bearer {TOKEN}"})
+    assert "vterm_pool_desired_backends" in series, "no vterm_pool_desired_backends"
+    return value(series, "vterm_pool_desired_backends")
 
 
 def test_metrics_need_the_token_outside_the_allowed_networks(scaling_stack):

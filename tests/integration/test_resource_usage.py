@@ -7,8 +7,8 @@ import time
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
+from tests.prom import scrape, value
 from vterm.client import Client
 
 pytestmark = pytest.mark.integration
@@ -46,13 +46,10 @@ def test_a_sessions_process_tree_is_measured(stack, alice):
             assert small["cpu_percent"] < usage["cpu_percent"]
 
             # The same figures on /metrics, per session.
-            r = httpx.get(stack.url + "/metrics", timeout=30)
-            assert r.status_code == 200
-            series = {(s.name, s.labels.get("session")): s.value
-                      for fam in text_string_to_metric_families(r.text) for s in fam.samples}
-            assert series[("vterm_session_memory_bytes", hog.id)] > HOG_MB << 20
-            assert series[("vterm_session_processes", hog.id)] >= 3
-            assert ("vterm_session_pss_bytes", quiet.id) in series
+            series = scrape(stack.url)
+            assert value(series, "vterm_session_memory_bytes", session=hog.id) > HOG_MB << 20
+            assert value(series, "vterm_session_processes", session=hog.id) >= 3
+            assert any(labels.get("session") == quiet.id for labels, _ in series["vterm_session_pss_bytes"])
 
             # Admin lists them, and sorts by memory: the hog first when sorted descending.
             code = ("from django.contrib.auth import get_user_model; U=get_user_model(); "
