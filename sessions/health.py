@@ -15,19 +15,22 @@ async def healthz(request):
     return JsonResponse({"status": "ok"})
 
 
-def _database_and_backends() -> int:
+def _database_and_backends() -> dict[str, str]:
+    """Each healthy backend and how it isolates its shells."""
     with connection.cursor() as cur:
         cur.execute("SELECT 1")
-    return Backend.objects.filter(status=Backend.Status.HEALTHY, last_heartbeat__gte=backends_alive_cutoff()).count()
+    return dict(Backend.objects.filter(status=Backend.Status.HEALTHY, last_heartbeat__gte=backends_alive_cutoff())
+                .values_list("id", "sandbox"))
 
 
 async def readyz(request):
     checks, failed = {}, []
     try:
-        healthy = await sync_to_async(_database_and_backends)()
+        sandboxes = await sync_to_async(_database_and_backends)()
         checks["database"] = "ok"
-        checks["backends"] = healthy
-        if healthy == 0:
+        checks["backends"] = len(sandboxes)
+        checks["sandbox"] = sandboxes
+        if not sandboxes:
             failed.append("backends: no healthy backend")
     except Exception as exc:  # report, don't crash: this is what the probe is for
         checks["database"] = f"error: {exc.__class__.__name__}"

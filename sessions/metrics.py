@@ -39,6 +39,7 @@ SESSION_CREATE = "vterm_session_create_seconds"
 COMMANDS = "vterm_commands_total"
 OUTPUT_BYTES = "vterm_output_bytes_total"
 SESSION_DROPS = "vterm_session_drops_total"
+SANDBOX_LIMIT_EVENTS = "vterm_sandbox_limit_events_total"
 
 _HISTOGRAMS = {
     COMMAND_LATENCY: (COMMAND_LATENCY_BUCKETS, [],
@@ -49,6 +50,8 @@ _COUNTERS = {
     COMMANDS: (["status"], "Commands that ended, by final status."),
     OUTPUT_BYTES: (["backend"], "Terminal output bytes read from shells, by backend."),
     SESSION_DROPS: (["backend"], "Sessions dropped: lost with their backend or by an error."),
+    SANDBOX_LIMIT_EVENTS: (["kind", "backend"], "Sandbox limits hit: a process killed at the memory limit "
+                           + "(kind=memory), a fork refused at the process limit (kind=processes)."),
 }
 
 # Per process: every Daphne is its own scrape target.

@@ -20,12 +20,31 @@ class Backend(models.Model):
     last_heartbeat = models.DateTimeField(null=True, blank=True)
     started_at = models.DateTimeField(null=True, blank=True)
     registered_at = models.DateTimeField(auto_now_add=True)
+    # How its shells are isolated ("off", or e.g. "bubblewrap, cgroup v1, network host").
+    sandbox = models.CharField(max_length=100, blank=True)
 
     class Meta:
         ordering = ["id"]
 
     def __str__(self) -> str:
         return self.id
+
+
+class ShellAccount(models.Model):
+    """A vterm user's OS identity for their shells (allocated once, never reused by another user)
+    and, when staff set them, their per-session limits instead of the defaults (docs/security.md)."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE,
+                                related_name="shell_account")
+    uid = models.PositiveIntegerField(unique=True, editable=False)
+    max_processes = models.PositiveIntegerField(null=True, blank=True, help_text="empty: VTERM_SANDBOX_PROCESSES")
+    memory_mb = models.PositiveIntegerField(null=True, blank=True, help_text="empty: VTERM_SANDBOX_MEMORY_MB")
+    cpu_weight = models.PositiveIntegerField(null=True, blank=True,
+                                             help_text="1-10000, 100 an equal share; empty: VTERM_SANDBOX_CPU_WEIGHT")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    def __str__(self) -> str:
+        return f"{self.user} (uid {self.uid})"
 
 
 class TerminalSession(models.Model):
@@ -60,8 +79,11 @@ class TerminalSession(models.Model):
     last_activity = models.DateTimeField(auto_now_add=True)
     terminated_at = models.DateTimeField(null=True, blank=True)
     command_count = models.PositiveIntegerField(default=0)
-    # Sampled by the backend: {"memory_bytes", "cpu_percent", "processes", "sampled_at"}.
+    # Sampled by the backend: {"memory_bytes", "cpu_percent", "processes", "sampled_at"}, and from
+    # its sandbox: {"oom_kills", "process_limit_hits"}.
     resource_usage = models.JSONField(default=dict, blank=True)
+    # The sandbox limits it was created with: {"processes", "memory_mb", "cpu_weight"}.
+    limits = models.JSONField(default=dict, blank=True)
 
     class Meta:
         ordering = ["-created_at"]

@@ -44,6 +44,7 @@ class BackendInfo:
     memory_ratio: float | None = None
     cpu_ratio: float | None = None
     processes: float | None = None
+    sandbox: str = ""  # how its shells are isolated: "off" or the sandbox's description
 
     @property
     def active(self) -> bool:
@@ -125,7 +126,7 @@ def pool_state() -> PoolState:
             last_heartbeat=b.last_heartbeat.isoformat() if b.last_heartbeat else None,
             heartbeat_age=round(age, 3) if age is not None else None,
             memory_bytes=_float(raw, b"memory_bytes"), memory_ratio=_float(raw, b"memory_ratio"),
-            cpu_ratio=_float(raw, b"cpu_ratio"), processes=_float(raw, b"processes"),
+            cpu_ratio=_float(raw, b"cpu_ratio"), processes=_float(raw, b"processes"), sandbox=b.sandbox,
         ))
     by_sb = {
         (r["status"], r["backend_id"] or ""): r["n"]
@@ -204,7 +205,8 @@ def backend_as_dict(b: BackendInfo) -> dict:
     """GET /api/v1/backends/ (API.md), with heartbeat age and resource figures added."""
     d = asdict(b)
     return {k: d[k] for k in ("id", "hostname", "queue", "status", "capacity", "sessions", "last_heartbeat",
-                              "heartbeat_age", "memory_bytes", "memory_ratio", "cpu_ratio", "processes")}
+                              "heartbeat_age", "memory_bytes", "memory_ratio", "cpu_ratio", "processes",
+                              "sandbox")}
 
 
 def backend_retire(backend_id: str) -> bool:

@@ -24,6 +24,9 @@ _SERIES = (
      "Proportional memory (PSS) of a session's process tree: sums over sessions to what they cost."),
     ("cpu_percent", "vterm_session_cpu_percent", "CPU of a session's process tree, percent of one core."),
     ("processes", "vterm_session_processes", "Processes in a session's tree (the shell included)."),
+    ("oom_kills", "vterm_session_oom_kills", "Processes of a session killed at its sandbox's memory limit."),
+    ("process_limit_hits", "vterm_session_process_limit_hits",
+     "Forks of a session refused at its sandbox's process limit."),
 )
 
 

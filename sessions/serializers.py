@@ -48,8 +48,23 @@ class SessionSerializer(serializers.ModelSerializer):
     class Meta:
         model = TerminalSession
         fields = ["id", "name", "owner", "status", "status_reason", "backend", "cwd", "env", "cols", "rows",
-                  "created_at", "last_activity", "command_count", "resource_usage"]
+                  "created_at", "last_activity", "command_count", "resource_usage", "limits"]
         read_only_fields = fields
+
+
+class SessionLimitsSerializer(serializers.Serializer):
+    """Lower sandbox limits for one session (each at most the user's own: docs/security.md)."""
+
+    processes = serializers.IntegerField(min_value=16, required=False)
+    memory_mb = serializers.IntegerField(min_value=32, required=False)
+    cpu_weight = serializers.IntegerField(min_value=1, max_value=10000, required=False)
+
+    def to_internal_value(self, data):
+        if isinstance(data, dict):
+            unknown = sorted(set(data) - set(self.fields))
+            if unknown:
+                raise serializers.ValidationError({k: ["Unknown limit."] for k in unknown})
+        return super().to_internal_value(data)
 
 
 class SessionCreateSerializer(serializers.Serializer):
@@ -60,6 +75,7 @@ class SessionCreateSerializer(serializers.Serializer):
                                 required=False, default=dict)
     cols = serializers.IntegerField(min_value=COLS_RANGE[0], max_value=COLS_RANGE[1], required=False, default=120)
     rows = serializers.IntegerField(min_value=ROWS_RANGE[0], max_value=ROWS_RANGE[1], required=False, default=40)
+    limits = SessionLimitsSerializer(required=False, default=dict)
 
     def validate_name(self, value: str) -> str:
         if any(ord(c) < 32 or ord(c) == 127 for c in value):

@@ -35,6 +35,7 @@ from .models import Backend, Command, SessionEvent, TerminalSession
 from .ratelimit import ratelimit_check, session_quota_check
 from .redis_state import async_client, blpop, command_done_key, heartbeat_key, output_stream_key, sync_client
 from .replies import call_backend, push_to_backend, send_to_backend
+from .sandbox import session_limits_resolve
 from .serializers import CommandSerializer
 
 log = logging.getLogger(__name__)
@@ -46,12 +47,13 @@ ACTIVITY_RESOLUTION = timedelta(seconds=10)  # last_activity is kept to within t
 # -- backends -------------------------------------------------------------------------
 
 
-def backend_register(*, backend_id: str, hostname: str, capacity: int) -> Backend:
+def backend_register(*, backend_id: str, hostname: str, capacity: int, sandbox: str = "") -> Backend:
     now = timezone.now()
     backend, _ = Backend.objects.update_or_create(
         id=backend_id,
         defaults={"hostname": hostname, "queue": backend_queue(backend_id), "capacity": capacity,
-                  "status": Backend.Status.HEALTHY, "started_at": now, "last_heartbeat": now},
+                  "status": Backend.Status.HEALTHY, "started_at": now, "last_heartbeat": now,
+                  "sandbox": sandbox},
     )
     backend_heartbeat(backend_id=backend_id)
     return backend
@@ -112,7 +114,9 @@ def _output_expire(session_id) -> None:
         sync_client().expire(output_stream_key(str(session_id)), retention)
 
 
-def _session_place(*, owner, name: str, cwd: str, env: dict, cols: int, rows: int) -> TerminalSession:
+def _session_place(*, owner, name: str, cwd: str, env: dict, cols: int, rows: int,
+                   limits: dict | None = None) -> TerminalSession:
+    limits = session_limits_resolve(owner, limits)
     backend = backend_pick_least_loaded()
     if backend is None:
         raise ServiceUnavailable("No healthy backend has room for a new session.")
@@ -121,7 +125,7 @@ def _session_place(*, owner, name: str, cwd: str, env: dict, cols: int, rows: in
         get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
         session_quota_check(owner)
         session = TerminalSession.objects.create(owner=owner, name=name, backend=backend, epoch=1,
-                                                 cwd=cwd, env=env, cols=cols, rows=rows)
+                                                 cwd=cwd, env=env, cols=cols, rows=rows, limits=limits)
         SessionEvent.objects.create(session=session, status=session.status, reason="created",
                                     backend=backend.id)
     return session
@@ -133,11 +137,12 @@ def _session_start_failed(session: TerminalSession) -> None:
 
 
 async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | None = None,
-                         cols: int = 120, rows: int = 40) -> TerminalSession:
-    """Place a session on the least-loaded backend and wait (bounded) for its shell."""
+                         cols: int = 120, rows: int = 40, limits: dict | None = None) -> TerminalSession:
+    """Place a session on the least-loaded backend and wait (bounded) for its shell. ``limits``:
+    sandbox limits lowered for this session (sessions/sandbox.py)."""
     began = time.monotonic()
     session = await sync_to_async(_session_place)(owner=owner, name=name, cwd=cwd, env=env or {},
-                                                  cols=cols, rows=rows)
+                                                  cols=cols, rows=rows, limits=limits)
     try:
         reply = await call_backend(
             session.backend.queue, T + "session_start", str(session.pk), session.epoch, cwd, env or {}, cols, rows,

@@ -278,6 +278,28 @@ VTERM = {
     "WS_WINDOW_HIGH": env_int("VTERM_WS_WINDOW_HIGH", 512 * 1024),
     "WS_WINDOW_LOW": env_int("VTERM_WS_WINDOW_LOW", 128 * 1024),
     "WS_SKIP_AFTER": env_int("VTERM_WS_SKIP_AFTER", 8 * 1024 * 1024),
+    # Sandboxes (workers/sandbox/, docs/security.md): each user's shells run as a uid of their own
+    # (allocated once from UID_MIN..UID_MAX), each session in its own namespaces and cgroup.
+    # "on" (default): a backend that cannot sandbox refuses to start; "off": shells run as the service.
+    "SANDBOX": os.environ.get("VTERM_SANDBOX", "on"),
+    "SANDBOX_NETWORK": os.environ.get("VTERM_SANDBOX_NETWORK", "host"),  # host | none
+    "SANDBOX_UID_MIN": env_int("VTERM_SANDBOX_UID_MIN", 200000),
+    "SANDBOX_UID_MAX": env_int("VTERM_SANDBOX_UID_MAX", 299999),
+    # Users' homes (their workspaces, kept across sessions, restarts and moves): <dir>/<uid>.
+    "SANDBOX_HOMES": os.environ.get("VTERM_SANDBOX_HOMES", str(DATA_DIR / "homes")),
+    # The cgroup under which each backend keeps its sessions' groups; empty: the worker's own.
+    "SANDBOX_CGROUP_PARENT": os.environ.get("VTERM_SANDBOX_CGROUP_PARENT", ""),
+    # Per-session limits: defaults for every user (staff change them per user in the admin; a client
+    # may lower them for one session at creation).
+    "SANDBOX_PROCESSES": env_int("VTERM_SANDBOX_PROCESSES", 512),
+    "SANDBOX_MEMORY_MB": env_int("VTERM_SANDBOX_MEMORY_MB", 2048),
+    "SANDBOX_CPU_WEIGHT": env_int("VTERM_SANDBOX_CPU_WEIGHT", 100),  # 100: an equal share of the CPU
 }
 if VTERM["HOT_CALLS"] not in ("redis", "celery"):
     raise ValueError(f"VTERM_HOT_CALLS must be 'redis' or 'celery', not {VTERM['HOT_CALLS']!r}")
+if VTERM["SANDBOX"] not in ("on", "off"):
+    raise ValueError(f"VTERM_SANDBOX must be 'on' or 'off', not {VTERM['SANDBOX']!r}")
+if VTERM["SANDBOX_NETWORK"] not in ("host", "none"):
+    raise ValueError(f"VTERM_SANDBOX_NETWORK must be 'host' or 'none', not {VTERM['SANDBOX_NETWORK']!r}")
+if not 0 < VTERM["SANDBOX_UID_MIN"] <= VTERM["SANDBOX_UID_MAX"]:
+    raise ValueError("VTERM_SANDBOX_UID_MIN..VTERM_SANDBOX_UID_MAX must be a range of uids above 0")

@@ -27,6 +27,7 @@ from typing import Callable
 from django.conf import settings
 from django.db import close_old_connections
 
+from sessions import sandbox as sandbox_services
 from sessions import services
 from sessions.broadcast import install_submitter, session_broadcast, viewers_key
 from sessions.metrics import record_output_bytes
@@ -40,6 +41,7 @@ from .keyed_locks import KeyedLocks
 from .output_frames import StreamBudget, frame_pieces
 from .resource_usage import ResourceUsageThread
 from .routing import local_backend_id
+from .sandbox import NoSandbox, Sandbox, SandboxSpec
 from .tmux.driver import CommandResult, TmuxDriver
 from .tmux.shell import clean_output
 
@@ -103,13 +105,27 @@ class BackendRuntime:
 
     def make_driver(self) -> TmuxDriver:
         data_dir = os.path.join(str(settings.DATA_DIR), "tmux", self.backend_id)
+        sandbox = None
+        if settings.VTERM["SANDBOX"] == "on":
+            sandbox = Sandbox(backend_id=self.backend_id, state_dir=os.path.join(data_dir, "sandbox"),
+                              rc_host=os.path.join(data_dir, "vterm.bashrc"),
+                              network=settings.VTERM["SANDBOX_NETWORK"],
+                              cgroup_parent=settings.VTERM["SANDBOX_CGROUP_PARENT"])
         return TmuxDriver(
             os.path.join(data_dir, "tmux.sock"),
             listener=self,
             shell_env=shell_base_env(),
             output_limit=settings.VTERM["OUTPUT_LIMIT"],
             source_user_bashrc=settings.VTERM["SOURCE_USER_BASHRC"],
+            sandbox=sandbox,
         )
+
+    def sandbox_spec(self, session_id: str) -> SandboxSpec | None:
+        """Who the session's shell runs as, within what limits (None: shells are not sandboxed)."""
+        if isinstance(self.driver.sandbox, NoSandbox):
+            return None
+        close_old_connections()
+        return SandboxSpec(**sandbox_services.session_sandbox_spec(session_id))
 
     def start(self) -> None:
         for target, name in ((self._loop.run_forever, "vterm-loop"), (self._write_loop, "vterm-writer"),
@@ -118,20 +134,22 @@ class BackendRuntime:
             t.start()
             self._threads.append(t)
         install_submitter(lambda coro: asyncio.run_coroutine_threadsafe(coro, self._loop))
+        # A host that cannot sandbox refuses to start, saying what it lacks (never silently off).
+        self.driver.sandbox.check()
         usage = ResourceUsageThread(backend_id=self.backend_id, shell_pids=self.driver.shell_pids,
-                                    write=self._writes.put, stop=self._stop)
+                                    sandbox=self.driver.sandbox, write=self._writes.put, stop=self._stop)
         usage.start()
         self._threads.append(usage)
         adopted = self.driver.start()
         services.backend_register(backend_id=self.backend_id, hostname=socket.gethostname(),
-                                  capacity=settings.VTERM["BACKEND_CAPACITY"])
+                                  capacity=settings.VTERM["BACKEND_CAPACITY"], sandbox=self.driver.sandbox.mode)
         # Adopted shells are matched with the database before any task runs (sessions/failover.py).
         failover_runtime.reconcile(self, restarted=True, adopted=adopted)
         for t in (InboxThread(self, self._stop), self.env_tracker):
             t.start()
             self._threads.append(t)
-        log.info("backend %s up: tmux %s, %d shell(s) adopted", self.backend_id, self.driver.socket_path,
-                 len(adopted))
+        log.info("backend %s up: tmux %s, %d shell(s) adopted, sandbox: %s", self.backend_id,
+                 self.driver.socket_path, len(adopted), self.driver.sandbox.mode)
 
     def stop(self) -> None:
         self.stopping = True
@@ -164,8 +182,8 @@ class BackendRuntime:
             return self._session_create(session_id, epoch, cwd, env, cols, rows)
 
     def _session_create(self, session_id: str, epoch: int, cwd: str, env: dict, cols: int, rows: int) -> dict:
-        cwd = cwd or os.environ.get("HOME", "/")
-        info = self.driver.create_shell(session_id, cwd=cwd, env=env, cols=cols, rows=rows, epoch=epoch)
+        info = self.driver.create_shell(session_id, cwd=cwd, env=env, cols=cols, rows=rows, epoch=epoch,
+                                        sandbox=self.sandbox_spec(session_id))
         self.ledger.epochs[session_id] = epoch
         self.forget_output_seq(session_id)
         close_old_connections()

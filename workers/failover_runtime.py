@@ -8,7 +8,6 @@ epoch; this module makes tmux match it.
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import threading
 import time
@@ -146,10 +145,6 @@ def session_resume(rt: BackendRuntime, session_id: str, epoch: int, cwd: str, en
                    rows: int) -> dict:
     """Rebuild a moved session's shell here, then run its queued commands in order."""
     note = ""
-    home = os.environ.get("HOME", "/")
-    if not cwd or not os.path.isdir(cwd):
-        note = f"{cwd or 'its directory'} does not exist here; started in {home}"
-        cwd = home
     if session_id in rt.driver.shell_names():
         stop_shell(rt, session_id, "replaced by a newer placement")
     try:
@@ -159,8 +154,17 @@ def session_resume(rt: BackendRuntime, session_id: str, epoch: int, cwd: str, en
         log.warning("could not read the history of %s", session_id, exc_info=True)
         history = []
     try:
-        info = rt.driver.create_shell(session_id, cwd=cwd, env=env, cols=cols, rows=rows, epoch=epoch,
-                                      history=history)
+        spec = rt.sandbox_spec(session_id)
+        try:
+            info = rt.driver.create_shell(session_id, cwd=cwd, env=env, cols=cols, rows=rows, epoch=epoch,
+                                          history=history, sandbox=spec)
+        except ShellError as exc:
+            if not str(exc).startswith("cwd:"):
+                raise
+            # Its directory is not here (another machine's disk): the user's home instead.
+            info = rt.driver.create_shell(session_id, cwd="", env=env, cols=cols, rows=rows, epoch=epoch,
+                                          history=history, sandbox=spec)
+            note = f"{cwd or 'its directory'} does not exist here; started in {info.cwd}"
     except ShellError as exc:
         failover.session_resume_failed(session_id=session_id, epoch=epoch, backend_id=rt.backend_id, error=str(exc))
         return {"ok": False, "error": str(exc)}

@@ -1,10 +1,13 @@
-"""Per-session resource usage: each shell's process tree, sampled with psutil.
+"""Per-session resource usage: read from each session's own cgroup when shells are sandboxed,
+else from each shell's process tree (psutil).
 
 Every few seconds (VTERM_RESOURCE_SAMPLE_INTERVAL) the sampler reads, for every shell
-of this backend, the shell and all its descendants: resident memory (RSS), proportional
-memory (PSS: shared pages split between the processes sharing them, so the figures of
-all sessions add up to what they really cost), CPU percent (100 = one core, summed over
-the tree) and the number of processes. One batch per round goes to the database
+of this backend: memory (the cgroup's working set; without a sandbox the tree's RSS),
+proportional memory (PSS: shared pages split between the processes sharing them, so the
+figures of all sessions add up to what they really cost), CPU percent (100 = one core) and
+the number of processes; sandboxed, also the times the memory limit killed a process
+(``oom_kills``) and a fork hit the process limit (``process_limit_hits``), whose increases
+are counted in /metrics. One batch per round goes to the database
 (TerminalSession.resource_usage) through the backend's writer thread.
 """
 
@@ -12,15 +15,17 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
 import psutil
 from django.conf import settings
 
-from sessions import services
+from sessions import metrics, services
 
 from .proctree import children_map, tree_pids
+from .sandbox import NoSandbox, Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +87,57 @@ class ProcessTreeSampler:
         return out
 
 
+class CgroupSampler:
+    """Each session's figures from its sandbox's cgroup; PSS summed over the cgroup's processes."""
+
+    def __init__(self, sandbox: Sandbox, backend_id: str) -> None:
+        self.sandbox = sandbox
+        self.backend_id = backend_id
+        self._last: dict[str, tuple[float, float, int, int]] = {}  # cpu s, at, oom kills, fork refusals
+
+    def sample(self, names: list[str]) -> dict[str, dict]:
+        at = time.monotonic()
+        now = datetime.now(UTC).isoformat()
+        out, last = {}, {}
+        for name in names:
+            usage = self.sandbox.usage(name)
+            if usage is None:
+                continue
+            prev = self._last.get(name)
+            cpu = 0.0
+            if prev is not None and at > prev[1]:
+                cpu = max(0.0, (usage.cpu_seconds - prev[0]) / (at - prev[1]) * 100)
+            for kind, n, before in (("memory", usage.oom_kills, prev[2] if prev else 0),
+                                    ("processes", usage.process_limit_hits, prev[3] if prev else 0)):
+                if n > before:
+                    metrics.count(metrics.SANDBOX_LIMIT_EVENTS, [kind, self.backend_id], n - before)
+            last[name] = (usage.cpu_seconds, at, usage.oom_kills, usage.process_limit_hits)
+            out[name] = {"memory_bytes": usage.memory_bytes, "pss_bytes": _pss(self.sandbox.pids(name)),
+                         "cpu_percent": round(cpu, 1), "processes": usage.processes,
+                         "oom_kills": usage.oom_kills, "process_limit_hits": usage.process_limit_hits,
+                         "sampled_at": now}
+        self._last = last
+        return out
+
+
+def _pss(pids: list[int]) -> int | None:
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_full_info().pss
+        except psutil.AccessDenied:
+            return None
+        except psutil.Error:
+            continue  # gone meanwhile
+    return total
+
+
 class ResourceUsageThread(threading.Thread):
     """Samples the backend's shells and hands each round's figures to ``write`` (the writer thread)."""
 
     def __init__(self, *, backend_id: str, shell_pids: Callable[[], dict[str, int]],
                  write: Callable[[Callable[[], None]], None], stop: threading.Event,
-                 interval: float | None = None) -> None:
+                 sandbox: Sandbox | NoSandbox | None = None, interval: float | None = None) -> None:
         super().__init__(name="vterm-resource-usage", daemon=True)
         self.backend_id = backend_id
         self.shell_pids = shell_pids
@@ -95,11 +145,14 @@ class ResourceUsageThread(threading.Thread):
         self.stop_event = stop
         self.interval = interval or settings.VTERM["RESOURCE_SAMPLE_INTERVAL"]
         self.sampler = ProcessTreeSampler()
+        # Sandboxed: the session's own accounting (every process it made, however detached).
+        self.cgroups = CgroupSampler(sandbox, backend_id) if isinstance(sandbox, Sandbox) else None
 
     def run(self) -> None:
         while not self.stop_event.wait(self.interval):
             try:
-                usage = self.sampler.sample(self.shell_pids())
+                pids = self.shell_pids()
+                usage = self.cgroups.sample(list(pids)) if self.cgroups else self.sampler.sample(pids)
             except Exception:
                 log.warning("resource usage sampling failed", exc_info=True)
                 continue

@@ -18,6 +18,7 @@ import logging
 import os
 import secrets
 import shlex
+import shutil
 import struct
 import subprocess
 import termios
@@ -27,6 +28,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..sandbox import Box, NoSandbox, Sandbox, SandboxSpec, SandboxUnavailable
 from .control import ControlClient, ControlClosed, TmuxCommandError
 from .protocol import quote, quote_format, valid_key
 from .shell import BASHRC, HISTORY_ENV, NONCE_ENV, Mark, MarkParser
@@ -140,6 +142,8 @@ class _Shell:
     epoch: int = 0
     last_command: str = ""
     muted: bool = False  # a hidden command was typed: its echo and prompt are not forwarded
+    box: Box | None = None
+    oom_kills: int = 0  # the sandbox's out-of-memory kills already told of
 
 
 class TmuxDriver:
@@ -151,6 +155,7 @@ class TmuxDriver:
         shell_env: dict[str, str],
         output_limit: int = 1 << 20,
         source_user_bashrc: bool = True,
+        sandbox: Sandbox | None = None,
     ) -> None:
         self.socket_path = socket_path
         self.listener = listener
@@ -160,6 +165,9 @@ class TmuxDriver:
         self._dir = os.path.dirname(socket_path)
         self._rc_path = os.path.join(self._dir, "vterm.bashrc")
         self._conf_path = os.path.join(self._dir, "tmux.conf")
+        # Where shells run: their own sandbox each, or (None) as the service itself.
+        self.sandbox = sandbox or NoSandbox(self._dir, self._rc_path)
+        self._bash = shutil.which("bash", path=self.shell_env.get("PATH")) or "/bin/bash"
         self._lock = threading.RLock()
         self._shells: dict[str, _Shell] = {}
         self._by_pane: dict[str, _Shell] = {}
@@ -178,7 +186,7 @@ class TmuxDriver:
         _write_if_changed(self._rc_path, BASHRC)
         _write_if_changed(self._conf_path, TMUX_CONF)
         # Hand-over files a previous worker left (it died between writing and removing one).
-        for left in glob.glob(os.path.join(self._dir, "env-*")) + glob.glob(os.path.join(self._dir, "hist-*")):
+        for left in glob.glob(os.path.join(self._dir, "x-*")):
             _unlink(left)
         if not self._tmux_ok("has-session", "-t", TMUX_SESSION):
             subprocess.run(
@@ -191,6 +199,10 @@ class TmuxDriver:
             env=self._server_env(), on_output=self._on_output, on_event=self._on_event,
         )
         adopted = self._adopt()
+        # What a shell gone meanwhile started (daemons, double forks) ends with its sandbox.
+        for name in self.sandbox.names():
+            if name not in self._shells:
+                self.sandbox.release(name)
         self._ticker = threading.Thread(target=self._tick_loop, name="tmux-ticker", daemon=True)
         self._ticker.start()
         return adopted
@@ -225,46 +237,67 @@ class TmuxDriver:
     # -- shells ---------------------------------------------------------------
 
     def create_shell(self, name: str, *, cwd: str, env: dict[str, str], cols: int, rows: int,
-                     timeout: float = 10.0, epoch: int = 0, history: list[str] | None = None) -> ShellInfo:
-        """Start a shell. ``history``: commands (oldest first) the shell's history starts with,
-        for a session that moved here (Up-arrow finds them); nothing is printed for them."""
-        if not os.path.isdir(cwd):
-            raise ShellError(f"cwd: no such directory on the backend: {cwd}")
+                     timeout: float = 10.0, epoch: int = 0, history: list[str] | None = None,
+                     sandbox: SandboxSpec | None = None) -> ShellInfo:
+        """Start a shell (in its own sandbox, when the driver has one: ``sandbox`` says as whom and
+        within what limits). ``cwd`` empty: the user's home. ``history``: commands (oldest first)
+        the shell's history starts with, for a session that moved here (Up-arrow finds them);
+        nothing is printed for them."""
         with self._lock:
             if name in self._shells:
                 raise ShellError(f"shell {name} exists")
-        nonce = secrets.token_hex(16)
-        full_env = {**self.shell_env, **env, NONCE_ENV: nonce}
-        if self.source_user_bashrc:
-            full_env["VTERM_SOURCE_BASHRC"] = "1"
-        hist_path = None
-        if history:
-            # Read by the rc at the first prompt, so gone once the shell is ready.
-            hist_path = os.path.join(self._dir, f"hist-{secrets.token_hex(8)}")
-            try:
-                fd = os.open(hist_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-                with os.fdopen(fd, "wb") as f:
-                    f.write(b"".join(c.encode("utf-8", "replace") + b"\0" for c in history if "\0" not in c))
-                full_env[HISTORY_ENV] = hist_path
-            except OSError as exc:  # a nicety: the shell starts without it
-                log.warning("shell %s: could not write its history: %s", name, exc)
         try:
-            return self._create_shell(name, cwd=cwd, full_env=full_env, nonce=nonce, cols=cols, rows=rows,
-                                      timeout=timeout, epoch=epoch)
-        finally:
-            if hist_path:
-                _unlink(hist_path)
+            box = self.sandbox.prepare(name, sandbox)
+        except (OSError, SandboxUnavailable) as exc:
+            self.sandbox.release(name)
+            raise ShellError(f"the sandbox could not be made: {exc}") from exc
+        try:
+            cwd = cwd or box.home
+            if not box.has_dir(cwd):
+                where = "in the session's sandbox" if box.sandboxed else "on the backend"
+                raise ShellError(f"cwd: no such directory {where}: {cwd}")
+            nonce = secrets.token_hex(16)
+            full_env = {**self.shell_env, **box.env(), **env, NONCE_ENV: nonce}
+            if self.source_user_bashrc:
+                full_env["VTERM_SOURCE_BASHRC"] = "1"
+            hist_path = None
+            if history:
+                # Read by the rc at the first prompt, so gone once the shell is ready.
+                hist_path, inner = box.exchange_file()
+                try:
+                    fd = os.open(hist_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+                    with os.fdopen(fd, "wb") as f:
+                        if box.sandboxed:
+                            os.fchown(f.fileno(), box.spec.uid, box.spec.gid)
+                        f.write(b"".join(c.encode("utf-8", "replace") + b"\0" for c in history if "\0" not in c))
+                    full_env[HISTORY_ENV] = inner
+                except OSError as exc:  # a nicety: the shell starts without it
+                    log.warning("shell %s: could not write its history: %s", name, exc)
+            try:
+                return self._create_shell(name, box=box, cwd=cwd, full_env=full_env, nonce=nonce, cols=cols,
+                                          rows=rows, timeout=timeout, epoch=epoch)
+            finally:
+                if hist_path:
+                    _unlink(hist_path)
+        except BaseException:
+            with self._lock:
+                started = name in self._shells
+            if not started:
+                self.sandbox.release(name)
+            raise
 
-    def _create_shell(self, name: str, *, cwd: str, full_env: dict[str, str], nonce: str, cols: int, rows: int,
-                      timeout: float, epoch: int) -> ShellInfo:
+    def _create_shell(self, name: str, *, box: Box, cwd: str, full_env: dict[str, str], nonce: str, cols: int,
+                      rows: int, timeout: float, epoch: int) -> ShellInfo:
+        bash = "/bin/bash" if box.sandboxed else self._bash
+        argv = box.argv([bash, "--noprofile", "--rcfile", box.rc_path, "-i"], cwd)
         args = [f"new-window -d -P -F '#{{window_id}} #{{pane_id}} #{{pane_tty}}' -t {TMUX_SESSION}:",
-                "-n", quote_format(WINDOW_PREFIX + name), "-c", quote_format(cwd)]
+                "-n", quote_format(WINDOW_PREFIX + name), "-c", quote_format("/" if box.sandboxed else cwd)]
         for k, v in full_env.items():
             args += ["-e", quote(f"{k}={v}")]
-        args += [quote(a) for a in ("bash", "--noprofile", "--rcfile", self._rc_path, "-i")]
+        args += [quote(a) for a in argv]
         window_id, pane_id, tty = self._call(" ".join(args))[0].split()
         shell = _Shell(name=name, window_id=window_id, pane_id=pane_id, tty=tty,
-                       parser=MarkParser(nonce), cols=cols, rows=rows, cwd=cwd, epoch=int(epoch))
+                       parser=MarkParser(nonce), cols=cols, rows=rows, cwd=cwd, epoch=int(epoch), box=box)
         with self._lock:
             self._register(shell)
         self._call(f"set-option -w -t {window_id} @vterm_epoch {int(epoch)}")
@@ -285,6 +318,8 @@ class TmuxDriver:
         except TmuxCommandError:
             pass  # already gone
         self._shell_gone(shell, reason)
+        # And everything it started, however detached.
+        self.sandbox.release(name, shell.box.token if shell.box else None)
 
     def shell_info(self, name: str) -> ShellInfo:
         shell = self._get(name)
@@ -377,9 +412,9 @@ class TmuxDriver:
                 shell = self._shells.get(name)
                 if shell is None or shell.current is not None or shell.queue:
                     continue
-                path = os.path.join(self._dir, f"env-{secrets.token_hex(8)}")
+                path, inner = (shell.box or self.sandbox.find(name)).exchange_file()
                 # Leading space: HISTCONTROL=ignorespace keeps it out of the history at once.
-                cmd = _Command(id=f"env-{secrets.token_hex(8)}", text=f' __vterm_env "$?" {shlex.quote(path)}',
+                cmd = _Command(id=f"env-{secrets.token_hex(8)}", text=f' __vterm_env "$?" {shlex.quote(inner)}',
                                timeout=timeout, hidden=True, done=threading.Event())
                 shell.queue.append(cmd)
                 self._start_next(shell)
@@ -392,7 +427,8 @@ class TmuxDriver:
                     shell.queue.remove(cmd)  # never typed: the shell stayed busy
             try:
                 if cmd.done.is_set():
-                    with open(path, "rb") as f:
+                    # Written by the shell's user: a link planted there is not followed.
+                    with os.fdopen(os.open(path, os.O_RDONLY | os.O_NOFOLLOW), "rb") as f:
                         env, dropped = user_env(parse_declare_px(f.read()), self.shell_env)
                     if dropped:
                         log.info("shell %s: not carried (too large or not UTF-8): %s", name, ", ".join(dropped))
@@ -550,6 +586,9 @@ class TmuxDriver:
                 shell = self._by_window.get(args[0])
             if shell is not None:
                 self._shell_gone(shell, "the shell exited")
+                # Off the reader thread: what the shell left running is killed with its sandbox.
+                threading.Thread(target=self.sandbox.release, daemon=True, name="sandbox-release",
+                                 args=(shell.name, shell.box.token if shell.box else None)).start()
         elif name in ("%exit", "%closed"):
             if not self._stop.is_set():
                 self.listener.server_lost()
@@ -567,12 +606,22 @@ class TmuxDriver:
         duration = (now_mono - cmd.started_mono) * 1000 if cmd.started_mono else None
         if not reason and status in ("timed_out", "interrupted"):
             reason = f"timed out after {cmd.timeout:g} s" if status == "timed_out" else "interrupted"
+        if exit_code == 137 and shell.box is not None and shell.box.sandboxed:
+            reason = self._oom_reason(shell) or reason
         result = CommandResult(
             command_id=cmd.id, status=status, exit_code=exit_code, raw=bytes(cmd.raw),
             truncated=cmd.truncated, cwd=cwd, started_at=cmd.started_wall, finished_at=now,
             duration_ms=round(duration, 3) if duration is not None else None, reason=reason,
         )
         self.listener.command_finished(shell.name, result)
+
+    def _oom_reason(self, shell: _Shell) -> str:
+        """A command killed (137) by its sandbox's memory limit says so."""
+        usage = self.sandbox.usage(shell.name)
+        if usage is None or usage.oom_kills <= shell.oom_kills:
+            return ""
+        shell.oom_kills = usage.oom_kills
+        return f"killed: out of memory (limit {_size(shell.box.spec.memory_bytes)})"
 
     def _shell_gone(self, shell: _Shell, reason: str) -> None:
         with self._lock:
@@ -619,6 +668,7 @@ class TmuxDriver:
     def _kill_children(self, shell: _Shell) -> None:
         try:
             pid = int(self._call(f"display-message -p -t {shell.pane_id} '#{{pane_pid}}'")[0])
+            pid = _bash_below(pid)  # in a sandbox, bash runs under bwrap
             out = subprocess.run(["pkill", "-KILL", "-P", str(pid)], capture_output=True, timeout=5)
             log.info("killed children of shell %s (pkill rc %s)", shell.name, out.returncode)
         except Exception:
@@ -637,9 +687,21 @@ class TmuxDriver:
                 continue
             window_id, pane_id, tty, wname, nonce, epoch, last_cmd, current, path = parts
             cols, rows = size_of.get(window_id, (80, 24))
-            shell = _Shell(name=wname[len(WINDOW_PREFIX):], window_id=window_id, pane_id=pane_id, tty=tty,
+            name = wname[len(WINDOW_PREFIX):]
+            box = self.sandbox.find(name)
+            if box is not None:
+                path = box.inner_path(path)
+            elif not isinstance(self.sandbox, NoSandbox):
+                # Made before sandboxing was turned on: it runs as the service. Not adopted; the
+                # reconcile treats its session as one whose shell is gone.
+                log.warning("shell %s runs without a sandbox: ended", name)
+                self._tmux_ok("kill-window", "-t", window_id)
+                continue
+            usage = self.sandbox.usage(name)
+            shell = _Shell(name=name, window_id=window_id, pane_id=pane_id, tty=tty,
                            parser=MarkParser(nonce), cols=cols, rows=rows, cwd=path,
-                           epoch=int(epoch) if epoch.isdigit() else 0, last_command=last_cmd)
+                           epoch=int(epoch) if epoch.isdigit() else 0, last_command=last_cmd, box=box,
+                           oom_kills=usage.oom_kills if usage else 0)
             # A program in the foreground, or bash itself running a command (a loop of builtins):
             # readline keeps the terminal non-canonical only while it waits at the prompt.
             busy = current != "bash" or _tty_canonical(tty) is True
@@ -705,12 +767,35 @@ class TmuxDriver:
         return dict(self.shell_env)
 
 
+def _size(n: int) -> str:
+    for unit, size in (("GiB", 1 << 30), ("MiB", 1 << 20)):
+        if n >= size:
+            return f"{n / size:g} {unit}"
+    return f"{n} bytes"
+
+
 def _log_failure(command: str):
     def check(fut) -> None:
         exc = fut.exception()
         if exc is not None:
             log.warning("tmux command failed: %s: %s", command[:80], exc)
     return check
+
+
+def _bash_below(pid: int) -> int:
+    """The first bash at or below ``pid`` (the pane's process), else ``pid``."""
+    todo = [pid]
+    while todo:
+        p = todo.pop(0)
+        try:
+            with open(f"/proc/{p}/comm") as f:
+                if f.read().strip() == "bash":
+                    return p
+            with open(f"/proc/{p}/task/{p}/children") as f:
+                todo += [int(c) for c in f.read().split()]
+        except (OSError, ValueError):
+            continue
+    return pid
 
 
 def _unlink(path: str) -> None:

@@ -1,0 +1,332 @@
+"""A sandbox per session: bubblewrap's namespaces, the user's own uid, the session's cgroup.
+
+A shell starts as::
+
+    sh -c <join the cgroups> <cgroup dirs> -- bwrap <namespaces, mounts> -- setpriv <uid> -- bash ...
+
+- ``sh`` (as the backend, root) puts itself in the session's cgroups before anything else
+  runs, so every process the session ever makes is counted, limited and killed with it;
+- ``bwrap`` (Flatpak's sandbox, run as root) makes new PID, mount, IPC and UTS namespaces (and
+  a network one with network ``none``): the system read-only, the user's home read-write, a
+  private ``/tmp``, and nothing of the service (data directory, code, virtualenv, sockets);
+- ``setpriv`` drops to the user's own uid/gid with no capabilities and no new privileges.
+
+What the driver needs of a sandbox is the ``Box`` of each shell: the argv that launches it,
+where the rc file and the hand-over files are inside and outside, and the cwd mapping.
+``NoSandbox`` gives the same answers for shells run as the service (``VTERM_SANDBOX=off``).
+Framework-free, like the driver.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import secrets
+import shutil
+import threading
+from dataclasses import asdict, dataclass
+
+from .cgroups import CgroupError, Cgroups, Limits, Usage
+
+log = logging.getLogger(__name__)
+
+RUN_DIR = "/run/vterm"
+INNER_RC = f"{RUN_DIR}/bashrc"
+INNER_X = f"{RUN_DIR}/x"  # hand-over files (environment, history), writable by the shell's user
+# Read-only views of the system; a path that is a symlink on the host (merged /usr) stays one.
+SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
+JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; done; shift; exec "$@"'
+_SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
+
+
+class SandboxUnavailable(RuntimeError):
+    """This host cannot run sandboxed shells; the message says what is missing and what to set."""
+
+
+@dataclass
+class SandboxSpec:
+    """Who a session's shell runs as and within what limits (from the database, via the backend)."""
+
+    uid: int
+    gid: int
+    username: str
+    home: str  # the home directory on the host: the user's workspace, kept across sessions
+    processes: int
+    memory_bytes: int
+    cpu_weight: int
+
+
+def login_name(username: str, uid: int) -> str:
+    """The name the shell's user has inside (/etc/passwd, $USER): the vterm username when it
+    is a valid login name, else ``u<uid>``."""
+    name = username.lower()
+    return name if _SAFE_NAME.match(name) else f"u{uid}"
+
+
+class Box:
+    """One shell's sandbox as the driver sees it."""
+
+    def __init__(self, *, name: str, host_dir: str, rc_host: str, spec: SandboxSpec | None,
+                 cgroup_dirs: list[str], bwrap: list[str], token: str = "") -> None:
+        self.name = name
+        self.token = token  # this box, not a later one of the same name
+        self.host_dir = host_dir
+        self.rc_host = rc_host
+        self.spec = spec
+        self.cgroup_dirs = cgroup_dirs
+        self._bwrap = bwrap
+
+    # Paths the shell is told (inside) and the backend reads or writes (outside).
+    @property
+    def sandboxed(self) -> bool:
+        return self.spec is not None
+
+    @property
+    def rc_path(self) -> str:
+        return INNER_RC if self.sandboxed else self.rc_host
+
+    @property
+    def home(self) -> str:
+        return f"/home/{login_name(self.spec.username, self.spec.uid)}" if self.spec else os.environ.get("HOME", "/")
+
+    def env(self) -> dict[str, str]:
+        """Variables that say who the shell's user is."""
+        if not self.spec:
+            return {}
+        name = login_name(self.spec.username, self.spec.uid)
+        return {"HOME": self.home, "USER": name, "LOGNAME": name}
+
+    def exchange_file(self) -> tuple[str, str]:
+        """A fresh name for a hand-over file: (path outside, path inside)."""
+        token = secrets.token_hex(8)
+        if not self.sandboxed:
+            path = os.path.join(self.host_dir, f"x-{token}")
+            return path, path
+        return os.path.join(self.host_dir, "x", token), f"{INNER_X}/{token}"
+
+    def has_dir(self, inner: str) -> bool:
+        """Whether the shell would find this directory (a cwd asked for)."""
+        if not self.sandboxed:
+            return os.path.isdir(inner)
+        inner = os.path.normpath(inner)
+        home = self.home
+        if inner == home or inner.startswith(home + "/"):
+            return os.path.isdir(self.spec.home + inner[len(home):])
+        if inner in ("/", "/home", "/tmp", "/var/tmp", "/dev/shm"):
+            return True  # made empty for each shell: only the directory itself
+        return any(inner == d or inner.startswith(d + "/") for d in SYSTEM_DIRS) and os.path.isdir(inner)
+
+    def inner_path(self, host: str) -> str:
+        """The shell's view of a host path tmux reports (a pane's cwd)."""
+        if self.sandboxed and (host == self.spec.home or host.startswith(self.spec.home + "/")):
+            return self.home + host[len(self.spec.home):]
+        return host
+
+    def argv(self, inner: list[str], cwd: str) -> list[str]:
+        if not self.sandboxed:
+            return inner
+        s = self.spec
+        setpriv = ["/usr/bin/setpriv", f"--reuid={s.uid}", f"--regid={s.gid}", "--clear-groups",
+                   "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
+        return (["/bin/sh", "-c", JOIN_CGROUPS, "vterm-sandbox", *self.cgroup_dirs, "--"]
+                + self._bwrap + ["--chdir", cwd, "--", *setpriv, *inner])
+
+
+class NoSandbox:
+    """Shells run as the service's own user (VTERM_SANDBOX=off): what vterm did before."""
+
+    mode = "off"
+
+    def __init__(self, state_dir: str, rc_host: str) -> None:
+        self.state_dir = state_dir
+        self.rc_host = rc_host
+
+    def check(self) -> None:
+        pass
+
+    def prepare(self, name: str, spec: SandboxSpec | None) -> Box:
+        return self.find(name)
+
+    def _make(self, name: str, spec: SandboxSpec) -> None:
+        host_dir = os.path.join(self.state_dir, name)
+        os.makedirs(host_dir, mode=0o700)
+        with open(os.path.join(host_dir, "box.json"), "w") as f:
+            json.dump({**asdict(spec), "token": secrets.token_hex(8)}, f)
+        _ensure_home(spec)
+        x = os.path.join(host_dir, "x")
+        os.mkdir(x, 0o700)
+        os.chown(x, spec.uid, spec.gid)
+        _write_identity(host_dir, spec)
+        self.cgroups.create(name, Limits(processes=spec.processes, memory_bytes=spec.memory_bytes,
+                                         cpu_weight=spec.cpu_weight))
+
+    def find(self, name: str) -> Box:
+        return Box(name=name, host_dir=self.state_dir, rc_host=self.rc_host, spec=None, cgroup_dirs=[], bwrap=[])
+
+    def release(self, name: str, token: str | None = None) -> bool:
+        return True
+
+    def names(self) -> list[str]:
+        return []
+
+    def usage(self, name: str) -> Usage | None:
+        return None
+
+    def pids(self, name: str) -> list[int]:
+        return []
+
+
+class Sandbox:
+    """The sandboxes of one backend's shells. State per shell lives in ``state_dir/<name>/``
+    (root-only), so that a worker that restarts finds the boxes of the shells it adopts."""
+
+    def __init__(self, *, backend_id: str, state_dir: str, rc_host: str, network: str = "host",
+                 cgroup_parent: str = "", service_uid: int | None = None) -> None:
+        if network not in ("host", "none"):
+            raise SandboxUnavailable(f"VTERM_SANDBOX_NETWORK must be host or none, not {network!r}")
+        self.backend_id = backend_id
+        self.state_dir = state_dir
+        self.rc_host = rc_host
+        self.network = network
+        self.cgroup_parent = cgroup_parent
+        self.service_uid = os.getuid() if service_uid is None else service_uid
+        self._cgroups: Cgroups | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def mode(self) -> str:
+        cg = self._cgroups.description if self._cgroups else "cgroups"
+        return f"bubblewrap, {cg}, network {self.network}"
+
+    def check(self) -> None:
+        """Raise SandboxUnavailable naming what this host lacks (the backend then refuses to start)."""
+        missing = []
+        for tool, pkg in (("bwrap", "bubblewrap"), ("setpriv", "util-linux")):
+            if not shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin"):
+                missing.append(f"{tool} (Debian package {pkg})")
+        if os.geteuid() != 0:
+            missing.append("root: the backend must run as root to give each user's shells a uid of their own "
+                           "and namespaces (it is not)")
+        try:
+            self._cgroups = Cgroups(self.backend_id, self.cgroup_parent)
+            self._cgroups.check()
+        except CgroupError as exc:
+            missing.append(f"writable cgroups: {exc}")
+        if missing:
+            raise SandboxUnavailable("cannot sandbox shells on this host; missing: " + "; ".join(missing)
+                                     + ". Install or grant them, or set VTERM_SANDBOX=off to run shells "
+                                     "as the service's own user, without isolation (docs/security.md).")
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
+
+    @property
+    def cgroups(self) -> Cgroups:
+        if self._cgroups is None:
+            self._cgroups = Cgroups(self.backend_id, self.cgroup_parent)
+        return self._cgroups
+
+    # -- shells ---------------------------------------------------------------------------
+
+    def prepare(self, name: str, spec: SandboxSpec | None) -> Box:
+        """Make a new shell's box: its cgroup with the limits, its home, its files."""
+        if spec is None:
+            raise SandboxUnavailable("a sandboxed shell needs its user's identity and limits")
+        if spec.uid in (0, self.service_uid) or spec.gid in (0, self.service_uid):
+            raise SandboxUnavailable(f"refusing uid/gid {spec.uid}/{spec.gid}: the root's or the service's")
+        with self._lock:
+            self._release(name)  # a leftover of the same name (a crash between two starts)
+            self._make(name, spec)
+        return self.find(name)
+
+    def find(self, name: str) -> Box | None:
+        host_dir = os.path.join(self.state_dir, name)
+        try:
+            with open(os.path.join(host_dir, "box.json")) as f:
+                saved = json.load(f)
+            token = saved.pop("token", "")
+            spec = SandboxSpec(**saved)
+        except (OSError, ValueError, TypeError):
+            return None
+        return Box(name=name, host_dir=host_dir, rc_host=self.rc_host, spec=spec, token=token,
+                   cgroup_dirs=self.cgroups.dirs(name), bwrap=self._bwrap_args(host_dir, spec))
+
+    def release(self, name: str, token: str | None = None) -> bool:
+        """End everything the shell started (its whole cgroup) and remove its box. True when
+        nothing is left. ``token``: only if the box is still that one (not a newer shell's)."""
+        with self._lock:
+            if token is not None:
+                box = self.find(name)
+                if box is not None and box.token != token:
+                    return True
+            return self._release(name)
+
+    def _release(self, name: str) -> bool:
+        ok = self.cgroups.destroy(name)
+        if not ok:
+            log.warning("sandbox %s: processes left after the kill", name)
+        shutil.rmtree(os.path.join(self.state_dir, name), ignore_errors=True)
+        return ok
+
+    def names(self) -> list[str]:
+        """Every shell this backend has a box or a cgroup for."""
+        try:
+            boxes = set(os.listdir(self.state_dir))
+        except FileNotFoundError:
+            boxes = set()
+        return sorted(boxes | set(self.cgroups.names()))
+
+    def usage(self, name: str) -> Usage | None:
+        return self.cgroups.usage(name)
+
+    def pids(self, name: str) -> list[int]:
+        return self.cgroups.pids(name)
+
+    def _bwrap_args(self, host_dir: str, spec: SandboxSpec) -> list[str]:
+        home = f"/home/{login_name(spec.username, spec.uid)}"
+        args = ["/usr/bin/bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+                "--unshare-cgroup-try", "--hostname", "vterm"]
+        if self.network == "none":
+            args.append("--unshare-net")
+        for d in SYSTEM_DIRS:
+            if os.path.islink(d):
+                args += ["--symlink", os.readlink(d), d]
+            elif os.path.isdir(d):
+                args += ["--ro-bind", d, d]
+        args += ["--ro-bind", os.path.join(host_dir, "passwd"), "/etc/passwd",
+                 "--ro-bind", os.path.join(host_dir, "group"), "/etc/group",
+                 "--proc", "/proc", "--dev", "/dev",
+                 "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/dev/shm",
+                 "--dir", "/var", "--perms", "1777", "--tmpfs", "/var/tmp",
+                 "--dir", "/home", "--bind", spec.home, home,
+                 "--ro-bind", self.rc_host, INNER_RC, "--bind", os.path.join(host_dir, "x"), INNER_X]
+        return args
+
+
+def _ensure_home(spec: SandboxSpec) -> None:
+    """The user's home: made once, theirs alone; its parent only lets its owners through."""
+    parent = os.path.dirname(spec.home)
+    os.makedirs(parent, mode=0o711, exist_ok=True)
+    try:
+        os.mkdir(spec.home, 0o700)
+    except FileExistsError:
+        st = os.stat(spec.home)
+        if (st.st_uid, st.st_gid) == (spec.uid, spec.gid):
+            return
+    os.chown(spec.home, spec.uid, spec.gid)
+
+
+def _write_identity(host_dir: str, spec: SandboxSpec) -> None:
+    """/etc/passwd and /etc/group as the shell sees them: the system's, plus its user."""
+    name = login_name(spec.username, spec.uid)
+    home = f"/home/{name}"
+    for fname, line in (("passwd", f"{name}:x:{spec.uid}:{spec.gid}:vterm user {spec.username}:{home}:/bin/bash"),
+                        ("group", f"{name}:x:{spec.gid}:")):
+        try:
+            with open(f"/etc/{fname}") as f:
+                system = [ln for ln in f.read().splitlines() if ln and not ln.startswith(f"{name}:")]
+        except OSError:
+            system = []
+        with open(os.path.join(host_dir, fname), "w") as f:
+            f.write("\n".join(system + [line]) + "\n")
+        os.chmod(os.path.join(host_dir, fname), 0o644)

@@ -1,0 +1,238 @@
+"""One cgroup per session: its limits (processes, memory, CPU share), its accounting, and
+the way a session ends (every process in it is killed, however it detached).
+
+cgroup v1 (a hierarchy per controller, as on this project's machines: pids, memory, cpu,
+cpuacct) and v2 (one unified hierarchy) behind one small interface. Each backend keeps
+its sessions' groups under ``<parent>/vterm-<backend>/``, where ``<parent>`` is the
+worker's own cgroup (what a container or systemd unit delegates) unless configured.
+Framework-free: the tmux driver uses it through workers/sandbox/box.py.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import signal
+import time
+from dataclasses import dataclass
+
+V1_CONTROLLERS = ("pids", "memory", "cpu", "cpuacct")
+V2_CONTROLLERS = ("pids", "memory", "cpu")
+
+
+class CgroupError(RuntimeError):
+    """The host's cgroups cannot be used as asked (message names what is missing)."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    processes: int  # pids.max
+    memory_bytes: int  # memory limit, swap included where it can be limited
+    cpu_weight: int  # 1..10000, 100 = an equal share (cgroup v2's cpu.weight scale)
+
+
+@dataclass
+class Usage:
+    memory_bytes: int
+    cpu_seconds: float
+    processes: int
+    oom_kills: int
+    process_limit_hits: int
+
+
+def _read(path: str) -> str:
+    with open(path) as f:
+        return f.read()
+
+
+def _write(path: str, value: str) -> None:
+    with open(path, "w") as f:
+        f.write(value)
+
+
+def _keyed(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        k, _, v = line.partition(" ")
+        if v.strip().lstrip("-").isdigit():
+            out[k] = int(v)
+    return out
+
+
+def _mounts() -> list[tuple[str, str, set[str]]]:
+    """(mount point, fs type, options) of every cgroup file system this process sees."""
+    out = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            left, _, right = line.partition(" - ")
+            fields, rfields = left.split(), right.split()
+            if len(rfields) >= 3 and rfields[0] in ("cgroup", "cgroup2"):
+                out.append((fields[4], rfields[0], set(rfields[2].split(","))))
+    return out
+
+
+def _own_paths() -> dict[str, str]:
+    """This process' cgroup path per v1 controller, and under '' its v2 path."""
+    out = {}
+    for line in _read("/proc/self/cgroup").splitlines():
+        _, ctrls, path = line.split(":", 2)
+        for c in ctrls.split(",") if ctrls else [""]:
+            out[c] = path
+    return out
+
+
+class Cgroups:
+    """The cgroups of one backend's sessions."""
+
+    def __init__(self, backend_id: str, parent: str = "") -> None:
+        self.backend_id = backend_id
+        mounts = _mounts()
+        own = _own_paths()
+        v1 = {}
+        for point, fstype, opts in mounts:
+            if fstype == "cgroup":
+                for c in V1_CONTROLLERS:
+                    if c in opts:
+                        v1[c] = point
+        unified = next((p for p, t, _ in mounts if t == "cgroup2"), None)
+        if all(c in v1 for c in V1_CONTROLLERS):
+            self.version = 1
+            self._base = {c: os.path.join(v1[c], (parent or own.get(c, "/")).lstrip("/"), f"vterm-{backend_id}")
+                          for c in V1_CONTROLLERS}
+        elif unified and set(V2_CONTROLLERS) <= set(_read(os.path.join(unified, "cgroup.controllers")).split()):
+            self.version = 2
+            # v2 allows controllers only for groups with no processes of their own: the backend's
+            # groups hang off the delegated parent (default: the hierarchy's root, writable by root).
+            self._base = {"": os.path.join(unified, parent.lstrip("/"), f"vterm-{backend_id}")}
+        else:
+            have = ", ".join(sorted(v1)) or "none"
+            raise CgroupError(f"no usable cgroup controllers for pids, memory and cpu (v1 mounted: {have}; "
+                              f"v2: {'at ' + unified if unified else 'not mounted'} without them)")
+
+    @property
+    def description(self) -> str:
+        return f"cgroup v{self.version}"
+
+    # -- the backend's own group ----------------------------------------------------------
+
+    def check(self) -> None:
+        """Create the backend's group (raises CgroupError naming what failed)."""
+        for base in self._base.values():
+            try:
+                os.makedirs(base, exist_ok=True)
+            except OSError as exc:
+                raise CgroupError(f"cannot create {base}: {exc.strerror}") from exc
+        if self.version == 2:
+            base = self._base[""]
+            for path in (os.path.dirname(base), base):
+                try:
+                    _write(os.path.join(path, "cgroup.subtree_control"),
+                           " ".join(f"+{c}" for c in V2_CONTROLLERS))
+                except OSError as exc:
+                    raise CgroupError(f"cannot enable pids, memory and cpu in {path}: {exc.strerror}") from exc
+
+    def names(self) -> list[str]:
+        base = next(iter(self._base.values()))
+        try:
+            return [d for d in os.listdir(base) if os.path.isdir(os.path.join(base, d))]
+        except FileNotFoundError:
+            return []
+
+    # -- a session's group --------------------------------------------------------------------
+
+    def dirs(self, name: str) -> list[str]:
+        """The session's group directories: a launcher writes its pid into each cgroup.procs."""
+        return [os.path.join(base, name) for base in self._base.values()]
+
+    def create(self, name: str, limits: Limits) -> list[str]:
+        dirs = self.dirs(name)
+        for d in dirs:
+            os.makedirs(d, exist_ok=True)
+        if self.version == 1:
+            g = dict(zip(V1_CONTROLLERS, dirs))
+            _write(f"{g['pids']}/pids.max", str(limits.processes))
+            _write(f"{g['memory']}/memory.limit_in_bytes", str(limits.memory_bytes))
+            if os.path.exists(f"{g['memory']}/memory.memsw.limit_in_bytes"):
+                try:
+                    _write(f"{g['memory']}/memory.memsw.limit_in_bytes", str(limits.memory_bytes))
+                except OSError:
+                    pass  # swap accounting off: there is no swap to limit
+            # v1 shares: 1024 is the default share; weight 100 maps to it.
+            _write(f"{g['cpu']}/cpu.shares", str(max(2, limits.cpu_weight * 1024 // 100)))
+        else:
+            d = dirs[0]
+            _write(f"{d}/pids.max", str(limits.processes))
+            _write(f"{d}/memory.max", str(limits.memory_bytes))
+            if os.path.exists(f"{d}/memory.swap.max"):
+                _write(f"{d}/memory.swap.max", "0")
+            _write(f"{d}/cpu.weight", str(min(10000, max(1, limits.cpu_weight))))
+        return dirs
+
+    def pids(self, name: str) -> list[int]:
+        try:
+            return [int(p) for p in _read(os.path.join(self.dirs(name)[0], "cgroup.procs")).split()]
+        except FileNotFoundError:
+            return []
+
+    def usage(self, name: str) -> Usage | None:
+        dirs = self.dirs(name)
+        try:
+            if self.version == 1:
+                g = dict(zip(V1_CONTROLLERS, dirs))
+                stat = _keyed(_read(f"{g['memory']}/memory.stat"))
+                mem = int(_read(f"{g['memory']}/memory.usage_in_bytes")) - stat.get("total_inactive_file", 0)
+                cpu = int(_read(f"{g['cpuacct']}/cpuacct.usage")) / 1e9
+                procs = int(_read(f"{g['pids']}/pids.current"))
+                ooms = _keyed(_read(f"{g['memory']}/memory.oom_control")).get("oom_kill", 0)
+                hits = _keyed(_read(f"{g['pids']}/pids.events")).get("max", 0)
+            else:
+                d = dirs[0]
+                stat = _keyed(_read(f"{d}/memory.stat"))
+                mem = int(_read(f"{d}/memory.current")) - stat.get("inactive_file", 0)
+                cpu = _keyed(_read(f"{d}/cpu.stat")).get("usage_usec", 0) / 1e6
+                procs = int(_read(f"{d}/pids.current"))
+                ooms = _keyed(_read(f"{d}/memory.events")).get("oom_kill", 0)
+                hits = _keyed(_read(f"{d}/pids.events")).get("max", 0)
+        except (FileNotFoundError, ValueError):
+            return None
+        return Usage(memory_bytes=max(0, mem), cpu_seconds=cpu, processes=procs, oom_kills=ooms,
+                     process_limit_hits=hits)
+
+    def destroy(self, name: str, timeout: float = 5.0) -> bool:
+        """Kill every process in the session's group, then remove it. True when nothing is left."""
+        dirs = self.dirs(name)
+        if not any(os.path.isdir(d) for d in dirs):
+            return True
+        deadline = time.monotonic() + timeout
+        if self.version == 2 and os.path.exists(f"{dirs[0]}/cgroup.kill"):
+            try:
+                _write(f"{dirs[0]}/cgroup.kill", "1")
+            except OSError:
+                pass
+        while True:
+            pids = self.pids(name)
+            for pid in pids:
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            if not pids:
+                break
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        ok = True
+        for d in dirs:
+            while True:
+                try:
+                    os.rmdir(d)
+                    break
+                except FileNotFoundError:
+                    break
+                except OSError as exc:
+                    # EBUSY: the kernel has not let go of the last (killed) task yet.
+                    if exc.errno != errno.EBUSY or time.monotonic() > deadline:
+                        ok = False
+                        break
+                    time.sleep(0.01)
+        return ok
