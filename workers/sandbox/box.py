@@ -149,19 +149,6 @@ class NoSandbox:
     def prepare(self, name: str, spec: SandboxSpec | None) -> Box:
         return self.find(name)
 
-    def _make(self, name: str, spec: SandboxSpec) -> None:
-        host_dir = os.path.join(self.state_dir, name)
-        os.makedirs(host_dir, mode=0o700)
-        with open(os.path.join(host_dir, "box.json"), "w") as f:
-            json.dump({**asdict(spec), "token": secrets.token_hex(8)}, f)
-        _ensure_home(spec)
-        x = os.path.join(host_dir, "x")
-        os.mkdir(x, 0o700)
-        os.chown(x, spec.uid, spec.gid)
-        _write_identity(host_dir, spec)
-        self.cgroups.create(name, Limits(processes=spec.processes, memory_bytes=spec.memory_bytes,
-                                         cpu_weight=spec.cpu_weight))
-
     def find(self, name: str) -> Box:
         return Box(name=name, host_dir=self.state_dir, rc_host=self.rc_host, spec=None, cgroup_dirs=[], bwrap=[])
 
@@ -239,6 +226,19 @@ class Sandbox:
             self._make(name, spec)
         return self.find(name)
 
+    def _make(self, name: str, spec: SandboxSpec) -> None:
+        host_dir = os.path.join(self.state_dir, name)
+        os.makedirs(host_dir, mode=0o700)
+        with open(os.path.join(host_dir, "box.json"), "w") as f:
+            json.dump({**asdict(spec), "token": secrets.token_hex(8)}, f)
+        _ensure_home(spec)
+        x = os.path.join(host_dir, "x")
+        os.mkdir(x, 0o700)
+        os.chown(x, spec.uid, spec.gid)
+        _write_identity(host_dir, spec)
+        self.cgroups.create(name, Limits(processes=spec.processes, memory_bytes=spec.memory_bytes,
+                                         cpu_weight=spec.cpu_weight))
+
     def find(self, name: str) -> Box | None:
         host_dir = os.path.join(self.state_dir, name)
         try:
@@ -299,6 +299,8 @@ class Sandbox:
                  "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/dev/shm",
                  "--dir", "/var", "--perms", "1777", "--tmpfs", "/var/tmp",
                  "--dir", "/home", "--bind", spec.home, home,
+                 # Parents bwrap makes on its own would be root-only (0700).
+                 "--dir", "/run", "--dir", RUN_DIR,
                  "--ro-bind", self.rc_host, INNER_RC, "--bind", os.path.join(host_dir, "x"), INNER_X]
         return args
 
