@@ -283,6 +283,7 @@ VTERM = {
     # "on" (default): a backend that cannot sandbox refuses to start; "off": shells run as the service.
     "SANDBOX": os.environ.get("VTERM_SANDBOX", "on"),
     "SANDBOX_NETWORK": os.environ.get("VTERM_SANDBOX_NETWORK", "host"),  # host | none
+    "SANDBOX_BWRAP": os.environ.get("VTERM_SANDBOX_BWRAP", "/usr/bin/bwrap"),  # bubblewrap
     "SANDBOX_UID_MIN": env_int("VTERM_SANDBOX_UID_MIN", 200000),
     "SANDBOX_UID_MAX": env_int("VTERM_SANDBOX_UID_MAX", 299999),
     # Users' homes (their workspaces, kept across sessions, restarts and moves): <dir>/<uid>.

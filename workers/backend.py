@@ -110,7 +110,8 @@ class BackendRuntime:
             sandbox = Sandbox(backend_id=self.backend_id, state_dir=os.path.join(data_dir, "sandbox"),
                               rc_host=os.path.join(data_dir, "vterm.bashrc"),
                               network=settings.VTERM["SANDBOX_NETWORK"],
-                              cgroup_parent=settings.VTERM["SANDBOX_CGROUP_PARENT"])
+                              cgroup_parent=settings.VTERM["SANDBOX_CGROUP_PARENT"],
+                              bwrap=settings.VTERM["SANDBOX_BWRAP"])
         return TmuxDriver(
             os.path.join(data_dir, "tmux.sock"),
             listener=self,

@@ -32,6 +32,7 @@ from .cgroups import CgroupError, Cgroups, Limits, Usage
 
 log = logging.getLogger(__name__)
 
+SETPRIV = "/usr/bin/setpriv"
 RUN_DIR = "/run/vterm"
 INNER_RC = f"{RUN_DIR}/bashrc"
 INNER_X = f"{RUN_DIR}/x"  # hand-over files (environment, history), writable by the shell's user
@@ -128,7 +129,7 @@ class Box:
         if not self.sandboxed:
             return inner
         s = self.spec
-        setpriv = ["/usr/bin/setpriv", f"--reuid={s.uid}", f"--regid={s.gid}", "--clear-groups",
+        setpriv = [SETPRIV, f"--reuid={s.uid}", f"--regid={s.gid}", "--clear-groups",
                    "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
         return (["/bin/sh", "-c", JOIN_CGROUPS, "vterm-sandbox", *self.cgroup_dirs, "--"]
                 + self._bwrap + ["--chdir", cwd, "--", *setpriv, *inner])
@@ -170,7 +171,7 @@ class Sandbox:
     (root-only), so that a worker that restarts finds the boxes of the shells it adopts."""
 
     def __init__(self, *, backend_id: str, state_dir: str, rc_host: str, network: str = "host",
-                 cgroup_parent: str = "", service_uid: int | None = None) -> None:
+                 cgroup_parent: str = "", service_uid: int | None = None, bwrap: str = "/usr/bin/bwrap") -> None:
         if network not in ("host", "none"):
             raise SandboxUnavailable(f"VTERM_SANDBOX_NETWORK must be host or none, not {network!r}")
         self.backend_id = backend_id
@@ -178,6 +179,7 @@ class Sandbox:
         self.rc_host = rc_host
         self.network = network
         self.cgroup_parent = cgroup_parent
+        self.bwrap = bwrap
         self.service_uid = os.getuid() if service_uid is None else service_uid
         self._cgroups: Cgroups | None = None
         self._lock = threading.Lock()
@@ -190,9 +192,9 @@ class Sandbox:
     def check(self) -> None:
         """Raise SandboxUnavailable naming what this host lacks (the backend then refuses to start)."""
         missing = []
-        for tool, pkg in (("bwrap", "bubblewrap"), ("setpriv", "util-linux")):
-            if not shutil.which(tool, path="/usr/bin:/bin:/usr/sbin:/sbin"):
-                missing.append(f"{tool} (Debian package {pkg})")
+        for tool, path, pkg in (("bwrap", self.bwrap, "bubblewrap"), ("setpriv", SETPRIV, "util-linux")):
+            if not os.access(path, os.X_OK):
+                missing.append(f"{tool} at {path} (Debian package {pkg})")
         if os.geteuid() != 0:
             missing.append("root: the backend must run as root to give each user's shells a uid of their own "
                            "and namespaces (it is not)")
@@ -284,7 +286,7 @@ class Sandbox:
 
     def _bwrap_args(self, host_dir: str, spec: SandboxSpec) -> list[str]:
         home = f"/home/{login_name(spec.username, spec.uid)}"
-        args = ["/usr/bin/bwrap", "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
+        args = [self.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
                 "--unshare-cgroup-try", "--hostname", "vterm"]
         if self.network == "none":
             args.append("--unshare-net")

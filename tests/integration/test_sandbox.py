@@ -1,0 +1,234 @@
+"""Sandboxed sessions (docs/security.md): each probe is typed into a real shell of the live stack.
+
+Two users, alice and bob; where a test needs their sessions on one backend it places them so.
+Host-side checks (what runs, under which uid, in which cgroup) read /proc and the cgroup files.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import Api
+from vterm_project.devstack import ROOT
+
+SECRET_VALUE = "test-secret-key-not-for-shells"  # the stack's SECRET_KEY (tests/conftest.py)
+
+
+def out(api: Api, sid: str, command: str, wait: float = 30) -> dict:
+    r = api.run(sid, command, wait=wait)
+    assert r["status"] not in ("queued", "running"), r
+    return r
+
+
+def on_same_backend(api: Api, backend: str, tries: int = 8, **body) -> dict:
+    """A session of ``api``'s user on ``backend`` (placement alternates by load)."""
+    made = []
+    try:
+        for _ in range(tries):
+            s = api.create_session(**body)
+            if s["backend"] == backend:
+                return s
+            made.append(s)
+        pytest.fail(f"no session landed on {backend}")
+    finally:
+        for s in made:
+            api.http.delete(f"/api/v1/sessions/{s['id']}/")
+
+
+def host_pids_of_uid(uid: int) -> list[int]:
+    pids = []
+    for p in os.listdir("/proc"):
+        if p.isdigit():
+            try:
+                with open(f"/proc/{p}/status") as f:
+                    for line in f:
+                        if line.startswith("Uid:") and int(line.split()[1]) == uid:
+                            pids.append(int(p))
+            except OSError:
+                pass
+    return pids
+
+
+def cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode()
+    except OSError:
+        return ""
+
+
+def fork_flood(n: int) -> str:
+    """A shell command forking ``n`` sleepers: prints where a fork was refused, then ends them all."""
+    return ("perl -e 'my @k; for (1..%d) { my $p = fork; if (!defined $p) { print \"refused at $_\\n\"; last } "
+            "if (!$p) { sleep 60; exit } push @k, $p } kill 9, @k; waitpid($_, 0) for @k'" % n)
+
+
+@pytest.fixture
+def bob_session(bob):
+    s = bob.create_session(name="bob")
+    yield s
+    bob.http.delete(f"/api/v1/sessions/{s['id']}/")
+
+
+def test_each_user_has_a_uid_of_their_own_and_a_home_that_persists(alice, bob, session, bob_session):
+    a = out(alice, session["id"], "id -u; id -un; echo $HOME; pwd")
+    b = out(bob, bob_session["id"], "id -u")
+    uid_a, name_a, home_a, cwd_a = a["output"].split()
+    assert uid_a != "0" and b["output"].strip() != "0" and uid_a != b["output"].strip()
+    assert int(uid_a) != os.getuid()
+    assert (name_a, home_a, cwd_a) == ("alice", "/home/alice", "/home/alice")
+    assert out(alice, session["id"], "echo kept > ~/note.txt")["status"] == "succeeded"
+    # Another session of alice's (same uid, same home), wherever it is placed.
+    other = alice.create_session(name="second")
+    try:
+        r = out(alice, other["id"], "id -u; cat ~/note.txt")
+        assert r["output"].split() == [uid_a, "kept"]
+    finally:
+        alice.http.delete(f"/api/v1/sessions/{other['id']}/")
+
+
+def test_the_service_and_its_data_are_out_of_sight(alice, session, stack):
+    data_dir = str(stack.config.data_dir)
+    r = out(alice, session["id"],
+            f"cat /proc/*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c SECRET_KEY; "
+            f"ls {data_dir} 2>&1; ls {data_dir}/tmux 2>&1; ls /work /root 2>&1; "
+            f"grep -rl {SECRET_VALUE} /etc /tmp /home /run 2>/dev/null | wc -l")
+    lines = r["output"].splitlines()
+    assert lines[0] == "0", r["output"]
+    assert "No such file or directory" in lines[1] and "No such file or directory" in lines[2], r["output"]
+    assert SECRET_VALUE not in r["output"] and lines[-1] == "0", r["output"]
+    # Nothing of the service runs where the shell can see it: its own processes only.
+    ps = out(alice, session["id"], "ps -eo pid=,comm=")["output"].split("\n")
+    comms = [ln.split()[1] for ln in ps if ln.strip()]
+    assert set(comms) <= {"bwrap", "bash", "ps"}, comms
+    # The system is read-only; the shell's own /tmp is writable.
+    r = out(alice, session["id"], "touch /usr/x 2>&1; touch /etc/x 2>&1; touch /tmp/x && echo tmp-ok")
+    assert "Read-only file system" in r["output"] and "tmp-ok" in r["output"], r["output"]
+
+
+def test_a_user_cannot_reach_another_users_home_or_processes(alice, bob, stack, session):
+    bob_s = on_same_backend(bob, session["backend"], name="bob-neighbour")
+    try:
+        b = out(bob, bob_s["id"], "echo secret-of-bob > ~/private.txt; id -u; sleep 300 & echo started")
+        bob_uid = int(b["output"].split()[0])
+        deadline = time.monotonic() + 10
+        bob_sleep = []
+        while not bob_sleep and time.monotonic() < deadline:
+            bob_sleep = [p for p in host_pids_of_uid(bob_uid) if cmdline(p).startswith("sleep 300")]
+            time.sleep(0.1)
+        assert bob_sleep, "bob's sleep not found on the host"
+        homes = stack.config.data_dir / "homes"
+        r = out(alice, session["id"],
+                f"ls /home; cat /home/bob/private.txt 2>&1; ls {homes} 2>&1; cat {homes}/{bob_uid}/private.txt 2>&1; "
+                f"kill -9 {bob_sleep[0]} 2>&1; pkill -9 sleep; echo done")
+        assert "secret-of-bob" not in r["output"], r["output"]
+        assert r["output"].splitlines()[0] == "alice", r["output"]
+        assert "No such file or directory" in r["output"]
+        os.kill(bob_sleep[0], 0)  # bob's process is still alive
+        # On the host too, bob's home is his alone.
+        st = os.stat(homes / str(bob_uid))
+        assert (st.st_uid, st.st_mode & 0o777) == (bob_uid, 0o700)
+    finally:
+        bob.http.delete(f"/api/v1/sessions/{bob_s['id']}/")
+
+
+def test_ending_a_session_ends_everything_it_started(alice):
+    s = alice.create_session(name="daemons")
+    uid = int(out(alice, s["id"], "id -u")["output"])
+    out(alice, s["id"], "setsid sleep 401 >/dev/null 2>&1 < /dev/null & nohup sleep 402 >/dev/null 2>&1 & "
+                        "( (sleep 403 &) & ); disown -a")
+    deadline = time.monotonic() + 10
+    mine = []
+    while len(mine) < 3 and time.monotonic() < deadline:
+        mine = [p for p in host_pids_of_uid(uid) if cmdline(p).startswith(("sleep 401", "sleep 402", "sleep 403"))]
+        time.sleep(0.1)
+    assert len(mine) == 3, [cmdline(p) for p in host_pids_of_uid(uid)]
+    assert alice.http.delete(f"/api/v1/sessions/{s['id']}/").status_code == 204
+    deadline = time.monotonic() + 5
+    while any(os.path.exists(f"/proc/{p}") for p in mine) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    left = [cmdline(p) for p in mine if os.path.exists(f"/proc/{p}")]
+    assert not left, f"left running 5 s after the delete: {left}"
+
+
+def test_a_shell_that_exits_takes_its_daemons_with_it(alice):
+    s = alice.create_session(name="exits")
+    try:
+        uid = int(out(alice, s["id"], "id -u")["output"])
+        out(alice, s["id"], "setsid sleep 404 >/dev/null 2>&1 < /dev/null &")
+        alice.http.post(f"/api/v1/sessions/{s['id']}/commands/", json={"command": "exit"})
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            if not [p for p in host_pids_of_uid(uid) if cmdline(p).startswith("sleep 404")]:
+                break
+            time.sleep(0.1)
+        assert not [p for p in host_pids_of_uid(uid) if cmdline(p).startswith("sleep 404")]
+    finally:
+        alice.http.delete(f"/api/v1/sessions/{s['id']}/")
+
+
+def test_limits_stop_a_fork_flood_and_a_memory_hog_and_the_neighbour_carries_on(alice, bob, session):
+    bob_s = on_same_backend(bob, session["backend"], name="bob-neighbour")
+    try:
+        hog = alice.http.post(f"/api/v1/sessions/{session['id']}/commands/", json={
+            "command": "python3 -c 'x = b\"1\" * (6 << 30)'"}).json()
+        began = time.monotonic()
+        echo = bob.run(bob_s["id"], "echo neighbour-ok", wait=30)
+        neighbour_s = time.monotonic() - began
+        assert echo["status"] == "succeeded" and echo["output"] == "neighbour-ok\n"
+        r = alice.wait_command(session["id"], hog["id"], timeout=120)
+        assert (r["status"], r["exit_code"]) == ("failed", 137), r
+        assert r["reason"] == "killed: out of memory (limit 2 GiB)", r
+        f = out(alice, session["id"], fork_flood(3000), wait=60)
+        refused_at = int(f["output"].split("refused at ")[1].split()[0])
+        assert refused_at < 3000 and refused_at <= 512, f["output"]
+        echo = bob.run(bob_s["id"], "echo still-ok", wait=30)
+        assert echo["status"] == "succeeded"
+        # alice's session is still usable.
+        assert out(alice, session["id"], "echo usable")["output"] == "usable\n"
+        print(f"neighbour echo during the hog: {neighbour_s * 1000:.0f} ms")
+    finally:
+        bob.http.delete(f"/api/v1/sessions/{bob_s['id']}/")
+
+
+def test_limits_can_be_lowered_per_session_not_raised(alice, stack):
+    r = alice.http.post("/api/v1/sessions/", json={"limits": {"memory_mb": 4096}})
+    assert r.status_code == 400 and "memory_mb" in r.json()["limits"], r.text
+    r = alice.http.post("/api/v1/sessions/", json={"limits": {"bogus": 1}})
+    assert r.status_code == 400 and "bogus" in r.json()["limits"], r.text
+    s = alice.create_session(limits={"memory_mb": 64, "processes": 32})
+    try:
+        assert s["limits"] == {"processes": 32, "memory_mb": 64, "cpu_weight": 100}
+        r = out(alice, s["id"], "python3 -c 'x = b\"1\" * (200 << 20)'")
+        assert (r["exit_code"], r["reason"]) == (137, "killed: out of memory (limit 64 MiB)"), r
+        r = out(alice, s["id"], fork_flood(100))
+        assert int(r["output"].split("refused at ")[1].split()[0]) <= 32, r
+        assert out(alice, s["id"], "echo alive")["output"] == "alive\n"
+    finally:
+        alice.http.delete(f"/api/v1/sessions/{s['id']}/")
+
+
+def test_sandbox_mode_is_shown(stack, alice):
+    ready = alice.http.get("/readyz").json()
+    modes = ready["checks"]["sandbox"]
+    assert set(modes) == set(stack.config.backend_ids()), ready
+    assert all(m.startswith("bubblewrap, cgroup v") for m in modes.values()), modes
+    staff = Api(stack.url, stack.token("sandbox-staff", staff=True))
+    backends = staff.http.get("/api/v1/backends/").json()
+    rows = backends["results"] if isinstance(backends, dict) else backends
+    assert all(b["sandbox"].startswith("bubblewrap") for b in rows if b["id"] in modes), rows
+
+
+def test_a_backend_that_cannot_sandbox_refuses_to_start(stack):
+    spec = stack.spec(stack.config.backend_ids()[0])
+    env = {**stack.config.env(), **spec.env, "VTERM_BACKEND_ID": "nosandbox-1",
+           "VTERM_SANDBOX_BWRAP": "/nonexistent/bwrap"}
+    argv = [a.replace(stack.config.backend_ids()[0], "nosandbox-1") for a in spec.argv]
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
+    log = proc.stdout + proc.stderr
+    assert "bwrap at /nonexistent/bwrap" in log and "VTERM_SANDBOX=off" in log, log[-3000:]
