@@ -5,16 +5,18 @@ from django.http import StreamingHttpResponse
 
 from . import failover, services
 from .audit import audit_export_lines
-from .models import AuditEvent, Backend, Command, SessionEvent, TerminalSession
+from .models import AuditEvent, Backend, Command, SessionEvent, ShellAccount, TerminalSession
 from .resource_usage import human_bytes, usage_order
+from .sandbox import user_limits
 
 
 @admin.register(Backend)
 class BackendAdmin(admin.ModelAdmin):
-    list_display = ["id", "hostname", "status", "capacity", "live_sessions", "last_heartbeat", "started_at"]
+    list_display = ["id", "hostname", "status", "capacity", "live_sessions", "sandbox", "last_heartbeat",
+                    "started_at"]
     list_filter = ["status"]
     search_fields = ["id", "hostname"]
-    readonly_fields = ["registered_at", "started_at", "last_heartbeat", "queue"]
+    readonly_fields = ["registered_at", "started_at", "last_heartbeat", "queue", "sandbox"]
     actions = ["drain"]
 
     @admin.action(description="Drain: move their sessions elsewhere, place no new ones")
@@ -53,7 +55,8 @@ class TerminalSessionAdmin(admin.ModelAdmin):
     list_filter = ["status", "backend", "created_at"]
     search_fields = ["id", "name", "owner__username", "cwd"]
     readonly_fields = ["id", "owner", "backend", "epoch", "status", "status_reason", "created_at", "last_activity",
-                       "terminated_at", "command_count", "resource_usage", "live_env", "live_env_at"]
+                       "terminated_at", "command_count", "limits", "limit_events", "resource_usage", "live_env",
+                       "live_env_at"]
     list_select_related = ["owner", "backend"]
     inlines = [SessionEventInline, CommandInline]
     actions = ["terminate"]
@@ -69,6 +72,12 @@ class TerminalSessionAdmin(admin.ModelAdmin):
         value = (obj.resource_usage or {}).get("cpu_percent")
         return "-" if value is None else f"{value:.1f}"
 
+    @admin.display(description="sandbox limits hit")
+    def limit_events(self, obj):
+        usage = obj.resource_usage or {}
+        return (f"{usage.get('oom_kills', 0)} process(es) killed at the memory limit, "
+                f"{usage.get('process_limit_hits', 0)} fork(s) refused at the process limit")
+
     @admin.display(description="procs", ordering=usage_order("processes"))
     def processes(self, obj):
         value = (obj.resource_usage or {}).get("processes")
@@ -82,6 +91,22 @@ class TerminalSessionAdmin(admin.ModelAdmin):
                 services.session_terminate(session, reason=f"terminated by {request.user.username} (admin)")
                 n += 1
         self.message_user(request, f"{n} session(s) terminating.", messages.SUCCESS)
+
+
+@admin.register(ShellAccount)
+class ShellAccountAdmin(admin.ModelAdmin):
+    """Each user's shell uid and per-session limits (empty: the defaults, VTERM_SANDBOX_*)."""
+
+    list_display = ["user", "uid", "max_processes", "memory_mb", "cpu_weight", "effective"]
+    search_fields = ["user__username", "uid"]
+    readonly_fields = ["user", "uid", "created_at", "effective"]
+
+    def has_add_permission(self, request):
+        return False  # allocated with the user's first session
+
+    @admin.display(description="limits in force")
+    def effective(self, obj):
+        return ", ".join(f"{k} {v}" for k, v in user_limits(obj).items())
 
 
 @admin.register(Command)
