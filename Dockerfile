@@ -15,13 +15,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     VTERM_DATA_DIR=/var/lib/vterm
 
-# tmux hosts the sessions. tini runs as PID 1: it forwards signals to the process and reaps the
-# orphaned children that shells leave behind, which a Python PID 1 would not.
+# tmux hosts the sessions, bubblewrap sandboxes them (docs/security.md). tini runs as PID 1: it
+# forwards signals to the process and reaps the orphaned children that shells leave behind, which
+# a Python PID 1 would not.
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends tmux tini \
+    && apt-get install -y --no-install-recommends tmux tini bubblewrap \
     && rm -rf /var/lib/apt/lists/*
 
-# Shells run as this unprivileged user; the Helm chart runs pods as the same uid 1000.
+# The web, beat and Flower run as this unprivileged user (the Helm chart's uid 1000). Backends
+# run as root, which their sandboxes need; each user's shells run as a uid of their own.
 RUN useradd --create-home --uid 1000 --user-group --shell /bin/bash vterm \
     && install -d -o vterm -g vterm /var/lib/vterm
 
