@@ -287,7 +287,7 @@ class Sandbox:
     def _bwrap_args(self, host_dir: str, spec: SandboxSpec) -> list[str]:
         home = f"/home/{login_name(spec.username, spec.uid)}"
         args = [self.bwrap, "--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
-                "--unshare-cgroup-try", "--hostname", "vterm"]
+                "--unshare-cgroup-try", "--hostname", "vterm", "--as-pid-1"]
         if self.network == "none":
             args.append("--unshare-net")
         for d in SYSTEM_DIRS:
