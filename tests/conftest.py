@@ -143,6 +143,12 @@ class Api:
             time.sleep(0.05)
 
 
+def shell_home(api: Api, session_id: str, data_dir: Path) -> tuple[Path, str]:
+    """A sandboxed session's home: where the host (the test) finds it, and its path in the shell."""
+    uid, home = api.run(session_id, 'id -u; echo "$HOME"')["output"].split()
+    return Path(data_dir) / "homes" / uid, home
+
+
 @pytest.fixture(scope="session")
 def alice(stack) -> Api:
     return Api(stack.url, stack.token("alice"))

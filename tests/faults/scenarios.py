@@ -13,9 +13,11 @@ import threading
 import time
 import uuid
 
-__all__ = ["FINAL"]
+from tests.conftest import shell_home
 
 from .harness import FINAL, FaultStack, Outcome, PrivateRedis, run_load, tally, wait_for
+
+__all__ = ["FINAL"]
 
 
 def _served(fs: FaultStack, sid: str, timeout: float = 60) -> float:
@@ -34,8 +36,10 @@ def worker_crash(fs: FaultStack) -> Outcome:
     out = Outcome("worker kill -9 mid-command (tmux alive)", sessions=1)
     b = fs.backend_ids()[0]
     sid = fs.session_on(b)["id"]
-    flag = fs.tmp / f"release-{uuid.uuid4().hex}"
-    first = fs.submit(sid, f"cd /tmp && while [ ! -e {flag} ]; do sleep 0.05; done; echo released")
+    host_home, home = shell_home(fs.api, sid, fs.stack.config.data_dir)
+    name = f"release-{uuid.uuid4().hex}"
+    flag = host_home / name  # where the shell sees it: its home
+    first = fs.submit(sid, f"cd /tmp && while [ ! -e {home}/{name} ]; do sleep 0.05; done; echo released")
     fs.wait_running(sid, first["id"])
     t0 = time.monotonic()
     fs.stack.stop_process(b, signal.SIGKILL)

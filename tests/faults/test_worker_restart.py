@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.conftest import shell_home
 from tests.ws_viewer import Viewer
 
 from . import scenarios
@@ -90,10 +91,10 @@ def test_drain_carries_the_live_environment_cwd_and_history(fs):
     for b in fs.backend_ids():
         if _backend_status(fs, b) != "healthy":  # the drain test above leaves one draining
             _healthy_again(fs, b)
-    workdir = fs.tmp / "drained dir ✓"
-    workdir.mkdir(exist_ok=True)
     session = fs.api.create_session(env={"GIVEN": "at creation", "GONE": "x"})
     sid, b = session["id"], session["backend"]
+    workdir = shell_home(fs.api, sid, fs.stack.config.data_dir)[1] + "/drained dir ✓"  # the shell's path
+    assert fs.api.run(sid, f"mkdir -p '{workdir}'")["status"] == "succeeded"
     typed = ["export FOO='a b\"c'", "export NL=$'line1\\nline2' UNI='héllo ✓ =x'", "unset GONE",
              "export PATH=\"/opt/vterm-test:$PATH\"", f"cd '{workdir}'"]
     for command in typed:

@@ -14,6 +14,8 @@ import uuid
 
 import pytest
 
+from tests.conftest import shell_home
+
 pytestmark = pytest.mark.integration
 
 SECRET_VALUE = "test-secret-key-not-for-shells"  # the stack's SECRET_KEY (tests/conftest.py)
@@ -35,10 +37,14 @@ def test_a_shell_environment_holds_no_service_secret(alice, stack, capsys):
     leaked = sorted(n for n in names if n in SERVICE_NAMES or n.startswith(SERVICE_PREFIXES))
     assert leaked == [], leaked
     assert SECRET_VALUE not in env_out and stack.config.redis_url not in env_out
-    # Nor in the environment the tmux server itself (the shell's parent) was started with.
-    server_env = alice.run(sid, "tr '\\0' '\\n' < /proc/$PPID/environ")["output"]
-    assert _names(server_env) and SECRET_VALUE not in server_env
-    assert not [n for n in _names(server_env) if n in SERVICE_NAMES or n.startswith(SERVICE_PREFIXES)]
+    # Nor in the environment of the tmux server or any process of the service: the shell is the
+    # first process of its own PID namespace (no parent in sight), and sees no other process.
+    assert alice.run(sid, "echo $PPID")["output"] == "0\n"
+    every_env = alice.run(sid, "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n'")["output"]
+    assert SECRET_VALUE not in every_env
+    # (The shell's own nonce is in its own start-up environment: the session's, by design.)
+    assert not [n for n in _names(every_env) if (n in SERVICE_NAMES or n.startswith(SERVICE_PREFIXES))
+                and n != "__VTERM_NONCE"]
     # Nor in shell variables (set) that bash would hand to children on export.
     set_out = alice.run(sid, "set")["output"]
     assert SECRET_VALUE not in set_out and stack.config.redis_url not in set_out
@@ -77,10 +83,12 @@ def test_hostile_session_names_are_kept_literally(alice):
         alice.http.delete(f"/api/v1/sessions/{sid}/")
 
 
-def test_a_hostile_cwd_is_a_directory_not_a_tmux_format(alice, session, tmp_path):
-    marker = f"/tmp/vterm-cwd-pwned-{uuid.uuid4().hex[:8]}"
-    hostile = f"/tmp/vt-{uuid.uuid4().hex[:8]}-#(touch {marker})-#{{pane_id}}-$(id)-;-\"'"
-    os.makedirs(hostile)
+def test_a_hostile_cwd_is_a_directory_not_a_tmux_format(alice, session, stack):
+    marker = f"/tmp/vterm-cwd-pwned-{uuid.uuid4().hex[:8]}"  # on the host, where tmux would run a #() job
+    name = f"vt-{uuid.uuid4().hex[:8]}-#(touch {marker})-#{{pane_id}}-$(id)-;-\"'"
+    host_home, home = shell_home(alice, session["id"], stack.config.data_dir)
+    os.makedirs(host_home / name)
+    hostile = f"{home}/{name}"
     s = alice.create_session(cwd=hostile)
     assert s["cwd"] == hostile
     assert alice.run(s["id"], "pwd")["output"] == hostile + "\n"
@@ -89,10 +97,12 @@ def test_a_hostile_cwd_is_a_directory_not_a_tmux_format(alice, session, tmp_path
     alice.http.delete(f"/api/v1/sessions/{s['id']}/")
 
 
-def _typed_bytes(alice, sid: str, n: int, send) -> bytes:
+def _typed_bytes(alice, sid: str, n: int, send, data_dir) -> bytes:
     """Bytes the terminal delivered to a program, read raw (no line editing) until n arrived."""
-    path = f"/tmp/vterm-typed-{uuid.uuid4().hex[:8]}"
-    cmd = alice.run(sid, f"stty raw -echo; head -c {n} > {path}; stty sane", wait=0)
+    host_home, home = shell_home(alice, sid, data_dir)
+    name = f"vterm-typed-{uuid.uuid4().hex[:8]}"
+    path = host_home / name
+    cmd = alice.run(sid, f"stty raw -echo; head -c {n} > {home}/{name}; stty sane", wait=0)
     deadline = time.monotonic() + 10
     while alice.http.get(f"/api/v1/sessions/{sid}/commands/{cmd['id']}/").json()["status"] != "running":
         assert time.monotonic() < deadline
@@ -107,7 +117,7 @@ def _typed_bytes(alice, sid: str, n: int, send) -> bytes:
     return data
 
 
-def test_hostile_input_is_typed_literally(alice, session):
+def test_hostile_input_is_typed_literally(alice, session, stack):
     sid = session["id"]
     text = ("-t x -l ; kill-server ; \"dq\" 'sq' $(touch /tmp/vterm-pwned) `id` #{pane_id} "
             "#(touch /tmp/vterm-pwned) ~ \\ \\; { } %if \x1b[31mred\x1b[0m é✓")
@@ -116,18 +126,18 @@ def test_hostile_input_is_typed_literally(alice, session):
     def send():
         r = alice.http.post(f"/api/v1/sessions/{sid}/input/", json={"data": text})
         assert r.status_code == 202, r.text
-    assert _typed_bytes(alice, sid, len(expected), send) == expected
+    assert _typed_bytes(alice, sid, len(expected), send, stack.config.data_dir) == expected
     assert not os.path.exists("/tmp/vterm-pwned")
 
 
-def test_key_names_are_validated_and_typed_literally(alice, session):
+def test_key_names_are_validated_and_typed_literally(alice, session, stack):
     sid = session["id"]
     keys = ["-", ";", "#", "~", "'", '"', "\\", "$", "{", "}", "a"]
 
     def send():
         r = alice.http.post(f"/api/v1/sessions/{sid}/input/", json={"keys": keys})
         assert r.status_code == 202, r.text
-    assert _typed_bytes(alice, sid, len(keys), send) == "".join(keys).encode()
+    assert _typed_bytes(alice, sid, len(keys), send, stack.config.data_dir) == "".join(keys).encode()
     for bad in (["-t"], ["-l"], ["C-c;kill-server"], ["Enter kill-server"], ["#{pane_id}"], ["$(id)"],
                 ["\x1b"], ["NoSuchKey"], ["a b"]):
         r = alice.http.post(f"/api/v1/sessions/{sid}/input/", json={"keys": bad})

@@ -33,6 +33,8 @@ from .cgroups import CgroupError, Cgroups, Limits, Usage
 log = logging.getLogger(__name__)
 
 SETPRIV = "/usr/bin/setpriv"
+# Directories every sandbox has, made fresh for each shell.
+SANDBOX_DIRS = ("/", "/home", "/tmp", "/var", "/var/tmp", "/dev", "/dev/shm", "/proc", "/run")
 RUN_DIR = "/run/vterm"
 INNER_RC = f"{RUN_DIR}/bashrc"
 INNER_X = f"{RUN_DIR}/x"  # hand-over files (environment, history), writable by the shell's user
@@ -115,8 +117,8 @@ class Box:
         home = self.home
         if inner == home or inner.startswith(home + "/"):
             return os.path.isdir(self.spec.home + inner[len(home):])
-        if inner in ("/", "/home", "/tmp", "/var/tmp", "/dev/shm"):
-            return True  # made empty for each shell: only the directory itself
+        if inner in SANDBOX_DIRS:
+            return True  # made for each shell, empty
         return any(inner == d or inner.startswith(d + "/") for d in SYSTEM_DIRS) and os.path.isdir(inner)
 
     def inner_path(self, host: str) -> str:
@@ -207,7 +209,6 @@ class Sandbox:
             raise SandboxUnavailable("cannot sandbox shells on this host; missing: " + "; ".join(missing)
                                      + ". Install or grant them, or set VTERM_SANDBOX=off to run shells "
                                      "as the service's own user, without isolation (docs/security.md).")
-        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
 
     @property
     def cgroups(self) -> Cgroups:
@@ -229,8 +230,9 @@ class Sandbox:
         return self.find(name)
 
     def _make(self, name: str, spec: SandboxSpec) -> None:
+        os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         host_dir = os.path.join(self.state_dir, name)
-        os.makedirs(host_dir, mode=0o700)
+        os.mkdir(host_dir, 0o700)
         with open(os.path.join(host_dir, "box.json"), "w") as f:
             json.dump({**asdict(spec), "token": secrets.token_hex(8)}, f)
         _ensure_home(spec)
