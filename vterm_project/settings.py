@@ -258,6 +258,11 @@ VTERM = {
     "RECONCILE_INTERVAL": env_float("VTERM_RECONCILE_INTERVAL", 3.0),
     "SESSION_IDLE_TTL": env_float("VTERM_SESSION_IDLE_TTL", 0.0),  # seconds; 0: idle sessions never end
     "ORPHAN_INTERVAL": env_float("VTERM_ORPHAN_INTERVAL", 30.0),  # backends compare shells with the database
+    # A command still queued after HANDOFF_GRACE seconds that its backend never received had its
+    # hand-off lost (a Redis failover); each backend looks every HANDOFF_CHECK_INTERVAL seconds and
+    # runs it from the database (workers/handoff_check.py, docs/failover.md "What a 201 means").
+    "HANDOFF_GRACE": env_float("VTERM_HANDOFF_GRACE", 5.0),
+    "HANDOFF_CHECK_INTERVAL": env_float("VTERM_HANDOFF_CHECK_INTERVAL", 5.0),
     "MIGRATE_TIMEOUT": env_float("VTERM_MIGRATE_TIMEOUT", 30.0),  # a migration not done by then is retried
     "DRAIN_GRACE": env_float("VTERM_DRAIN_GRACE", 10.0),  # a drain waits this long for running commands
     "DRAIN_ON_STOP": env_bool("VTERM_DRAIN_ON_STOP", False),  # SIGTERM drains (Kubernetes) or just detaches
