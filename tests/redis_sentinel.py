@@ -148,6 +148,18 @@ class SentinelSet:
         except redis.RedisError:
             return False
 
+    def replica_port(self) -> int:
+        primary = self.primary_port()
+        return next(p for p in self.node_ports if p != primary and p in self.procs)
+
+    def signal_node(self, port: int, sig: int) -> None:
+        """SIGSTOP / SIGCONT a node (a replica that stops reading its primary's stream)."""
+        self.procs[port].send_signal(sig)
+
+    def inbox_length(self, port: int, prefix: str, backend_id: str) -> int:
+        """How many messages a backend's inbox holds on node ``port`` (sessions/redis_state.py's key)."""
+        return int(self._node(port).llen(f"{prefix}vterm:backend:{backend_id}:inbox"))
+
     def kill_primary(self) -> int:
         """SIGKILL the current primary; returns its port."""
         port = self.primary_port()

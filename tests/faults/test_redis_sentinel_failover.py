@@ -13,7 +13,7 @@ import pytest
 from tests.redis_sentinel import SentinelSet
 
 from .harness import FaultStack
-from .sentinel_failover import DEFAULTS, primary_killed_under_load, table
+from .sentinel_failover import DEFAULTS, handoffs_lost_with_the_primary, primary_killed_under_load, table
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -47,3 +47,17 @@ def test_primary_killed_under_load(fs, sentinels):
     assert out.new_session["command"]["output"] == "new-session\n"
     # No process had to be restarted to follow the new primary.
     assert all(fs.processes_alive().values()), fs.processes_alive()
+
+
+def test_handoffs_lost_with_the_primary_still_run(fs, sentinels):
+    """Writes the primary acknowledged and never replicated: the commands' inbox messages are gone
+    after the failover, and the backends' hand-off check runs them from the database."""
+    out = handoffs_lost_with_the_primary(fs, sentinels)
+    assert all(out["acked"]), "each command was accepted (201) before the primary died"
+    assert out["inbox_after_failover"] == 0, "the promoted replica never had the hand-offs"
+    assert [c["status"] for c in out["ended"]] == ["succeeded"] * len(out["ended"]), out["ended"]
+    assert [c["output"] for c in out["ended"]] == [f"handed-off-{i}\n" for i in range(len(out["ended"]))]
+    assert all(c["cwd"] == "/tmp" for c in out["ended"]), "they ran in their session's shell"
+    starts = [c["started_at"] for c in out["ended"]]
+    assert starts == sorted(starts), "in the order they were accepted"
+    assert out["after"]["status"] == "succeeded"
