@@ -156,6 +156,11 @@ class SentinelSet:
         """SIGSTOP / SIGCONT a node (a replica that stops reading its primary's stream)."""
         self.procs[port].send_signal(sig)
 
+    def cut_replicas(self) -> None:
+        """The primary drops its replicas' links: what it accepts next reaches none of them
+        (a stopped replica would else still find it in its socket's buffer when resumed)."""
+        self._node(self.primary_port()).client_kill_filter(_type="replica")
+
     def inbox_length(self, port: int, prefix: str, backend_id: str) -> int:
         """How many messages a backend's inbox holds on node ``port`` (sessions/redis_state.py's key)."""
         return int(self._node(port).llen(f"{prefix}vterm:backend:{backend_id}:inbox"))

@@ -132,9 +132,10 @@ def primary_killed_under_load(fs: FaultStack, sentinels: SentinelSet, *, session
 def handoffs_lost_with_the_primary(fs: FaultStack, sentinels: SentinelSet, commands: int = 5) -> dict:
     """Commands accepted (201) while their hand-off exists only on the primary, which then dies.
 
-    The backend's worker and the replica are stopped (SIGSTOP): the web records each command and
-    RPUSHes it onto the backend's inbox on the primary, which answers, but neither the replica
-    (stopped, so not replicated) nor the backend (stopped, so not taken) gets it. The primary is
+    The backend's worker and the replica are stopped (SIGSTOP) and the primary's replication link
+    cut: the web records each command and RPUSHes it onto the backend's inbox on the primary,
+    which answers, but neither the replica (not replicated) nor the backend (stopped, so not
+    taken) gets it. The primary is
     killed, the replica resumed and promoted, the backend resumed: the inbox on the new primary
     is empty. Only the database knows of these commands (workers/handoff_check.py)."""
     backend = fs.backend_ids()[0]
@@ -142,18 +143,20 @@ def handoffs_lost_with_the_primary(fs: FaultStack, sentinels: SentinelSet, comma
     assert fs.api.run(sid, "cd /tmp")["status"] == "succeeded"
     worker = fs.stack.procs[backend]
     replica = sentinels.replica_port()
-    sentinels.signal_node(replica, signal.SIGSTOP)
     os.killpg(worker.pid, signal.SIGSTOP)
     try:
-        acked = [fs.submit(sid, f"echo handed-off-{i}") for i in range(commands)]
-        old = sentinels.kill_primary()
-    finally:
-        sentinels.signal_node(replica, signal.SIGCONT)
-    try:
+        sentinels.signal_node(replica, signal.SIGSTOP)
+        try:
+            sentinels.cut_replicas()
+            acked = [fs.submit(sid, f"echo handed-off-{i}") for i in range(commands)]
+            old = sentinels.kill_primary()
+        finally:
+            sentinels.signal_node(replica, signal.SIGCONT)
         new = sentinels.wait_promoted(old)
+        prefix = fs.stack.config.extra_env.get("VTERM_REDIS_PREFIX", "")
+        lost_on_redis = sentinels.inbox_length(new, prefix, backend)  # before the backend could take any
     finally:
         os.killpg(worker.pid, signal.SIGCONT)
-    lost_on_redis = sentinels.inbox_length(new, fs.stack.config.extra_env.get("VTERM_REDIS_PREFIX", ""), backend)
     ended = fs.settle([c for c in acked if c], timeout=120)
     after = fs.api.run(sid, "echo after")
     sentinels.restart_node(old)
