@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, timedelta
 
@@ -317,6 +318,48 @@ def _settle_commands(session: TerminalSession, sh: ShellState, plan: ReconcilePl
             _command_end(cmd, WORKER_DOWN)
         else:
             plan.run.append((sh.name, {"id": str(cmd.pk), "command": cmd.command, "timeout": cmd.timeout}))
+
+
+HANDOFF_LOST = ("its hand-off to backend {backend} was lost (Redis failed over before replicating it) "
+                "and a later command of the session already ran: it was not run, to keep the order")
+
+
+def sessions_with_unreceived_commands(*, backend_id: str, received: Callable[[str], bool]) -> list[str]:
+    """Active sessions here with a command still ``queued`` after HANDOFF_GRACE seconds that this
+    backend never received: its hand-off (an RPUSH on the inbox) may have been lost with a Redis
+    primary that died before replicating it (docs/failover.md, "What a 201 means")."""
+    cutoff = timezone.now() - timedelta(seconds=settings.VTERM["HANDOFF_GRACE"])
+    queued = Command.objects.filter(status=Command.Status.QUEUED, submitted_at__lt=cutoff,
+                                    session__backend_id=backend_id, session__status__in=(S.ACTIVE, S.IDLE))
+    return sorted({str(sid) for cid, sid in queued.values_list("pk", "session_id") if not received(str(cid))})
+
+
+def session_handoffs_lost(*, session_id: str, backend_id: str, received: Callable[[str], bool]) -> list[dict]:
+    """Under the session's lock on its backend: the commands whose hand-off was lost, to run now,
+    oldest first. One that a later command has overtaken ends ``interrupted`` instead (running it
+    late would run the session's commands out of order)."""
+    cutoff = timezone.now() - timedelta(seconds=settings.VTERM["HANDOFF_GRACE"])
+    if not TerminalSession.objects.filter(pk=session_id, backend_id=backend_id,
+                                          status__in=(S.ACTIVE, S.IDLE)).exists():
+        return []
+    unfinished = list(Command.objects.filter(session_id=session_id).exclude(status__in=Command.FINAL)
+                      .order_by("seq").values("id", "seq", "status", "command", "timeout", "submitted_at"))
+    # The latest command that reached the shell: started in the database, or received here.
+    started = (Command.objects.filter(session_id=session_id, started_at__isnull=False)
+               .aggregate(m=Max("seq"))["m"] or 0)
+    reached = max([started, *(c["seq"] for c in unfinished if received(str(c["id"])))])
+    run = []
+    for c in unfinished:
+        if c["status"] != Command.Status.QUEUED or received(str(c["id"])) or c["submitted_at"] >= cutoff:
+            continue
+        if c["seq"] < reached:
+            _command_end(Command(pk=c["id"]), HANDOFF_LOST.format(backend=backend_id))
+            log.warning("command %s of %s: hand-off lost and overtaken; ended", c["id"], session_id)
+            continue
+        run.append({"id": str(c["id"]), "command": c["command"], "timeout": c["timeout"]})
+        log.warning("command %s of %s: hand-off lost (Redis failover?); running it from the database",
+                    c["id"], session_id)
+    return run
 
 
 def _command_end(cmd: Command, reason: str) -> None:

@@ -9,6 +9,8 @@ import redis
 import redis.asyncio as aredis
 from django.conf import settings
 
+from vterm_project import redis_config
+
 REPLY_TTL = 300  # seconds a reply waits for its reader
 
 
@@ -96,10 +98,16 @@ def session_group(session_id: str) -> str:
 SOCKET_TIMEOUT = 5.0
 
 
+def _target() -> redis_config.RedisTarget:
+    """settings.REDIS_URL (one Redis, or Sentinel's master: vterm_project/redis_config.py)."""
+    return redis_config.redis_target(settings.REDIS_URL, master_name=settings.REDIS_SENTINEL_MASTER,
+                                     sentinel_password=settings.REDIS_SENTINEL_PASSWORD)
+
+
 @functools.cache
 def sync_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=2,
-                                health_check_interval=30)
+    return redis_config.sync_client(_target(), socket_timeout=SOCKET_TIMEOUT, socket_connect_timeout=2,
+                                    health_check_interval=30)
 
 
 _async_clients: dict[tuple[int, bool], aredis.Redis] = {}
@@ -113,8 +121,8 @@ def async_client(blocking: bool = False) -> aredis.Redis:
     loop = asyncio.get_running_loop()
     client = _async_clients.get((id(loop), blocking))
     if client is None:
-        client = aredis.Redis.from_url(settings.REDIS_URL, socket_connect_timeout=2, health_check_interval=30,
-                                       socket_timeout=None if blocking else SOCKET_TIMEOUT)
+        client = redis_config.async_client(_target(), socket_connect_timeout=2, health_check_interval=30,
+                                           socket_timeout=None if blocking else SOCKET_TIMEOUT)
         _async_clients[(id(loop), blocking)] = client
     return client
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import redis
 
 from tests import stack_logs
 from vterm_project.devstack import Stack, StackConfig, free_port, redis_answers
+from vterm_project.redis_config import client_for_url
 
 # A shell starts background jobs with SIGINT ignored, and children inherit that: the CLI
 # tests' Ctrl-C would then reach no one. The tests need it delivered as a terminal would.
@@ -58,7 +58,7 @@ def redis_url():
         deadline = time.monotonic() + 10
         while not redis_answers(url) and time.monotonic() < deadline:
             time.sleep(0.1)
-    client = redis.Redis.from_url(url)
+    client = client_for_url(url)
     client.flushdb()
     yield url
     client.flushdb()

@@ -32,10 +32,15 @@ def free_port() -> int:
 
 
 def redis_answers(url: str, timeout: float = 1.0) -> bool:
-    import redis
+    """Whether Redis (or, for a sentinel:// URL, its master) answers a PING."""
+    from vterm_project.redis_config import client_for_url
 
     try:
-        return bool(redis.Redis.from_url(url, socket_connect_timeout=timeout, socket_timeout=timeout).ping())
+        client = client_for_url(url, socket_connect_timeout=timeout, socket_timeout=timeout)
+        try:
+            return bool(client.ping())
+        finally:
+            client.close()
     except Exception:
         return False
 

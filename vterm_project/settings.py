@@ -4,6 +4,9 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
+
+from vterm_project import redis_config
 
 
 def env_bool(name: str, default: bool = False) -> bool:
@@ -112,7 +115,16 @@ USE_TZ = True
 STATIC_URL = "/static/"
 STATIC_ROOT = DATA_DIR / "static"
 
-REDIS_URL = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+# One Redis, or the master of a Redis Sentinel set: vterm_project/redis_config.py reads REDIS_URL,
+# REDIS_SENTINEL_MASTER and REDIS_SENTINEL_PASSWORD and gives each client what it needs (docs/deploy.md).
+REDIS_URL = os.environ.get("REDIS_URL") or redis_config.DEFAULT_URL
+REDIS_SENTINEL_MASTER = os.environ.get("REDIS_SENTINEL_MASTER", "")
+REDIS_SENTINEL_PASSWORD = os.environ.get("REDIS_SENTINEL_PASSWORD", "")
+try:
+    REDIS = redis_config.redis_target(REDIS_URL, master_name=REDIS_SENTINEL_MASTER,
+                                      sentinel_password=REDIS_SENTINEL_PASSWORD)
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
 
 # https://channels.readthedocs.io/en/latest/topics/channel_layers.html
 CHANNEL_LAYERS = {
@@ -120,13 +132,13 @@ CHANNEL_LAYERS = {
         "BACKEND": "channels_redis.core.RedisChannelLayer",
         # redis-py >= 8 times out socket reads after 5 s by default, as long as channels-redis'
         # blocking receive (BZPOPMIN, 5 s): an idle WebSocket consumer would die with it.
-        "CONFIG": {"hosts": [{"address": REDIS_URL, "socket_timeout": 30}], "capacity": 1000, "expiry": 30,
-                   "prefix": "vterm:asgi"},
+        "CONFIG": {"hosts": [redis_config.channel_layer_host(REDIS, socket_timeout=30)], "capacity": 1000,
+                   "expiry": 30, "prefix": "vterm:asgi"},
     }
 }
 
 # https://docs.celeryq.dev/en/stable/userguide/configuration.html
-CELERY_BROKER_URL = REDIS_URL
+CELERY_BROKER_URL = redis_config.celery_broker_url(REDIS)
 CELERY_TASK_SERIALIZER = "json"
 CELERY_ACCEPT_CONTENT = ["json"]
 CELERY_TASK_IGNORE_RESULT = True  # replies travel on Redis lists of our own (sessions/replies.py)
@@ -137,7 +149,9 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Redis redelivers unacknowledged tasks after this long (DESIGN.md §9).
 CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600, "global_keyprefix": os.environ.get("VTERM_REDIS_PREFIX", ""),
                                    # Redis paused or gone: a publish fails in seconds (503), it does not hang.
-                                   "socket_timeout": 3, "socket_connect_timeout": 2}
+                                   "socket_timeout": 3, "socket_connect_timeout": 2,
+                                   # Sentinel: master_name and the sentinels' own options (kombu's transport).
+                                   **redis_config.celery_transport_options(REDIS)}
 # https://docs.celeryq.dev/en/stable/userguide/calling.html#retry-policy: bounded, so a request
 # waits at most a few seconds for the broker before it answers 503 (docs/failover.md).
 CELERY_TASK_PUBLISH_RETRY_POLICY = {"max_retries": 1, "interval_start": 0.2, "interval_step": 0.5, "interval_max": 1}
@@ -244,6 +258,11 @@ VTERM = {
     "RECONCILE_INTERVAL": env_float("VTERM_RECONCILE_INTERVAL", 3.0),
     "SESSION_IDLE_TTL": env_float("VTERM_SESSION_IDLE_TTL", 0.0),  # seconds; 0: idle sessions never end
     "ORPHAN_INTERVAL": env_float("VTERM_ORPHAN_INTERVAL", 30.0),  # backends compare shells with the database
+    # A command still queued after HANDOFF_GRACE seconds that its backend never received had its
+    # hand-off lost (a Redis failover); each backend looks every HANDOFF_CHECK_INTERVAL seconds and
+    # runs it from the database (workers/handoff_check.py, docs/failover.md "What a 201 means").
+    "HANDOFF_GRACE": env_float("VTERM_HANDOFF_GRACE", 5.0),
+    "HANDOFF_CHECK_INTERVAL": env_float("VTERM_HANDOFF_CHECK_INTERVAL", 5.0),
     "MIGRATE_TIMEOUT": env_float("VTERM_MIGRATE_TIMEOUT", 30.0),  # a migration not done by then is retried
     "DRAIN_GRACE": env_float("VTERM_DRAIN_GRACE", 10.0),  # a drain waits this long for running commands
     "DRAIN_ON_STOP": env_bool("VTERM_DRAIN_ON_STOP", False),  # SIGTERM drains (Kubernetes) or just detaches

@@ -36,6 +36,7 @@ from sessions.redis_state import backend_stats_key, output_stream_key, sync_clie
 from . import failover_runtime
 from .backend_stats import StatsSampler
 from .env_tracker import EnvTracker
+from .handoff_check import HandoffCheck
 from .inbox import InboxThread
 from .keyed_locks import KeyedLocks
 from .output_frames import StreamBudget, frame_pieces
@@ -146,7 +147,7 @@ class BackendRuntime:
                                   capacity=settings.VTERM["BACKEND_CAPACITY"], sandbox=self.driver.sandbox.mode)
         # Adopted shells are matched with the database before any task runs (sessions/failover.py).
         failover_runtime.reconcile(self, restarted=True, adopted=adopted)
-        for t in (InboxThread(self, self._stop), self.env_tracker):
+        for t in (InboxThread(self, self._stop), self.env_tracker, HandoffCheck(self, self._stop)):
             t.start()
             self._threads.append(t)
         log.info("backend %s up: tmux %s, %d shell(s) adopted, sandbox: %s", self.backend_id,

@@ -49,6 +49,11 @@ class CommandLedger:
                 self._seen.popitem(last=False)
             return True
 
+    def received(self, command_id: str) -> bool:
+        """Whether this backend was given the command (workers/handoff_check.py)."""
+        with self._lock:
+            return command_id in self._seen
+
     def exited(self, name: str) -> None:
         with self._lock:
             self._exited[name] = time.monotonic()

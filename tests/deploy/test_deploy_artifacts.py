@@ -722,6 +722,8 @@ def test_chart_connects_to_redis_through_sentinel(helm: Any) -> None:
     }
     assert env["REDIS_URL"]["value"] == "sentinel://:$(REDIS_PASSWORD)@vterm-redis:26379/0"
     assert env["REDIS_SENTINEL_MASTER"]["value"] == "mymaster"
+    # The Bitnami sentinels ask for the same password (auth.sentinel); started for real in test_chart_processes.py.
+    assert env["REDIS_SENTINEL_PASSWORD"]["value"] == "$(REDIS_PASSWORD)"
     assert env["REDIS_PASSWORD"]["valueFrom"]["secretKeyRef"] == {
         "name": "vterm-redis",
         "key": "redis-password",
@@ -729,6 +731,7 @@ def test_chart_connects_to_redis_through_sentinel(helm: Any) -> None:
     # Kubernetes expands $(NAME) only from variables defined earlier in the list.
     names = list(env)
     assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")
+    assert names.index("REDIS_PASSWORD") < names.index("REDIS_SENTINEL_PASSWORD")
     assert names.index("POD_IP") < names.index("ALLOWED_HOSTS")
 
     chart = yaml.safe_load((CHART_DIR / "Chart.yaml").read_text())
@@ -736,6 +739,8 @@ def test_chart_connects_to_redis_through_sentinel(helm: Any) -> None:
     assert redis["condition"] == "redis.enabled" and "bitnami" in redis["repository"]
     values = yaml.safe_load((CHART_DIR / "values.yaml").read_text())["redis"]
     assert values["sentinel"]["enabled"] is True
+    assert values["auth"]["sentinel"] is True
+    assert values["sentinel"]["downAfterMilliseconds"] <= 5000  # not Bitnami's minute without Redis
     assert "maxmemory-policy noeviction" in values["commonConfiguration"]
     assert "appendonly yes" in values["commonConfiguration"]
 

@@ -15,6 +15,7 @@ import redis
 
 from tests.conftest import make_stack
 from vterm.client import Client
+from vterm_project.redis_config import client_for_url
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +59,7 @@ def bstack(redis_url, tmp_path_factory):
 
 def test_backup_wipe_restore_finds_every_record(bstack, redis_url, tmp_path):
     st = bstack
-    r = redis.Redis.from_url(redis_url)
+    r = client_for_url(redis_url)
     token, other = st.token("backup-alice"), st.token("backup-carol", staff=True)
     with Client(st.url, token) as vt:
         live = vt.create_session(name="kept-live", env={"K": "v"}, cwd="/tmp")

@@ -76,17 +76,16 @@ def test_recording_reads_a_long_stream_in_order_with_times_that_never_go_back(re
     import uuid
     from datetime import datetime
 
-    import redis
-
     from sessions.models import TerminalSession
     from sessions.recording import PAGE, recording_lines
     from sessions.redis_state import output_stream_key
+    from vterm_project.redis_config import client_for_url
 
     settings.REDIS_URL = redis_url
     settings.VTERM = {**settings.VTERM, "REDIS_PREFIX": f"rec{uuid.uuid4().hex[:6]}:"}
     session = TerminalSession(id=uuid.uuid4(), name="", cols=80, rows=24,
                               created_at=datetime.fromtimestamp(1000.0, tz=UTC))
-    r = redis.Redis.from_url(redis_url)
+    r = client_for_url(redis_url)
     key = output_stream_key(str(session.pk))
     n = PAGE * 2 + 7
     for seq in range(1, n + 1):
@@ -112,11 +111,11 @@ def test_recording_reads_a_long_stream_in_order_with_times_that_never_go_back(re
 def test_an_ended_sessions_stream_expires_after_the_retention(alice, redis_url):
     import time
 
-    import redis
+    from vterm_project.redis_config import client_for_url
 
     sid = alice.create_session()["id"]
     alice.run(sid, "echo kept-for-a-while")
-    r = redis.Redis.from_url(redis_url)
+    r = client_for_url(redis_url)
     key = f"vterm:out:{sid}"
     assert r.ttl(key) == -1  # a live session's stream does not expire
     alice.http.delete(f"/api/v1/sessions/{sid}/")

@@ -10,13 +10,13 @@ import uuid
 
 import httpx
 import pytest
-import redis
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
 from sessions.broadcast import viewers_key
 from tests.conftest import Api, make_stack
 from tests.ws_viewer import Viewer, ws_url
+from vterm_project.redis_config import client_for_url
 
 pytestmark = pytest.mark.integration
 
@@ -136,7 +136,7 @@ def test_backend_sends_to_a_session_group_only_while_someone_watches(stack, alic
     """The backend skips the channel layer for a session whose group key is absent (sessions/broadcast.py):
     the key must be the one channels-redis keeps the group under, and a viewer who joins a busy
     session must still get every frame after its hello, from the stream or live."""
-    r = redis.Redis.from_url(redis_url)
+    r = client_for_url(redis_url)
     key = viewers_key(session["id"])
     assert not r.exists(key)
     # Output flows while nobody watches, and goes on while a viewer joins.

@@ -64,8 +64,9 @@ app.kubernetes.io/part-of: vterm
 {{/*
 Environment of every vterm container, after envFrom (ConfigMap and Secret).
 ALLOWED_HOSTS includes the pod's own address, which kubelet probes and Prometheus use as Host.
-With the bundled Redis, REDIS_URL names Sentinel (sentinel://…, master REDIS_SENTINEL_MASTER)
-or the master; $(REDIS_PASSWORD) is expanded by Kubernetes from the variable before it.
+With the bundled Redis, REDIS_URL names Sentinel (sentinel://…, master REDIS_SENTINEL_MASTER, the
+sentinels' own password REDIS_SENTINEL_PASSWORD) or the master; $(REDIS_PASSWORD) is expanded by
+Kubernetes from the variable before it (vterm_project/redis_config.py reads them; docs/deploy.md).
 */}}
 {{- define "vterm.env" -}}
 {{- $hosts := concat (list "localhost" "127.0.0.1") .Values.config.allowedHosts }}
@@ -93,6 +94,11 @@ or the master; $(REDIS_PASSWORD) is expanded by Kubernetes from the variable bef
   value: {{ printf "sentinel://%s%s:26379/0" $auth (include "vterm.redis.fullname" .) | quote }}
 - name: REDIS_SENTINEL_MASTER
   value: {{ .Values.redis.sentinel.masterSet | quote }}
+{{- if and .Values.redis.auth.enabled .Values.redis.auth.sentinel }}
+{{- /* The Bitnami chart's sentinels ask for the same password (its auth.sentinel). */}}
+- name: REDIS_SENTINEL_PASSWORD
+  value: "$(REDIS_PASSWORD)"
+{{- end }}
 {{- else }}
 - name: REDIS_URL
   value: {{ printf "redis://%s%s-master:6379/0" $auth (include "vterm.redis.fullname" .) | quote }}
