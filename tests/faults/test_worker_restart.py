@@ -5,6 +5,8 @@ Heartbeat TTL is long here, so the restart is a restart, not a backend loss.
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from tests.conftest import shell_home
@@ -76,6 +78,18 @@ def test_drain_moves_sessions_live_and_new_sessions_avoid_the_backend(fs):
     assert all(fs.api.create_session()["backend"] != b for _ in range(3)), "placement avoids a draining backend"
 
 
+def _sleepers(cmd: str) -> list[int]:
+    found = []
+    for p in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{p}/cmdline", "rb") as f:
+                if f.read().replace(b"\0", b" ").strip() == cmd.encode():
+                    found.append(int(p))
+        except (OSError, ValueError):
+            pass
+    return found
+
+
 def _backend_status(fs, backend_id: str) -> str:
     return next(b["status"] for b in fs.staff.http.get("/api/v1/backends/").json() if b["id"] == backend_id)
 
@@ -97,6 +111,9 @@ def test_drain_carries_the_live_environment_cwd_and_history(fs):
     assert fs.api.run(sid, f"mkdir -p '{workdir}'")["status"] == "succeeded"
     typed = ["export FOO='a b\"c'", "export NL=$'line1\\nline2' UNI='héllo ✓ =x'", "unset GONE",
              "export PATH=\"/opt/vterm-test:$PATH\"", f"cd '{workdir}'"]
+    # A daemon of the session's: the stale copy left on the drained backend ends with everything in it.
+    assert fs.api.run(sid, "setsid sleep 406 >/dev/null 2>&1 </dev/null &")["status"] == "succeeded"
+    wait_for(lambda: _sleepers("sleep 406"), 10, "the daemon to run")
     for command in typed:
         assert fs.api.run(sid, command)["status"] == "succeeded", command
 
@@ -108,6 +125,7 @@ def test_drain_carries_the_live_environment_cwd_and_history(fs):
         assert "environment as read from its shell at" in moved["status_reason"], moved["status_reason"]
         assert moved["env"] == {"GIVEN": "at creation", "GONE": "x"}, "the API's env is the creation env"
         assert sid not in fs.tmux_windows(b)
+        wait_for(lambda: not _sleepers("sleep 406"), 5, "the stale copy's daemon to be gone")
 
         # The new shell on the other backend has what was exported and unset there, and its cwd.
         check = 'printf "%s|" "$FOO" "$NL" "$UNI" "${GONE-unset}" "$GIVEN" "${PATH%%:*}"; echo; pwd'
