@@ -13,6 +13,7 @@ import time
 import pytest
 
 from tests.conftest import Api
+from tests.prom import scrape, value
 from vterm_project.devstack import ROOT
 
 SECRET_VALUE = "test-secret-key-not-for-shells"  # the stack's SECRET_KEY (tests/conftest.py)
@@ -208,6 +209,20 @@ def test_limits_can_be_lowered_per_session_not_raised(alice, stack):
         r = out(alice, s["id"], fork_flood(100))
         assert int(r["output"].split("refused at ")[1].split()[0]) <= 32, r
         assert out(alice, s["id"], "echo alive")["output"] == "alive\n"
+        # Both events are counted: on the session (API, admin) and pool-wide in /metrics.
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            usage = alice.http.get(f"/api/v1/sessions/{s['id']}/").json()["resource_usage"] or {}
+            series = scrape(stack.url)
+            if (usage.get("oom_kills", 0) >= 1 and usage.get("process_limit_hits", 0) >= 1
+                    and value(series, "vterm_sandbox_limit_events_total", kind="memory") >= 1
+                    and value(series, "vterm_sandbox_limit_events_total", kind="processes") >= 1):
+                break
+            time.sleep(0.5)
+        assert usage.get("oom_kills", 0) >= 1 and usage.get("process_limit_hits", 0) >= 1, usage
+        assert value(series, "vterm_session_oom_kills", session=s["id"]) >= 1
+        assert value(series, "vterm_sandbox_limit_events_total", kind="memory") >= 1
+        assert value(series, "vterm_sandbox_limit_events_total", kind="processes") >= 1
     finally:
         alice.http.delete(f"/api/v1/sessions/{s['id']}/")
 
