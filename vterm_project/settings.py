@@ -241,8 +241,8 @@ VTERM = {
     "RESIZE_BURST": env_float("VTERM_RESIZE_BURST", 20.0),
     "INTERRUPT_RATE": env_float("VTERM_INTERRUPT_RATE", 5.0),
     "INTERRUPT_BURST": env_float("VTERM_INTERRUPT_BURST", 20.0),
-    "SCREEN_RATE": env_float("VTERM_SCREEN_RATE", 10.0),
-    "SCREEN_BURST": env_float("VTERM_SCREEN_BURST", 30.0),
+    "SCREEN_RATE": env_float("VTERM_SCREEN_RATE", 20.0),
+    "SCREEN_BURST": env_float("VTERM_SCREEN_BURST", 40.0),
     "RECORDING_RATE": env_float("VTERM_RECORDING_RATE", 0.2),
     "RECORDING_BURST": env_float("VTERM_RECORDING_BURST", 5.0),
     # Open WebSockets per user on all web nodes together (one more: close 4429). Each node renews
