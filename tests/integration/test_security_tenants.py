@@ -167,6 +167,12 @@ def test_open_websockets_per_user_are_capped_across_web_nodes(tenants, alice, bo
         assert code == 4429, (frames, code)
         assert [f["code"] for f in frames] == ["too_many_connections"]
         assert "3 WebSockets open" in frames[0]["message"]
+    # The Python client says why (vterm/stream.py).
+    from vterm.errors import RateLimited
+    from vterm.stream import Terminal
+
+    with pytest.raises(RateLimited, match="3 WebSockets open"):
+        Terminal(ws_url(url2, b_sid), bob.token, reconnect=False).connect()
     # alice has places of her own, on the same backend and web nodes.
     alices = [Viewer(u, a_sid, token=alice.token) for u in (st.url, url2, st.url)]
     _alice_is_fine(alice, a_sid, alices[0])
