@@ -126,11 +126,11 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         seconds (sessions/ws_watch.py)."""
         try:
             cap = await ws_claim(self.user.pk, self.channel_name)
-        except RedisError:
-            self.session = None  # nothing to leave on disconnect
-            await self.send_error("unavailable", "The session store (Redis) is unavailable.")
-            await self.close(code=1013)  # try again later
-            return False
+        except RedisError as exc:
+            # Unchecked, not refused: without Redis the connection fails at its next step anyway.
+            log.warning("could not claim a WebSocket place for user %s: %s", self.user.pk, exc)
+            ws_watch(self)
+            return True
         if cap:
             self.session = None  # nothing to leave on disconnect
             await self.send_error("too_many_connections", f"You have {cap} WebSockets open, the most allowed per "
@@ -162,9 +162,9 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code) -> None:
         for task in getattr(self, "_waiters", ()):
             task.cancel()
+        ws_unwatch(self)
         if self._claimed:
             self._claimed = False
-            ws_unwatch(self)
             try:
                 await ws_release(self.user.pk, self.channel_name)
             except RedisError:

@@ -8,6 +8,7 @@ would end up in access logs and browser history.
 
 from __future__ import annotations
 
+from importlib import import_module
 from types import SimpleNamespace
 from urllib.parse import urlsplit
 
@@ -114,8 +115,6 @@ def credentials_revoked(connections: list[tuple[int, str | None, str | None]]) -
     password changed; Django's own ``auth.get_user`` decides, as for a page).
 
     All the tokens in one query; each cookie login one read of its session."""
-    from importlib import import_module
-
     keys = {token for _, token, _ in connections if token}
     live_tokens = dict(Token.objects.filter(key__in=keys, user__is_active=True).values_list("key", "user_id"))
     store = import_module(settings.SESSION_ENGINE).SessionStore
