@@ -155,7 +155,7 @@ class SessionScreenView(APIView):
     @extend_schema(responses=ScreenSerializer)
     async def get(self, request, session_id):
         session = await sync_to_async(selectors.session_get_for_user)(request.user, session_id)
-        return Response(await services.session_screen(session))
+        return Response(await services.session_screen_read(session))
 
 
 class SessionResizeView(APIView):
@@ -178,6 +178,7 @@ class SessionRecordingView(APIView):
     async def get(self, request, session_id):
         def read():
             session = selectors.session_get_for_user(request.user, session_id)
+            services.session_recording_open(session)
             audit.audit_record(request.user, audit.SESSION_RECORDING, session.pk, request=request)
             return session
         session = await sync_to_async(read)()

@@ -27,15 +27,18 @@ from rest_framework.exceptions import APIException, ValidationError
 
 from . import audit, metrics, selectors, services
 from .models import Command
+from .ratelimit import ws_claim, ws_release
 from .redis_state import blpop, command_done_key, session_group
 from .serializers import SessionSerializer
-from .ws_flow import OutputWindow
+from .ws_flow import AckBeyondSent, OutputWindow
 from .ws_serializers import AckFrameSerializer, InputSerializer, ResizeSerializer, RunFrameSerializer
+from .ws_watch import ws_unwatch, ws_watch
 
 log = logging.getLogger(__name__)
 
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_MANY = 4429  # the user has VTERM_WS_MAX_PER_USER WebSockets open already
 CLOSE_TOO_LARGE = 1009
 PUMP_BATCH = 64  # stream entries read per XRANGE while catching up
 # A command frame carries at most this much of the command's output (a WebSocket message
@@ -68,6 +71,7 @@ class NoRouteConsumer(AsyncWebsocketConsumer):
 
 class TerminalConsumer(AsyncWebsocketConsumer):
     session = None
+    _claimed = False
 
     # -- connection ------------------------------------------------------------------
 
@@ -89,6 +93,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             await self.close(code=CLOSE_NOT_FOUND)
             return
         self.session_id = str(self.session.pk)
+        if not await self._claim():
+            return
         await self._audit(audit.SESSION_ATTACH)
         cfg = settings.VTERM
         self.window = OutputWindow(high=cfg["WS_WINDOW_HIGH"], low=cfg["WS_WINDOW_LOW"], skip=cfg["WS_SKIP_AFTER"])
@@ -114,6 +120,40 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         else:
             await self._send_snapshot(fallback_seq=latest)
 
+    async def _claim(self) -> bool:
+        """One of the user's places for an open WebSocket (sessions/ratelimit.py); without one,
+        an error frame that says so and close 4429. Then the connection is re-checked every few
+        seconds (sessions/ws_watch.py)."""
+        try:
+            cap = await ws_claim(self.user.pk, self.channel_name)
+        except RedisError as exc:
+            # Unchecked, not refused: without Redis the connection fails at its next step anyway.
+            log.warning("could not claim a WebSocket place for user %s: %s", self.user.pk, exc)
+            ws_watch(self)
+            return True
+        if cap:
+            self.session = None  # nothing to leave on disconnect
+            await self.send_error("too_many_connections", f"You have {cap} WebSockets open, the most allowed per "
+                                                          "user (VTERM_WS_MAX_PER_USER); close one first.")
+            await self.close(code=CLOSE_TOO_MANY)
+            return False
+        self._claimed = True
+        ws_watch(self)
+        return True
+
+    def credentials(self) -> tuple[int, str | None, str | None]:
+        """What this connection was opened with (sessions/ws_watch.py re-checks it)."""
+        token = self.scope.get("auth_token")
+        session = self.scope.get("session")
+        return self.user.pk, token or None, None if token else getattr(session, "session_key", None)
+
+    async def revoked(self) -> None:
+        """The user may no longer come in (inactive, token deleted, logged out): close 4401."""
+        ws_unwatch(self)
+        await self.send_error("revoked", "This connection's credentials are no longer valid (the user was "
+                                         "deactivated, or the token or login ended).")
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+
     async def _audit(self, action: str, detail: dict | None = None) -> None:
         client = self.scope.get("client") or ("", 0)
         await sync_to_async(audit.audit_record)(self.user, action, self.session_id, remote_addr=str(client[0]),
@@ -122,6 +162,13 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code) -> None:
         for task in getattr(self, "_waiters", ()):
             task.cancel()
+        ws_unwatch(self)
+        if self._claimed:
+            self._claimed = False
+            try:
+                await ws_release(self.user.pk, self.channel_name)
+            except RedisError:
+                pass  # the claim lapses by itself (VTERM_WS_CLAIM_SECONDS)
         if getattr(self, "_counted", False):
             self._counted = False
             metrics.websocket_closed()
@@ -248,7 +295,10 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     async def on_ack(self, frame: dict) -> None:
         seq = self._valid(AckFrameSerializer, frame)["seq"]
-        self.window.ack(seq)
+        try:
+            self.window.ack(seq)
+        except AckBeyondSent as exc:  # acking ahead would unpause a viewer that never reads
+            raise ValidationError({"seq": [str(exc)]}) from exc
         await self._pump()
 
     async def on_ping(self, frame: dict) -> None:

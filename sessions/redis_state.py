@@ -89,6 +89,12 @@ def breaker_open_key(backend_id: str) -> str:
     return f"{_p()}backend:{backend_id}:breaker"
 
 
+def ws_open_key(user_id) -> str:
+    """Sorted set of a user's open WebSockets, on every web node (member: the connection's channel
+    name; score: when its claim lapses unless renewed): the cap VTERM_WS_MAX_PER_USER."""
+    return f"{_p()}ws:open:{user_id}"
+
+
 def session_group(session_id: str) -> str:
     """Channel-layer group of a session's viewers."""
     return f"session.{session_id}"

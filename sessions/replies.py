@@ -17,9 +17,22 @@ from workers.routing import backend_queue
 
 from .redis_state import REPLY_TTL, backend_inbox_key, blpop, reply_key, sync_client
 
+# Positional arguments that carry users' secrets, by task: a session's environment (tokens,
+# passwords). Celery shows a task's arguments in Flower and in the worker's log from the message's
+# ``argsrepr``; these are shown there with their values masked (the task itself gets them whole).
+SECRET_ARGS = {"workers.tasks.session_start": (3,)}  # (session_id, epoch, cwd, env, cols, rows)
+MASK = "***"
+
+
+def args_shown(task: str, args: list) -> list:
+    """``args`` as Flower and the logs may show them: SECRET_ARGS dicts keep their names, not values."""
+    secret = SECRET_ARGS.get(task, ())
+    return [{k: MASK for k in a} if i in secret and isinstance(a, dict) else a for i, a in enumerate(args)]
+
 
 def send_to_backend(queue: str, task: str, *args, **kwargs) -> None:
-    celery_app.send_task(task, args=list(args), kwargs=kwargs, queue=queue)
+    shown = {"argsrepr": repr(args_shown(task, list(args)))} if task in SECRET_ARGS else {}
+    celery_app.send_task(task, args=list(args), kwargs=kwargs, queue=queue, **shown)
 
 
 def push_to_backend(backend_id: str, op: str, **fields) -> None:

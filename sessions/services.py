@@ -235,7 +235,10 @@ def _session_require_live(session: TerminalSession) -> None:
 
 
 def session_resize(session: TerminalSession, *, cols: int, rows: int) -> TerminalSession:
+    """REST and WebSocket `resize`: spent from the owner's resize budget (each one is a database
+    write and an audit row)."""
     _session_require_live(session)
+    ratelimit_check(session.owner_id, "resize")
     TerminalSession.objects.filter(pk=session.pk).update(cols=cols, rows=rows)
     session.cols, session.rows = cols, rows
     push_to_backend(session.backend_id, "resize", session=str(session.pk), cols=cols, rows=rows)
@@ -263,6 +266,19 @@ async def session_screen(session: TerminalSession, *, escapes: bool = False) -> 
     if not reply.get("ok"):
         raise Conflict(reply.get("error", "The screen could not be read."))
     return reply["screen"]
+
+
+async def session_screen_read(session: TerminalSession) -> dict:
+    """`GET …/screen/`: the screen, spent from the owner's screen budget (each read is a call to
+    the session's backend). A WebSocket's own snapshots are not charged."""
+    await sync_to_async(ratelimit_check)(session.owner_id, "screen")
+    return await session_screen(session)
+
+
+def session_recording_open(session: TerminalSession) -> None:
+    """A download of the session's recording (it reads the whole output stream): spent from the
+    owner's recording budget."""
+    ratelimit_check(session.owner_id, "recording")
 
 
 # -- commands -------------------------------------------------------------------------
@@ -385,6 +401,7 @@ def command_interrupt(cmd: Command) -> None:
         raise Conflict(f"The command has already ended ({cmd.status}).")
     session = cmd.session
     _session_require_live(session)
+    ratelimit_check(session.owner_id, "interrupt")
     push_to_backend(session.backend_id, "interrupt", session=str(session.pk), command=str(cmd.pk))
 
 
@@ -520,8 +537,10 @@ async def session_snapshot(session: TerminalSession, tries: int = 3) -> dict:
 
 
 def session_interrupt(session: TerminalSession) -> None:
-    """Ctrl-C in the session: ends its running command (as interrupted) or the foreground program."""
+    """Ctrl-C in the session: ends its running command (as interrupted) or the foreground program.
+    Spent from the owner's interrupt budget, as ``command_interrupt``."""
     _session_require_live(session)
+    ratelimit_check(session.owner_id, "interrupt")
     push_to_backend(session.backend_id, "interrupt", session=str(session.pk))
 
 

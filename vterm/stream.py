@@ -24,6 +24,7 @@ from .errors import (
     AuthError,
     ConnectionFailed,
     NotFound,
+    RateLimited,
     StreamClosed,
     Unavailable,
     VtermError,
@@ -69,6 +70,14 @@ def _handshake_error(url: str, exc: Exception) -> VtermError:
     if isinstance(exc, InvalidHandshake):
         return VtermError(f"WebSocket handshake with {url} failed: {exc}")
     return ConnectionFailed(f"cannot open the WebSocket {url}: {exc}")
+
+
+def _not_hello_error(first: Frame | None) -> VtermError:
+    """What a connection that did not begin with ``hello`` says (the server closes it next)."""
+    if first is not None and first.type == "error" and first.code == "too_many_connections":
+        # Close 4429 follows: the user's WebSockets are at VTERM_WS_MAX_PER_USER; one must close first.
+        return RateLimited(f"WebSocket refused: {first.message}", None, first.raw)
+    return VtermError(f"expected a hello frame first, got {first!r}")
 
 
 def _closed_error(exc: ConnectionClosed) -> VtermError | None:
@@ -162,7 +171,7 @@ class Terminal(_Base):
             raise _handshake_error(url, exc) from exc
         first = self._recv_frame(timeout=self.open_timeout)
         if first is None or first.type != "hello":
-            raise VtermError(f"expected a hello frame first, got {first!r}")
+            raise _not_hello_error(first)
         return first
 
     def __enter__(self) -> Self:
@@ -279,7 +288,7 @@ class AsyncTerminal(_Base):
             raise _handshake_error(url, exc) from exc
         first = await self._recv_frame(timeout=self.open_timeout)
         if first is None or first.type != "hello":
-            raise VtermError(f"expected a hello frame first, got {first!r}")
+            raise _not_hello_error(first)
         return first
 
     async def __aenter__(self) -> Self:

@@ -10,19 +10,19 @@ django_asgi_app = get_asgi_application()  # sets Django up
 
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
-from django.contrib.staticfiles.handlers import ASGIStaticFilesHandler
 
 from sessions.command_route import CommandRoute
-from sessions.ws_auth import BearerTokenAuthMiddleware, allowed_hosts_origin_validator
+from sessions.ws_auth import BearerTokenAuthMiddleware, SameOriginValidator
 from sessions.ws_routing import websocket_urlpatterns
 from vterm_project.asgi_handler import PooledSyncThreadASGIHandler
 from vterm_project.body_limit import RequestBodyLimit
+from vterm_project.static_files import StaticFilesHandler
 
 # Long-lived sync threads instead of one per request (see asgi_handler.py); 0 turns it off.
 if os.environ.get("VTERM_WEB_SYNC_THREADS", "8") != "0":
     django_asgi_app = PooledSyncThreadASGIHandler()
 
-http_app = ASGIStaticFilesHandler(django_asgi_app)
+http_app = StaticFilesHandler(django_asgi_app)
 # POST …/commands/ with a Bearer token, served without Django's request cycle (sessions/command_route.py);
 # VTERM_COMMAND_ROUTE=0 leaves it to the DRF view, for comparison.
 if os.environ.get("VTERM_COMMAND_ROUTE", "1") != "0":
@@ -36,7 +36,7 @@ application = ProtocolTypeRouter({
     # Only /static/ goes to the static handler; everything else passes straight through.
     # A body over DATA_UPLOAD_MAX_MEMORY_SIZE is answered 413 before Django reads it.
     "http": RequestBodyLimit(http_app),
-    # Cookie (browser) or Bearer header (programs); a cross-site Origin is refused.
-    "websocket": allowed_hosts_origin_validator(
+    # Cookie (browser) or Bearer header (programs); an Origin of another scheme, host or port is refused.
+    "websocket": SameOriginValidator(
         AuthMiddlewareStack(BearerTokenAuthMiddleware(URLRouter(websocket_urlpatterns)))),
 })

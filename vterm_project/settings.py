@@ -249,6 +249,23 @@ VTERM = {
     "COMMAND_BURST": env_float("VTERM_COMMAND_BURST", 200.0),
     "INPUT_RATE": env_float("VTERM_INPUT_RATE", 200.0),
     "INPUT_BURST": env_float("VTERM_INPUT_BURST", 400.0),
+    # The same for resizes (REST, WebSocket), Ctrl-C (REST and WebSocket `interrupt`), `GET …/screen/`
+    # and recording downloads: each costs a database write, a backend call or a read of a whole stream.
+    "RESIZE_RATE": env_float("VTERM_RESIZE_RATE", 5.0),
+    "RESIZE_BURST": env_float("VTERM_RESIZE_BURST", 20.0),
+    "INTERRUPT_RATE": env_float("VTERM_INTERRUPT_RATE", 5.0),
+    "INTERRUPT_BURST": env_float("VTERM_INTERRUPT_BURST", 20.0),
+    "SCREEN_RATE": env_float("VTERM_SCREEN_RATE", 20.0),
+    "SCREEN_BURST": env_float("VTERM_SCREEN_BURST", 40.0),
+    "RECORDING_RATE": env_float("VTERM_RECORDING_RATE", 0.2),
+    "RECORDING_BURST": env_float("VTERM_RECORDING_BURST", 5.0),
+    # Open WebSockets per user on all web nodes together (one more: close 4429). Each node renews
+    # its connections' claims every WS_RECHECK_INTERVAL; those of a node that died lapse after
+    # WS_CLAIM_SECONDS. The same round closes (4401) a connection whose user was deactivated, or
+    # whose token or login ended (sessions/ws_watch.py).
+    "WS_MAX_PER_USER": env_int("VTERM_WS_MAX_PER_USER", 20),
+    "WS_CLAIM_SECONDS": env_int("VTERM_WS_CLAIM_SECONDS", 60),
+    "WS_RECHECK_INTERVAL": env_float("VTERM_WS_RECHECK_INTERVAL", 5.0),
     # Failed logins per (username, client address) within the window before logins are refused.
     "LOGIN_MAX_FAILURES": env_int("VTERM_LOGIN_MAX_FAILURES", 5),
     "LOGIN_WINDOW": env_int("VTERM_LOGIN_WINDOW", 300),

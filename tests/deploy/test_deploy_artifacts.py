@@ -40,6 +40,8 @@ CHART_DIR = ROOT / "helm" / "vterm"
 
 # The process commands, as every deployment must run them.
 WEB_CMD = "daphne -b 0.0.0.0 -p 8000 vterm_project.asgi:application"
+# Compose runs the web nodes behind its HAProxy only: the client address from the X-Forwarded-For it sets.
+COMPOSE_WEB_CMD = "daphne --proxy-headers -b 0.0.0.0 -p 8000 vterm_project.asgi:application"
 BACKEND_CMD = "celery -A vterm_project worker --pool=solo --loglevel=INFO -n backend@%h -Q vterm.control"
 # Beat runs embedded in a small non-backend worker that consumes vterm.control, so that the pool
 # reconcile runs even when every backend is dead (docs/failover.md).
@@ -115,7 +117,7 @@ def test_compose_reuses_one_definition_per_role() -> None:
 
 def test_compose_process_commands(compose: dict[str, Any]) -> None:
     services = compose["services"]
-    assert services["web1"]["command"] == services["web2"]["command"] == WEB_CMD
+    assert services["web1"]["command"] == services["web2"]["command"] == COMPOSE_WEB_CMD
     assert services["beat"]["command"] == BEAT_CMD
     assert services["beat"]["environment"]["VTERM_ROLE"] == "control"  # not a backend
     assert services["beat"]["healthcheck"]["test"][-1] == CONTROL_PING.replace("$", "$$")

@@ -42,7 +42,9 @@ def wait_for(predicate, timeout: float, what: str):
 
 
 def web_proc(name: str, port: int) -> Proc:
-    return Proc(name, [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(port), "vterm_project.asgi:application"])
+    # As docker-compose.yml runs them behind the balancer: the client address from its X-Forwarded-For.
+    return Proc(name, [str(BIN / "daphne"), "--proxy-headers", "-b", "127.0.0.1", "-p", str(port),
+                       "vterm_project.asgi:application"])
 
 
 @pytest.fixture(scope="module")

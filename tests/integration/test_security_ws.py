@@ -80,7 +80,11 @@ def test_a_cross_site_origin_is_refused(stack, alice):
     with pytest.raises(InvalidStatus) as exc:
         connect(url, additional_headers={"Cookie": cookie}, origin="http://evil.example", open_timeout=30)
     assert exc.value.response.status_code == 403
-    v = Viewer(stack.url, sid, headers={"Cookie": cookie, "Origin": "http://127.0.0.1"})
+    for origin in ("http://127.0.0.1", "http://127.0.0.1:1"):  # the site's host on another port is another site
+        with pytest.raises(InvalidStatus) as exc:
+            connect(url, additional_headers={"Cookie": cookie}, origin=origin, open_timeout=30)
+        assert exc.value.response.status_code == 403, origin
+    v = Viewer(stack.url, sid, headers={"Cookie": cookie, "Origin": stack.url})
     assert v.hello["type"] == "hello"
     v.close()
     web.delete(f"/api/v1/sessions/{sid}/", headers={"X-CSRFToken": web.cookies["csrftoken"]})

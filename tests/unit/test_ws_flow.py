@@ -50,3 +50,32 @@ def test_stream_budget_trims_whole_blocks_to_the_limit():
     assert b.total <= 3 * BLOCK
     small = StreamBudget(max_chars=10 * BLOCK)
     assert all(small.add(seq, 10) is None for seq in range(1, 1000)), "small frames share a block"
+
+
+def test_window_refuses_acks_beyond_what_was_sent():
+    """A client that acks far ahead (never reading) must not unpause itself: the window counts what
+    the server sent, and an ack above it releases nothing."""
+    import pytest
+
+    from sessions.ws_flow import AckBeyondSent
+
+    w = OutputWindow(high=100, low=20, skip=1000)
+    w.start(0, 0)
+    for seq in (1, 2):
+        w.saw_live(seq, 60)
+        w.record_sent(seq, 60)
+    assert w.paused and w.inflight == 120
+    with pytest.raises(AckBeyondSent, match="1000000000000000 is beyond the last output sent to this viewer .2."):
+        w.ack(10**15)
+    assert w.paused and w.inflight == 120, "a refused ack released nothing"
+    with pytest.raises(AckBeyondSent):
+        w.ack(3)
+    assert w.ack(2) and not w.paused and w.inflight == 0, "an honest ack still works"
+    # A snapshot counts as sent up to its seq; `since` too (the client had that much already).
+    w.record_snapshot(40, 10)
+    assert not w.ack(40)
+    w2 = OutputWindow(high=100, low=20, skip=1000)
+    w2.start(7, 9)
+    assert not w2.ack(7)
+    with pytest.raises(AckBeyondSent):
+        w2.ack(8)
