@@ -77,10 +77,16 @@ class Sizer:
         out = self.st.config.manage("shell", "-c", DB_STATE).stdout.strip().splitlines()[-1]
         return json.loads(out)
 
-    def data_dir(self) -> int:
-        """Bytes of files under the data directory: SQLite, its WAL, the private Redis' AOF, logs."""
+    def data_dir(self) -> dict[str, int]:
+        """Bytes of files under the data directory by top-level entry: SQLite and its WAL, the
+        private Redis' AOF (redis/), the logs (logs/)."""
         root = self.st.config.data_dir
-        return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+        out: dict[str, int] = {}
+        for p in root.rglob("*"):
+            if p.is_file():
+                top = p.relative_to(root).parts[0]
+                out[top] = out.get(top, 0) + p.stat().st_size
+        return out
 
     def redis_used(self) -> int:
         return int(self.r.info("memory")["used_memory"])
@@ -95,10 +101,12 @@ class Sizer:
         rows = {k: v - self.last_db["rows"].get(k, 0) for k, v in db["rows"].items() if v != self.last_db["rows"].get(k)}
         redis_grew = used - self.last_redis
         data_dir = self.data_dir()
-        dir_grew = data_dir - self.last_dir
+        dir_grew = sum(data_dir.values()) - sum(self.last_dir.values())
+        parts = ", ".join(f"{k} {(v - self.last_dir.get(k, 0)) / per:+,.0f}" for k, v in sorted(data_dir.items())
+                          if v != self.last_dir.get(k, 0))
         print(f"{what}: database {grew:+,} B = {grew / per:,.0f} B per {unit} (rows {rows}); "
               f"Redis used_memory {redis_grew:+,} B = {redis_grew / per:,.0f} B per {unit}; "
-              f"data directory {dir_grew:+,} B = {dir_grew / per:,.0f} B per {unit}; "
+              f"data directory {dir_grew:+,} B = {dir_grew / per:,.0f} B per {unit} ({parts}); "
               f"database file(s) now {db['file']:,} B", flush=True)
         self.last_db, self.last_redis, self.last_dir = db, used, data_dir
         return db
@@ -147,7 +155,9 @@ def main() -> None:
         with psycopg.connect(admin_url, autocommit=True) as c:
             c.execute(f'CREATE DATABASE "{db_name}"')
     cfg = StackConfig(data_dir=tmp, port=free_port(), backends=1, redis_url=None, redis_port=free_port(),
-                      database_url=database_url, flower_port=None, beat=False, backend_prefix="sizing")
+                      database_url=database_url, flower_port=None, beat=False, backend_prefix="sizing",
+                      # The per-user rate limit would refuse most of a burst this size.
+                      extra_env={"VTERM_COMMAND_RATE": "1000000", "VTERM_COMMAND_BURST": "1000000"})
     st = Stack(cfg)
     try:
         st.start(timeout=120)
@@ -163,17 +173,21 @@ def main() -> None:
             resp.raise_for_status()
             sessions.append(resp.json()["id"])
         sizer.step(f"{args.sessions} sessions created", args.sessions, "session")
+        _, streams_created = sizer.streams()
 
         failed = run_commands(st.url, token, sessions, "true", args.commands)
-        sizer.step(f"{args.commands} `true` commands ({failed} failed)", args.commands, "command")
+        sizer.step(f"{args.commands} `true` commands ({failed} failed)", args.commands - failed, "command")
         n, mem = sizer.streams()
-        print(f"  streams: {n} keys, MEMORY USAGE {mem:,} B in all, {mem / max(n, 1):,.0f} B per session", flush=True)
+        print(f"  streams: {n} keys, MEMORY USAGE {mem:,} B in all, {mem / max(n, 1):,.0f} B per session; "
+              f"{(mem - streams_created) / max(args.commands - failed, 1):,.0f} B per command", flush=True)
+        streams_before = mem
 
         failed = run_commands(st.url, token, sessions, "printf '%01000d\\n' 0", args.output_commands)
-        sizer.step(f"{args.output_commands} commands printing 1001 bytes ({failed} failed)", args.output_commands,
-                   "command")
+        sizer.step(f"{args.output_commands} commands printing 1001 bytes ({failed} failed)",
+                   args.output_commands - failed, "command")
         n, mem = sizer.streams()
-        print(f"  streams: {n} keys, MEMORY USAGE {mem:,} B in all, {mem / max(n, 1):,.0f} B per session", flush=True)
+        print(f"  streams: {n} keys, MEMORY USAGE {mem:,} B in all, {mem / max(n, 1):,.0f} B per session; "
+              f"{(mem - streams_before) / max(args.output_commands - failed, 1):,.0f} B per command", flush=True)
 
         flood = sessions[0]
         before = r.memory_usage(f"vterm:out:{flood}") or 0
