@@ -1,9 +1,9 @@
 """The retention purge (sessions/retention.py) against the test database and a real Redis: it removes
 exactly what is past retention, in bounded batches, and leaves live sessions and recent rows.
 
-The suite's database is SQLite; ``test_the_purge_on_postgresql`` runs this same file again with
-DATABASE_URL on the PostgreSQL at 127.0.0.1:5432 (pytest-django makes a fresh test database there
-and drops it), so both engines are covered by the same assertions.
+The suite's database is SQLite; ``test_the_purge_and_the_sizes_on_postgresql`` runs this file and
+test_storage_metrics.py again with DATABASE_URL on the PostgreSQL at 127.0.0.1:5432 (pytest-django
+makes a fresh test database there and drops it), so both engines meet the same assertions.
 """
 
 from __future__ import annotations
@@ -192,15 +192,17 @@ def _postgres_answers() -> bool:
 
 
 @pytest.mark.skipif("DATABASE_URL" in os.environ, reason="already running on DATABASE_URL")
-def test_the_purge_on_postgresql(tmp_path):
+def test_the_purge_and_the_sizes_on_postgresql(tmp_path):
+    """This file and test_storage_metrics.py again, on a fresh PostgreSQL test database."""
     if not _postgres_answers():
         pytest.skip("no PostgreSQL at 127.0.0.1:5432")
     # pytest-django creates test_<name> from this and drops it at the end.
     name = f"vterm_retention_{uuid.uuid4().hex[:8]}"
     env = {**os.environ, "DATABASE_URL": f"postgresql://postgres@127.0.0.1:5432/{name}",
            "VTERM_DATA_DIR": str(tmp_path)}
-    result = subprocess.run([sys.executable, "-m", "pytest", __file__, "-q", "-p", "no:cacheprovider",
+    files = [__file__, str(Path(__file__).with_name("test_storage_metrics.py"))]
+    result = subprocess.run([sys.executable, "-m", "pytest", *files, "-q", "-p", "no:cacheprovider",
                              "-k", "not postgresql"], check=False, cwd=ROOT, env=env, capture_output=True, text=True,
                             timeout=240)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
-    assert re.search(r"\b4 passed\b", result.stdout), result.stdout[-2000:]
+    assert re.search(r"\b7 passed\b", result.stdout), result.stdout[-2000:]
