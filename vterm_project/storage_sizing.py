@@ -43,9 +43,24 @@ with connection.cursor() as c:
         used = (pages - free) * size
     else:
         c.execute("SELECT pg_database_size(current_database())"); used = c.fetchone()[0]
+    # Bytes per table, its indexes included (SQLite: the dbstat table, where compiled in).
+    models = list(apps.get_app_config("vterm_sessions").get_models())
+    tables = {}
+    for m in models:
+        t = m._meta.db_table
+        if connection.vendor == "sqlite":
+            try:
+                c.execute("SELECT SUM(d.pgsize) FROM dbstat d JOIN sqlite_master s ON d.name = s.name "
+                          "WHERE s.tbl_name = %s", [t])
+                tables[m.__name__] = c.fetchone()[0] or 0
+            except Exception:
+                pass
+        else:
+            c.execute("SELECT pg_total_relation_size(%s)", [t])
+            tables[m.__name__] = c.fetchone()[0]
 from sessions.storage_metrics import database_size_bytes
-rows = {m.__name__: m.objects.count() for m in apps.get_app_config("vterm_sessions").get_models()}
-print(json.dumps({"used": used, "file": database_size_bytes(), "rows": rows}))
+rows = {m.__name__: m.objects.count() for m in models}
+print(json.dumps({"used": used, "file": database_size_bytes(), "rows": rows, "tables": tables}))
 """
 
 # Every session ended 31 days ago, then one purge run with the settings' batch size and pause.
@@ -99,6 +114,9 @@ class Sizer:
         db, used = self.db(), self.redis_used()
         grew = db["used"] - self.last_db["used"]
         rows = {k: v - self.last_db["rows"].get(k, 0) for k, v in db["rows"].items() if v != self.last_db["rows"].get(k)}
+        # Bytes per new row, table by table (indexes included).
+        per_row = {k: round((db["tables"][k] - self.last_db["tables"].get(k, 0)) / n)
+                   for k, n in rows.items() if n > 0 and k in db["tables"]}
         redis_grew = used - self.last_redis
         data_dir = self.data_dir()
         dir_grew = sum(data_dir.values()) - sum(self.last_dir.values())
@@ -108,6 +126,8 @@ class Sizer:
               f"Redis used_memory {redis_grew:+,} B = {redis_grew / per:,.0f} B per {unit}; "
               f"data directory {dir_grew:+,} B = {dir_grew / per:,.0f} B per {unit} ({parts}); "
               f"database file(s) now {db['file']:,} B", flush=True)
+        if per_row:
+            print(f"  bytes per new row, indexes included: {per_row}", flush=True)
         self.last_db, self.last_redis, self.last_dir = db, used, data_dir
         return db
 
