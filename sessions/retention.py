@@ -106,8 +106,10 @@ def _purge_ended_sessions(run: _Batches, cutoff: datetime) -> bool:
 
 def _purge_commands_over_cap(run: _Batches, keep: int) -> bool:
     """Each session keeps its last ``keep`` commands; older finished ones go."""
-    crowded = TerminalSession.objects.filter(command_count__gt=keep).order_by().values_list("pk", "command_count")
-    for session_id, count in crowded.iterator():
+    # Read at once: a cursor left open across the deletes would hold SQLite's WAL back.
+    crowded = list(TerminalSession.objects.filter(command_count__gt=keep).order_by()
+                   .values_list("pk", "command_count"))
+    for session_id, count in crowded:
         older = Command.objects.filter(session_id=session_id, seq__lte=count - keep, status__in=Command.FINAL)
         if not run.delete("commands", older):
             return False
