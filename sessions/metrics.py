@@ -8,6 +8,7 @@ Two kinds, so that the numbers are right however many web and worker processes t
   one). State (sessions, backends, pool, autoscaler) is read from the database and Redis at scrape
   time. ``VtermCollector`` exports both. Several web nodes answer the same; query with max/avg
   over ``instance``, not sum.
+  The stores' sizes (database, Redis memory) are read at scrape time too (storage_metrics.py).
 - Per-process series: this web process's WebSocket connections (plain prometheus_client objects,
   like django-prometheus's HTTP series; every Daphne is its own scrape target).
 """
@@ -40,6 +41,8 @@ COMMANDS = "vterm_commands_total"
 OUTPUT_BYTES = "vterm_output_bytes_total"
 SESSION_DROPS = "vterm_session_drops_total"
 SANDBOX_LIMIT_EVENTS = "vterm_sandbox_limit_events_total"
+RETENTION_DELETED = "vterm_retention_deleted_total"
+RETENTION_KINDS = ("sessions", "commands", "session_events", "audit_events")
 
 _HISTOGRAMS = {
     COMMAND_LATENCY: (COMMAND_LATENCY_BUCKETS, [],
@@ -52,6 +55,7 @@ _COUNTERS = {
     SESSION_DROPS: (["backend"], "Sessions dropped: lost with their backend or by an error."),
     SANDBOX_LIMIT_EVENTS: (["kind", "backend"], "Sandbox limits hit: a process killed at the memory limit "
                            + "(kind=memory), a fork refused at the process limit (kind=processes)."),
+    RETENTION_DELETED: (["kind"], "Rows the retention purge deleted, by kind (sessions/retention.py)."),
 }
 
 # Per process: every Daphne is its own scrape target.
@@ -200,6 +204,9 @@ class VtermCollector(Collector):
         from .resource_usage import session_resource_families
 
         yield from session_resource_families()
+        from .storage_metrics import storage_families
+
+        yield from storage_families()
         try:
             from .pool import pool_state
 

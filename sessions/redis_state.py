@@ -80,6 +80,16 @@ def orphans_throttle_key() -> str:
     return f"{_p()}reconcile:orphans"
 
 
+def retention_lock_key() -> str:
+    """Held while a retention purge runs (sessions/retention.py): one at a time."""
+    return f"{_p()}lock:retention"
+
+
+def retention_last_key() -> str:
+    """When a retention purge last finished (unix time), for /metrics."""
+    return f"{_p()}retention:last"
+
+
 def breaker_failures_key(backend_id: str) -> str:
     return f"{_p()}backend:{backend_id}:failures"
 

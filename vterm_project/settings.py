@@ -168,6 +168,12 @@ CELERY_BEAT_SCHEDULE: dict = {
     "pool-autoscale": {"task": "workers.tasks.pool_autoscale",
                        "schedule": env_float("VTERM_AUTOSCALE_INTERVAL", 15.0),
                        "options": {"expires": env_float("VTERM_AUTOSCALE_INTERVAL", 15.0)}},
+    # The retention purge (sessions/retention.py), on the maintenance queue that only the control
+    # worker reads (workers/routing.py): a run never holds up a backend's session starts.
+    "retention-purge": {"task": "workers.tasks.retention_purge",
+                        "schedule": env_float("VTERM_RETENTION_INTERVAL", 60.0),
+                        "options": {"queue": "vterm.maintenance",
+                                    "expires": env_float("VTERM_RETENTION_INTERVAL", 60.0)}},
 }
 
 REST_FRAMEWORK = {
@@ -301,6 +307,24 @@ VTERM = {
     "AUTOSCALE_UP_AFTER": env_int("VTERM_AUTOSCALE_UP_AFTER", 2),
     "AUTOSCALE_DOWN_AFTER": env_int("VTERM_AUTOSCALE_DOWN_AFTER", 4),
     "AUTOSCALE_COOLDOWN": env_float("VTERM_AUTOSCALE_COOLDOWN", 60.0),
+    # Retention (sessions/retention.py; docs/operations.md "Retention and sizing"). 0 keeps for ever.
+    # Ended sessions (terminated or lost) go this many days after they ended, with their commands
+    # and status events; audit events, kept longer, go this many days after they were written.
+    "RETENTION_SESSIONS_DAYS": env_float("VTERM_RETENTION_SESSIONS_DAYS", 30.0),
+    "RETENTION_AUDIT_DAYS": env_float("VTERM_RETENTION_AUDIT_DAYS", 180.0),
+    # A session keeps at most its last this many commands (older finished ones go, live or not).
+    "RETENTION_COMMANDS": env_int("VTERM_RETENTION_COMMANDS", 10000),
+    # The purge deletes at most BATCH_SIZE rows per statement, each its own short transaction, and
+    # rests BATCH_PAUSE seconds between batches: longer than SQLite's busy-wait steps (up to 100 ms),
+    # so a command waiting for the write lock gets it. A run stops after RUN_SECONDS; the next one
+    # goes on where it stopped.
+    "RETENTION_INTERVAL": env_float("VTERM_RETENTION_INTERVAL", 60.0),
+    "RETENTION_BATCH_SIZE": env_int("VTERM_RETENTION_BATCH_SIZE", 500),
+    "RETENTION_BATCH_PAUSE": env_float("VTERM_RETENTION_BATCH_PAUSE", 0.1),
+    "RETENTION_RUN_SECONDS": env_float("VTERM_RETENTION_RUN_SECONDS", 10.0),
+    # The space the database may use (a managed PostgreSQL's volume), exported as
+    # vterm_database_max_bytes for the alert at 80 %; 0: unknown (SQLite's filesystem is measured).
+    "DATABASE_MAX_BYTES": env_int("VTERM_DATABASE_MAX_BYTES", 0),
     # /metrics: a bearer token (from anywhere), and the networks that may scrape without one.
     "METRICS_TOKEN": os.environ.get("VTERM_METRICS_TOKEN", ""),
     "METRICS_ALLOW_NETWORKS": [n.strip() for n in os.environ.get(
@@ -332,6 +356,8 @@ VTERM = {
     "SANDBOX_MEMORY_MB": env_int("VTERM_SANDBOX_MEMORY_MB", 2048),
     "SANDBOX_CPU_WEIGHT": env_int("VTERM_SANDBOX_CPU_WEIGHT", 100),  # 100: an equal share of the CPU
 }
+if VTERM["RETENTION_BATCH_SIZE"] < 1:
+    raise ValueError(f"VTERM_RETENTION_BATCH_SIZE must be at least 1, not {VTERM['RETENTION_BATCH_SIZE']}")
 if VTERM["HOT_CALLS"] not in ("redis", "celery"):
     raise ValueError(f"VTERM_HOT_CALLS must be 'redis' or 'celery', not {VTERM['HOT_CALLS']!r}")
 if VTERM["SANDBOX"] not in ("on", "off"):

@@ -14,7 +14,7 @@ import time
 from celery.exceptions import WorkerShutdown
 from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
 
-from .routing import backend_queue, local_backend_id
+from .routing import MAINTENANCE_QUEUE, backend_queue, local_backend_id
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,8 @@ def _is_backend() -> bool:
 def add_backend_queue(sender, instance, **kwargs):
     if _is_backend():
         instance.app.amqp.queues.select_add(backend_queue(local_backend_id()))
+    elif os.environ.get("VTERM_ROLE") == "control":
+        instance.app.amqp.queues.select_add(MAINTENANCE_QUEUE)
 
 
 @worker_ready.connect

@@ -4,6 +4,8 @@ import os
 import socket
 
 CONTROL_QUEUE = "vterm.control"
+# Slow housekeeping (the retention purge): read by the control worker alone, never by a backend.
+MAINTENANCE_QUEUE = "vterm.maintenance"
 
 
 def local_backend_id() -> str:

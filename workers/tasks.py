@@ -72,3 +72,12 @@ def pool_reconcile():
     from sessions.failover import pool_reconcile as reconcile
 
     return reconcile()
+
+
+@shared_task(name="workers.tasks.retention_purge", ignore_result=True)
+def retention_purge():
+    """Celery beat, on the control worker's maintenance queue: delete what is past retention."""
+    from sessions.retention import retention_purge as purge
+
+    report = purge()
+    return report.as_dict() if report is not None else None

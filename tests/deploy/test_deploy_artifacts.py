@@ -58,6 +58,10 @@ ALERTS = {
     "VtermSessionDropRateHigh": ("vterm_session_drops_total", "1m"),
     "VtermBackendMemoryHigh": ("vterm_backend_memory_ratio", "5m"),
     "VtermBackendDown": ("vterm_backend_heartbeat_age_seconds", "1m"),
+    "VtermDatabaseNearlyFull": ("vterm_database_size_bytes", "5m"),
+    "VtermDatabaseFillingUp": ("vterm_database_filesystem_free_bytes", "1h"),
+    "VtermRedisMemoryHigh": ("vterm_redis_memory_used_bytes", "5m"),
+    "VtermRetentionNotRunning": ("vterm_retention_last_run_timestamp_seconds", "10m"),
 }
 
 
@@ -278,6 +282,16 @@ def test_alert_rules_fire_on_bad_data_only(tmp_path: Path) -> None:
         {"series": 'vterm_sessions{status="active",backend="backend-1"}', "values": "100x15"},
         {"series": 'vterm_backend_memory_ratio{backend="backend-1"}', "values": "0.9x15"},
         {"series": 'vterm_backend_heartbeat_age_seconds{backend="backend-2"}', "values": "30x15"},
+        # The database at 85% of VTERM_DATABASE_MAX_BYTES; its filesystem losing 2 GB a minute
+        # (full in a few hours); Redis at 90% of maxmemory; the purge's last run at time 0.
+        {"series": "vterm_database_size_bytes", "values": "850000000x150"},
+        {"series": "vterm_database_max_bytes", "values": "1000000000x150"},
+        {"series": "vterm_database_filesystem_size_bytes", "values": "1000000000000x150"},
+        {"series": "vterm_database_filesystem_free_bytes", "values": "500000000000-2000000000x150"},
+        {"series": "vterm_redis_memory_used_bytes", "values": "900000000x150"},
+        {"series": "vterm_redis_memory_max_bytes", "values": "1000000000x150"},
+        {"series": "vterm_redis_memory_system_bytes", "values": "16000000000x150"},
+        {"series": "vterm_retention_last_run_timestamp_seconds", "values": "0x150"},
     ]
     healthy_pool = [
         bucket("0.005", "0+10x15"),
@@ -289,6 +303,22 @@ def test_alert_rules_fire_on_bad_data_only(tmp_path: Path) -> None:
         {"series": 'vterm_backend_memory_ratio{backend="backend-1"}', "values": "0.5x15"},
         {"series": 'vterm_backend_heartbeat_age_seconds{backend="backend-2"}', "values": "2x15"},
         {"series": 'vterm_backends{status="dead"}', "values": "0x15"},
+        # Room to spare and steady; Redis without maxmemory, at 6% of the host's memory; the purge
+        # finishing every minute.
+        {"series": "vterm_database_size_bytes", "values": "100000000x150"},
+        {"series": "vterm_database_max_bytes", "values": "1000000000x150"},
+        {"series": "vterm_database_filesystem_size_bytes", "values": "1000000000000x150"},
+        {"series": "vterm_database_filesystem_free_bytes", "values": "500000000000x150"},
+        {"series": "vterm_redis_memory_used_bytes", "values": "1000000000x150"},
+        {"series": "vterm_redis_memory_max_bytes", "values": "0x150"},
+        {"series": "vterm_redis_memory_system_bytes", "values": "16000000000x150"},
+        {"series": "vterm_retention_last_run_timestamp_seconds", "values": "0+60x150"},
+    ]
+    # Redis without maxmemory, at 90% of the host's memory.
+    redis_without_maxmemory = [
+        {"series": "vterm_redis_memory_used_bytes", "values": "14400000000x15"},
+        {"series": "vterm_redis_memory_max_bytes", "values": "0x15"},
+        {"series": "vterm_redis_memory_system_bytes", "values": "16000000000x15"},
     ]
     unhealthy_alerts = [
         fired(
@@ -327,14 +357,61 @@ def test_alert_rules_fire_on_bad_data_only(tmp_path: Path) -> None:
         ),
         # Not yet: the condition has held for less than the rule's `for`.
         {"eval_time": "4m", "alertname": "VtermBackendMemoryHigh", "exp_alerts": []},
+        fired(
+            "VtermDatabaseNearlyFull",
+            "warning",
+            {
+                "summary": "The vterm database is nearly full",
+                "description": "85% of the database's space is used; shorten retention (VTERM_RETENTION_*) or add space.",
+            },
+        ),
+        {"eval_time": "30m", "alertname": "VtermDatabaseFillingUp", "exp_alerts": []},
+        {**fired(
+            "VtermDatabaseFillingUp",
+            "warning",
+            {
+                "summary": "The vterm database will be full within 3 days",
+                "description": "At the last 6 hours' rate of growth the database fills its space within 3 days; "
+                               "shorten retention (VTERM_RETENTION_*) or add space.",
+            },
+        ), "eval_time": "2h"},
+        fired(
+            "VtermRedisMemoryHigh",
+            "warning",
+            {
+                "summary": "vterm's Redis is nearly full",
+                "description": "Redis uses 90% of its memory; when full it refuses writes (noeviction). Lower "
+                               "VTERM_STREAM_MAX_CHARS or VTERM_STREAM_RETENTION, or give it more memory.",
+            },
+        ),
+        {"eval_time": "10m", "alertname": "VtermRetentionNotRunning", "exp_alerts": []},
+        {**fired(
+            "VtermRetentionNotRunning",
+            "warning",
+            {
+                "summary": "The vterm retention purge has not run for an hour",
+                "description": "The retention purge last finished 2h 0m 0s ago; until it runs the database only "
+                               "grows. Is the beat process (control worker) up?",
+            },
+        ), "eval_time": "2h"},
     ]
-    healthy_alerts = [{"eval_time": "10m", "alertname": name, "exp_alerts": []} for name in ALERTS]
+    healthy_alerts = [{"eval_time": t, "alertname": name, "exp_alerts": []} for name in ALERTS for t in ("10m", "2h")]
+    redis_alerts = [fired(
+        "VtermRedisMemoryHigh",
+        "warning",
+        {
+            "summary": "vterm's Redis is nearly full",
+            "description": "Redis uses 90% of its memory; when full it refuses writes (noeviction). Lower "
+                           "VTERM_STREAM_MAX_CHARS or VTERM_STREAM_RETENTION, or give it more memory.",
+        },
+    )]
     tests = {
         "rule_files": [str(ALERTS_FILE)],
         "evaluation_interval": "1m",
         "tests": [
             {"interval": "1m", "input_series": unhealthy_pool, "alert_rule_test": unhealthy_alerts},
             {"interval": "1m", "input_series": healthy_pool, "alert_rule_test": healthy_alerts},
+            {"interval": "1m", "input_series": redis_without_maxmemory, "alert_rule_test": redis_alerts},
         ],
     }
     test_file = tmp_path / "alerts_test.yml"
