@@ -51,11 +51,7 @@ class SessionListView(APIView):
     @extend_schema(request=SessionCreateSerializer, responses={201: SessionSerializer})
     async def post(self, request):
         data = _valid(SessionCreateSerializer, request)
-        session = await services.session_create(owner=request.user, **data)
-        await sync_to_async(audit.audit_record)(
-            request.user, audit.SESSION_CREATE, session.pk, request=request,
-            detail={"name": session.name, "cwd": session.cwd, "backend": session.backend_id,
-                    "env_names": sorted(data.get("env", {}))})
+        session = await services.session_create(owner=request.user, **data, remote_addr=audit.request_addr(request))
         return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
 
 
@@ -69,9 +65,7 @@ class SessionDetailView(APIView):
     async def delete(self, request, session_id):
         def end():
             session = selectors.session_get_for_user(request.user, session_id)
-            services.session_terminate(session)
-            audit.audit_record(request.user, audit.SESSION_TERMINATE, session.pk, request=request,
-                               detail={"owner": session.owner.username})
+            services.session_terminate(session, by=request.user, remote_addr=audit.request_addr(request))
         await sync_to_async(end)()
         return Response(status=status.HTTP_204_NO_CONTENT)
 
