@@ -12,10 +12,10 @@ from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 
 from . import audit, selectors, services
+from .pagination import StrictPageNumberPagination
 from .recording import recording_lines
 from .serializers import (
     CommandCreateSerializer,
@@ -35,13 +35,13 @@ def _valid(serializer_class, request):
 
 
 def _paginated(request, view, queryset, serializer_class):
-    paginator = PageNumberPagination()
+    paginator = StrictPageNumberPagination()
     page = paginator.paginate_queryset(queryset, request, view=view)
     return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
 
 class SessionListView(APIView):
-    pagination_class = PageNumberPagination  # for the schema: the list is a DRF page
+    pagination_class = StrictPageNumberPagination  # for the schema: the list is a DRF page
     @extend_schema(responses=SessionSerializer(many=True))
     async def get(self, request):
         def build():
@@ -71,7 +71,7 @@ class SessionDetailView(APIView):
 
 
 class CommandListView(APIView):
-    pagination_class = PageNumberPagination
+    pagination_class = StrictPageNumberPagination
     @extend_schema(responses=CommandSerializer(many=True))
     async def get(self, request, session_id):
         def build():
