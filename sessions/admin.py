@@ -4,7 +4,7 @@ from django.contrib import admin, messages
 from django.http import StreamingHttpResponse
 
 from . import failover, services
-from .audit import audit_export_lines
+from .audit import audit_export_lines, request_addr
 from .models import AuditEvent, Backend, Command, SessionEvent, ShellAccount, TerminalSession
 from .resource_usage import human_bytes, usage_order
 from .sandbox import user_limits
@@ -88,7 +88,8 @@ class TerminalSessionAdmin(admin.ModelAdmin):
         n = 0
         for session in queryset.select_related("backend"):
             if session.is_live:
-                services.session_terminate(session, reason=f"terminated by {request.user.username} (admin)")
+                services.session_terminate(session, reason=f"terminated by {request.user.username} (admin)",
+                                           by=request.user, remote_addr=request_addr(request), via="admin")
                 n += 1
         self.message_user(request, f"{n} session(s) terminating.", messages.SUCCESS)
 

@@ -12,10 +12,10 @@ from django.http import HttpResponse, StreamingHttpResponse
 from drf_spectacular.utils import OpenApiParameter, extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.exceptions import ValidationError
-from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 
 from . import audit, selectors, services
+from .pagination import StrictPageNumberPagination
 from .recording import recording_lines
 from .serializers import (
     CommandCreateSerializer,
@@ -35,13 +35,13 @@ def _valid(serializer_class, request):
 
 
 def _paginated(request, view, queryset, serializer_class):
-    paginator = PageNumberPagination()
+    paginator = StrictPageNumberPagination()
     page = paginator.paginate_queryset(queryset, request, view=view)
     return paginator.get_paginated_response(serializer_class(page, many=True).data)
 
 
 class SessionListView(APIView):
-    pagination_class = PageNumberPagination  # for the schema: the list is a DRF page
+    pagination_class = StrictPageNumberPagination  # for the schema: the list is a DRF page
     @extend_schema(responses=SessionSerializer(many=True))
     async def get(self, request):
         def build():
@@ -51,11 +51,7 @@ class SessionListView(APIView):
     @extend_schema(request=SessionCreateSerializer, responses={201: SessionSerializer})
     async def post(self, request):
         data = _valid(SessionCreateSerializer, request)
-        session = await services.session_create(owner=request.user, **data)
-        await sync_to_async(audit.audit_record)(
-            request.user, audit.SESSION_CREATE, session.pk, request=request,
-            detail={"name": session.name, "cwd": session.cwd, "backend": session.backend_id,
-                    "env_names": sorted(data.get("env", {}))})
+        session = await services.session_create(owner=request.user, **data, remote_addr=audit.request_addr(request))
         return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
 
 
@@ -69,15 +65,13 @@ class SessionDetailView(APIView):
     async def delete(self, request, session_id):
         def end():
             session = selectors.session_get_for_user(request.user, session_id)
-            services.session_terminate(session)
-            audit.audit_record(request.user, audit.SESSION_TERMINATE, session.pk, request=request,
-                               detail={"owner": session.owner.username})
+            services.session_terminate(session, by=request.user, remote_addr=audit.request_addr(request))
         await sync_to_async(end)()
         return Response(status=status.HTTP_204_NO_CONTENT)
 
 
 class CommandListView(APIView):
-    pagination_class = PageNumberPagination
+    pagination_class = StrictPageNumberPagination
     @extend_schema(responses=CommandSerializer(many=True))
     async def get(self, request, session_id):
         def build():

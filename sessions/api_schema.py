@@ -1,12 +1,31 @@
-"""The OpenAPI schema says what the API really answers, errors included (API.md, "Errors").
+"""The OpenAPI schema says what the API really takes and answers, errors included (docs/api.md).
 
 drf-spectacular documents only the success of each operation; a client (or schemathesis)
 also needs the errors every operation can give, each with its body and Retry-After.
+And it states only the constraints DRF's own field arguments carry; what a serializer's
+validate_* methods enforce on top (patterns, an exclusive minimum, one of two fields) is
+stated next to them, in the serializer's ``openapi_schema`` (JSON Schema merged into the
+generated one), so that a request the schema allows is one the server takes, and a
+generated client can trust it.
 """
 
 from __future__ import annotations
 
+import copy
+
 from drf_spectacular.openapi import AutoSchema
+
+
+def schema_merge(schema: dict, extra: dict) -> dict:
+    """``schema`` with ``extra`` merged in, objects key by key, anything else replaced (None: removed)."""
+    for key, value in extra.items():
+        if value is None:
+            schema.pop(key, None)
+        elif isinstance(value, dict) and isinstance(schema.get(key), dict):
+            schema_merge(schema[key], value)
+        else:
+            schema[key] = copy.deepcopy(value)
+    return schema
 
 _DETAIL = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
 _FIELD_ERRORS = {
@@ -30,6 +49,16 @@ _ERRORS: dict[str, tuple[str, dict, dict]] = {
 
 
 class VtermAutoSchema(AutoSchema):
+    def _map_basic_serializer(self, serializer, direction):
+        schema = super()._map_basic_serializer(serializer, direction)
+        return schema_merge(schema, getattr(serializer, "openapi_schema", {}))
+
+    def _get_request_for_media_type(self, serializer, direction="request"):
+        schema, required = super()._get_request_for_media_type(serializer, direction)
+        # drf-spectacular requires a body only when a field is required; a rule across fields
+        # ("one of data or keys") can require one too.
+        return schema, required or bool(getattr(serializer, "openapi_schema", {}).get("oneOf"))
+
     def _get_response_bodies(self, direction="response"):
         responses = super()._get_response_bodies(direction)
         if direction != "response" or not self.path.startswith("/api/v1/"):

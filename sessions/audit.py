@@ -1,7 +1,8 @@
 """The audit trail: who did what to which session, from where, when (AuditEvent rows).
 
-Views and consumers call ``audit_record`` after authorizing and before (or while) acting,
-in the database step they take anyway. What a user types as keystrokes is not kept
+Services (sessions/services.py) and, for what has no service of its own yet, views and consumers call
+``audit_record`` after authorizing, in the database step they take anyway, so that every entry point
+(REST, WebSocket, the pages, the admin) writes the same rows. What a user types as keystrokes is not kept
 (it may be a password typed at a prompt): only its size, or the key names.
 """
 

@@ -14,7 +14,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_http_methods, require_POST
 from rest_framework.exceptions import APIException, ValidationError
 
-from . import selectors, services
+from . import audit, selectors, services
 from .serializers import SessionCreateSerializer, SessionSerializer
 
 LIST_LIMIT = 100
@@ -36,7 +36,8 @@ async def session_list(request: HttpRequest) -> HttpResponse:
         ser = SessionCreateSerializer(data={"name": request.POST.get("name", "")})
         try:
             ser.is_valid(raise_exception=True)
-            session = await services.session_create(owner=user, **ser.validated_data)
+            session = await services.session_create(owner=user, **ser.validated_data,
+                                                    remote_addr=audit.request_addr(request), via="page")
         except (ValidationError, APIException) as exc:
             await sync_to_async(messages.error)(request, f"Could not create the session: {_errors_text(exc.detail)}")
             return redirect("page-sessions")
@@ -55,7 +56,8 @@ async def session_end(request: HttpRequest, session_id) -> HttpResponse:
     user = await request.auser()
 
     def end() -> None:
-        services.session_terminate(selectors.session_get_for_user(user, session_id))
+        services.session_terminate(selectors.session_get_for_user(user, session_id), by=user,
+                                   remote_addr=audit.request_addr(request), via="page")
     await sync_to_async(end)()
     await sync_to_async(messages.info)(request, "The session is ending.")
     return redirect("page-sessions")

@@ -11,12 +11,13 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 
 from .pool import BackendPool, backend_as_dict, pool_state
+from .serializers import BackendSerializer, PoolSerializer
 
 
 class BackendListView(APIView):
     permission_classes: ClassVar = [IsAdminUser]
 
-    @extend_schema(responses=dict)
+    @extend_schema(responses=BackendSerializer(many=True))
     async def get(self, request):
         state = await sync_to_async(pool_state)()
         return Response([backend_as_dict(b) for b in state.backends])
@@ -25,6 +26,6 @@ class BackendListView(APIView):
 class PoolView(APIView):
     permission_classes: ClassVar = [IsAdminUser]
 
-    @extend_schema(responses=dict)
+    @extend_schema(responses=PoolSerializer)
     async def get(self, request):
         return Response(await sync_to_async(lambda: BackendPool().as_dict())())

@@ -137,9 +137,11 @@ def _session_start_failed(session: TerminalSession) -> None:
 
 
 async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | None = None,
-                         cols: int = 120, rows: int = 40, limits: dict | None = None) -> TerminalSession:
-    """Place a session on the least-loaded backend and wait (bounded) for its shell. ``limits``:
-    sandbox limits lowered for this session (sessions/sandbox.py)."""
+                         cols: int = 120, rows: int = 40, limits: dict | None = None, remote_addr: str = "",
+                         via: str = "") -> TerminalSession:
+    """Place a session on the least-loaded backend and wait (bounded) for its shell; audited as the
+    owner's (``via``: the entry point, when not the REST API; ``remote_addr``: the client's address).
+    ``limits``: sandbox limits lowered for this session (sessions/sandbox.py)."""
     began = time.monotonic()
     session = await sync_to_async(_session_place)(owner=owner, name=name, cwd=cwd, env=env or {},
                                                   cols=cols, rows=rows, limits=limits)
@@ -164,11 +166,15 @@ async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | No
     # No reply in time: the session stays "initializing" and the backend finishes it later.
     if reply is not None:
         metrics.record_session_created(time.monotonic() - began)
-    return await sync_to_async(_session_reload)(session.pk)
+    return await sync_to_async(_session_created)(session.pk, owner, env or {}, remote_addr, via)
 
 
-def _session_reload(session_id) -> TerminalSession:
-    return TerminalSession.objects.select_related("owner", "backend").get(pk=session_id)
+def _session_created(session_id, owner, env: dict, remote_addr: str, via: str) -> TerminalSession:
+    session = TerminalSession.objects.select_related("owner", "backend").get(pk=session_id)
+    detail = {"name": session.name, "cwd": session.cwd, "backend": session.backend_id, "env_names": sorted(env),
+              **({"via": via} if via else {})}
+    audit.audit_record(owner, audit.SESSION_CREATE, session.pk, remote_addr=remote_addr, detail=detail)
+    return session
 
 
 def session_started(*, session_id: str, epoch: int, cwd: str, initializing_only: bool = False) -> list[dict] | None:
@@ -195,7 +201,18 @@ def commands_queued(session_id) -> list[dict]:
     return [{"id": str(c["id"]), "command": c["command"], "timeout": c["timeout"]} for c in rows]
 
 
-def session_terminate(session: TerminalSession, reason: str = "ended by its owner") -> None:
+def session_terminate(session: TerminalSession, reason: str = "ended by its owner", *, by=None,
+                      remote_addr: str = "", via: str = "") -> None:
+    """End a session (an ended one stays as it is). ``by``: the user who asked, audited as theirs
+    with ``remote_addr`` and ``via`` (the entry point, when not the REST API); None when the
+    service ends it itself (the idle TTL)."""
+    _session_end(session, reason)
+    if by is not None:
+        detail = {"owner": session.owner.username, **({"via": via} if via else {})}
+        audit.audit_record(by, audit.SESSION_TERMINATE, session.pk, remote_addr=remote_addr, detail=detail)
+
+
+def _session_end(session: TerminalSession, reason: str) -> None:
     if not session.is_live:
         return
     backend = session.backend

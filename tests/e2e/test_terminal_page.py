@@ -3,6 +3,7 @@ the live stack: log in, create a session, type into xterm.js, read the output ba
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import tempfile
@@ -132,3 +133,12 @@ def test_log_in_open_a_terminal_type_and_read_back(stack, browser):
     wait_for(d, click_end, what="the session's end button")
     wait_for(d, lambda d: d.find_element(By.CSS_SELECTOR, f'tr[data-session="{session_id}"] .status').text
              in ("terminating", "terminated"), what="the session ending")
+
+    # Made and ended on the pages, audited as the REST API would (sessions/services.py).
+    out = stack.config.manage("vterm_audit_export", "--session", session_id).stdout
+    events = [json.loads(line) for line in out.splitlines()]
+    made = [e for e in events if e["action"] in ("session.create", "session.terminate")]
+    assert made and made[0]["action"] == "session.create" and made[0]["detail"]["name"] == "browser", events
+    assert any(e["action"] == "session.terminate" for e in made), events
+    assert all(e["user"] == "carol" and e["remote_addr"] == "127.0.0.1" and e["detail"]["via"] == "page"
+               for e in made), made

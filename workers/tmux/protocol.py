@@ -53,18 +53,17 @@ def quote_format(text: str) -> str:
 
 # Names that tmux's send-keys understands as keys; anything else is refused rather
 # than passed on, so a "key" can never smuggle in an option or a second command.
-_KEY_NAMES = {
+_KEY_NAMES = (
     "Enter", "Escape", "Tab", "BTab", "BSpace", "Space", "Up", "Down", "Left", "Right",
     "Home", "End", "PageUp", "PageDown", "PPage", "NPage", "IC", "DC", "Insert", "Delete",
     *(f"F{i}" for i in range(1, 13)),
-}
-_KEY_RE = re.compile(r"^(?:(?:C|M|S)-){0,3}(?P<base>[A-Za-z0-9]+|[!-~])$")
+)
+# Up to three modifiers, then a named key or one printable ASCII character. The same text is
+# the key-name pattern of the OpenAPI schema (ECMA and Python read it alike; anchored there).
+KEY_NAME_PATTERN = r"(?:[CMS]-){0,3}(?:" + "|".join(_KEY_NAMES) + r"|[!-~])"
+_KEY_RE = re.compile(KEY_NAME_PATTERN)
 
 
 def valid_key(name: str) -> bool:
     """True when ``name`` is a tmux key name: C-c, M-x, Enter, Up, F5, a single char."""
-    m = _KEY_RE.fullmatch(name)  # not match(): "$" would let a trailing newline through
-    if not m:
-        return False
-    base = m.group("base")
-    return len(base) == 1 or base in _KEY_NAMES
+    return _KEY_RE.fullmatch(name) is not None  # not match(): "$" would let a trailing newline through
