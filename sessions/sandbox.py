@@ -14,8 +14,8 @@ import os
 from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.db.models import Max
-from rest_framework.exceptions import ValidationError
 
+from .api_errors import ServiceUnavailable
 from .models import ShellAccount, TerminalSession
 
 LIMIT_FIELDS = ("processes", "memory_mb", "cpu_weight")
@@ -38,7 +38,7 @@ def shell_account_get(user) -> ShellAccount:
             taken = set(ShellAccount.objects.values_list("uid", flat=True))
             uid = next((u for u in range(low, high + 1) if u not in taken and u not in (0, os.getuid())), None)
             if uid is None:
-                raise ValidationError({"detail": "No shell uid is free (VTERM_SANDBOX_UID_MIN..MAX is used up)."})
+                raise ServiceUnavailable("No shell uid is free (VTERM_SANDBOX_UID_MIN..MAX is used up).")
         try:
             with transaction.atomic():
                 return ShellAccount.objects.create(user=user, uid=uid)
@@ -46,7 +46,7 @@ def shell_account_get(user) -> ShellAccount:
             existing = ShellAccount.objects.filter(user=user).first()
             if existing is not None:
                 return existing  # allocated meanwhile by another request
-    raise ValidationError({"detail": "Could not allocate a shell uid; try again."})
+    raise ServiceUnavailable("Could not allocate a shell uid; try again.")
 
 
 def user_limits(account: ShellAccount) -> dict:
@@ -60,17 +60,12 @@ def user_limits(account: ShellAccount) -> dict:
 
 
 def session_limits_resolve(owner, asked: dict | None) -> dict:
-    """A new session's limits: the user's, each lowered where the client asked. Asking for more
-    than the user has is a 400 naming the limit."""
+    """A new session's limits: the user's, each lowered where the client asked. A client cannot
+    raise one: asking for more than the user has gives the user's (the session's ``limits`` in the
+    answer say what holds)."""
     limits = user_limits(shell_account_get(owner))
-    errors = {}
     for key, value in (asked or {}).items():
-        if value > limits[key]:
-            errors[key] = [f"At most {limits[key]} for this user."]
-        else:
-            limits[key] = value
-    if errors:
-        raise ValidationError({"limits": errors})
+        limits[key] = min(limits[key], value)
     return limits
 
 

@@ -197,8 +197,9 @@ def test_limits_stop_a_fork_flood_and_a_memory_hog_and_the_neighbour_carries_on(
 
 
 def test_limits_can_be_lowered_per_session_not_raised(alice, stack):
-    r = alice.http.post("/api/v1/sessions/", json={"limits": {"memory_mb": 4096}})
-    assert r.status_code == 400 and "memory_mb" in r.json()["limits"], r.text
+    raised = alice.create_session(limits={"memory_mb": 4096, "processes": 100000})
+    alice.http.delete(f"/api/v1/sessions/{raised['id']}/")
+    assert raised["limits"] == {"processes": 512, "memory_mb": 2048, "cpu_weight": 100}, raised
     r = alice.http.post("/api/v1/sessions/", json={"limits": {"bogus": 1}})
     assert r.status_code == 400 and "bogus" in r.json()["limits"], r.text
     s = alice.create_session(limits={"memory_mb": 64, "processes": 32})

@@ -36,6 +36,9 @@ def _schemathesis(stack, token: str, name: str, *extra: str) -> tuple[subprocess
     cli = Path(sys.executable).parent / "schemathesis"
     argv = [str(cli), "run", f"{stack.url}/api/schema/", "--header", f"Authorization: Bearer {token}",
             "--checks", "all", "--seed", str(SEED),
+            # The contract keeps an ended session readable (docs/api.md: DELETE ends it, GET then shows
+            # it terminated, with its commands), which this one check takes for a leak.
+            "--exclude-checks", "use_after_free",
             "--max-examples", str(MAX_EXAMPLES), "--generation-database", "none", "--workers", "1",
             "--phases", "examples,coverage,fuzzing,stateful",
             "--suppress-health-check", "all", "--request-timeout", "60", "--no-color",
