@@ -49,7 +49,7 @@ def start_backend(sender=None, **kwargs):
                 log.exception("backend start failed (attempt %d of %d)", attempt, START_ATTEMPTS)
                 if attempt == START_ATTEMPTS:
                     # A worker that is no backend must not stay up: its queue would fill unread.
-                    # Exit code 1 for its supervisor: Kubernetes restarts it, `make run` (honcho) stops.
+                    # Exit code 1 for its supervisor: Kubernetes and `make run` (supervisord) restart it.
                     log.critical("backend could not start; the worker exits")
                     raise WorkerShutdown(1) from None
                 time.sleep(START_RETRY_DELAY * attempt)
