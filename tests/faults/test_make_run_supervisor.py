@@ -230,6 +230,15 @@ def _sessions_on_each_backend(api: Api) -> dict[str, str]:
 
 TIMES: dict[str, dict] = {}
 
+# The line each process writes when it is up again (counted in its own prefixed lines).
+UP_LINE = {"web": "Listening on TCP address", "redis": "Ready to accept connections", "flower": "Visit me at",
+           "beat": "-------------- control@", "scaler": "local scaler: following",
+           "backend-1": "backend backend-1 up:"}
+
+
+def _up_lines(stack: MakeRun, kind: str) -> int:
+    return sum(1 for line in stack.output().splitlines() if line.startswith(kind) and UP_LINE[kind] in line)
+
 
 def _record(kind: str, **figures) -> None:
     TIMES[kind] = {k: round(v, 2) if isinstance(v, float) else v for k, v in figures.items()}
@@ -290,11 +299,14 @@ def test_a_killed_process_is_restarted_and_nothing_accepted_is_lost(stack, kind)
             new = wait_for(lambda: (p := stack.tmux_server_pid("backend-2")) not in (None, old) and p, 120,
                            "a new tmux server for backend-2")
         else:
-            old = before[kind]
+            old, ups = before[kind], _up_lines(stack, kind)
             t0 = time.monotonic()
             os.kill(old, signal.SIGKILL)
             new = wait_for(lambda: (p := stack.pids()[kind]) not in (0, old) and p, 120, f"a new {kind} process")
         restarted_s = time.monotonic() - t0
+        if kind != "tmux":
+            wait_for(lambda: _up_lines(stack, kind) > ups, 120, f"the new {kind} to say it is up")
+        up_s = time.monotonic() - t0
         # Serving again: ready, and a command succeeds in every session.
         wait_for(lambda: (b := stack.ready()) and b["checks"]["backends"] >= len(BACKENDS), 120, "/readyz")
         for sid in sids:
@@ -314,7 +326,7 @@ def test_a_killed_process_is_restarted_and_nothing_accepted_is_lost(stack, kind)
     statuses = {}
     for c in ended:
         statuses[c["status"]] = statuses.get(c["status"], 0) + 1
-    _record(kind, old_pid=old, new_pid=new, restarted_s=restarted_s, serving_again_s=serving_s,
+    _record(kind, old_pid=old, new_pid=new, new_pid_s=restarted_s, up_s=up_s, serving_again_s=serving_s,
             accepted=len(load.acked), outcomes=statuses, refused=load.refused, others_restarted=others_restarted)
     for sid in sids:
         stack.api.http.delete(f"/api/v1/sessions/{sid}/")
@@ -371,7 +383,10 @@ def test_ctrl_c_stops_every_process_and_leaves_the_shells(stack):
         return [(pid, cmd) for pid, cmd in stack.processes_of_this_stack()
                 if not cmd.startswith("tmux") and not _under_tmux(pid)]
 
-    wait_for(lambda: not left(), 30, "every process of the stack to end")
+    try:
+        wait_for(lambda: not left(), 30, "every process of the stack to end")
+    except AssertionError:
+        assert not left(), left()
     assert stack.tmux_server_pid("backend-1")  # the shells live on
     stack.kill_tmux_servers()
     wait_for(lambda: not stack.processes_of_this_stack(), 30, "the tmux servers and shells to end")
