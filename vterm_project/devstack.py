@@ -315,6 +315,7 @@ def stack_config_from_env(data_dir: Path, local: LocalSecrets) -> StackConfig:
 
 def run_foreground() -> None:
     """`make run`: migrate, then every process under supervisord (restarted when it crashes) until Ctrl-C."""
+    from .redis_config import target_from_env
     from .supervisor_conf import write_supervisor_conf
 
     parser = argparse.ArgumentParser(description=run_foreground.__doc__)
@@ -326,7 +327,7 @@ def run_foreground() -> None:
     cfg.manage("migrate", "--noinput", "-v0")
     user, token = _admin_login(cfg, local.admin_password)
     conf = write_supervisor_conf(cfg)
-    redis_shown = cfg.redis_url.replace(f":{cfg.redis_password}@", ":****@") if cfg.redis_password else cfg.redis_url
+    redis_shown = target_from_env(cfg.env()).redacted()  # a given REDIS_URL's password is not printed either
     rel = os.path.relpath(data_dir, Path.cwd()) if data_dir.is_relative_to(Path.cwd()) else str(data_dir)
     print(f"""
 vterm is starting:
