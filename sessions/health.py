@@ -15,23 +15,35 @@ async def healthz(request):
     return JsonResponse({"status": "ok"})
 
 
-def _database_and_backends() -> dict[str, str]:
-    """Each healthy backend and how it isolates its shells."""
+def _database_and_backends() -> tuple[dict[str, str], list[str]]:
+    """Each healthy backend and how it isolates its shells; and the backends that are down:
+    declared dead, or healthy with a heartbeat older than the TTL (a crashed worker, one its
+    supervisor gave up on)."""
     with connection.cursor() as cur:
         cur.execute("SELECT 1")
-    return dict(Backend.objects.filter(status=Backend.Status.HEALTHY, last_heartbeat__gte=backends_alive_cutoff())
-                .values_list("id", "sandbox"))
+    cutoff = backends_alive_cutoff()
+    healthy, down = {}, []
+    for bid, status, beat, sandbox in Backend.objects.exclude(status=Backend.Status.DRAINING).values_list(
+            "id", "status", "last_heartbeat", "sandbox").order_by("id"):
+        if status == Backend.Status.HEALTHY and beat is not None and beat >= cutoff:
+            healthy[bid] = sandbox
+        else:
+            down.append(bid)
+    return healthy, down
 
 
 async def readyz(request):
     checks, failed = {}, []
     try:
-        sandboxes = await sync_to_async(_database_and_backends)()
+        sandboxes, down = await sync_to_async(_database_and_backends)()
         checks["database"] = "ok"
         checks["backends"] = len(sandboxes)
         checks["sandbox"] = sandboxes
+        # Named, not failed: this web node serves while one backend is healthy (the pool moves
+        # sessions off the others); operators and alerts see which are missing.
+        checks["backends_down"] = down
         if not sandboxes:
-            failed.append("backends: no healthy backend")
+            failed.append("backends: no healthy backend" + (f" ({', '.join(down)} down)" if down else ""))
     except Exception as exc:  # report, don't crash: this is what the probe is for
         checks["database"] = f"error: {exc.__class__.__name__}"
         failed.append("database")

@@ -1,9 +1,9 @@
 """The whole stack on one machine, for `make run`, the tests and the benchmark.
 
 One list of processes (web, backend workers, beat in a control worker of its own, Flower,
-and a private Redis when no REDIS_URL is given) is either handed to honcho in the foreground
-(`make run`) or started in the background by ``Stack`` (tests, benchmark). Same commands
-either way.
+and a private Redis when no REDIS_URL is given) is either run by supervisord in the foreground
+(`make run`: vterm_project/supervisor_conf.py; it restarts what crashes) or started in the
+background by ``Stack`` (tests, benchmark). Same commands either way.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -50,6 +51,25 @@ class Proc:
     name: str
     argv: list[str]
     env: dict[str, str] = field(default_factory=dict)
+    # Under supervisord (`make run`): a process that exits sooner than this after its start has
+    # failed to start, and is tried again with a growing delay, a bounded number of times.
+    startsecs: int = 10
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (mode 0600 from the start, not chmod-ed after)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.chmod(path, 0o600)  # an older file keeps its mode through O_CREAT
+
+
+def read_or_make_secret(path: Path, nbytes: int = 32) -> str:
+    """The secret kept in ``path``, made (random, URL-safe) on the first call."""
+    if not path.exists():
+        write_private(path, secrets.token_urlsafe(nbytes))
+    path.chmod(0o600)
+    return path.read_text().strip()
 
 
 @dataclass
@@ -59,8 +79,12 @@ class StackConfig:
     backends: int = 2
     redis_url: str | None = None  # None: start a private redis-server with AOF under data_dir
     redis_port: int = 6390
+    # The private redis-server's password (requirepass); None: a new random one.
+    redis_password: str | None = None
     database_url: str | None = None  # None: SQLite under data_dir
     flower_port: int | None = 5555
+    # Flower's login, "user:password" (FLOWER_BASIC_AUTH); None: user admin with a new random password.
+    flower_auth: str | None = None
     beat: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     backend_prefix: str = "backend"
@@ -71,9 +95,13 @@ class StackConfig:
         self.data_dir = Path(self.data_dir).resolve()
         if self.redis_url is None:
             self.private_redis = True
-            self.redis_url = f"redis://127.0.0.1:{self.redis_port}/0"
+            # Shells must not reach the service's Redis: it asks for a password (docs/security.md).
+            self.redis_password = self.redis_password or secrets.token_urlsafe(24)
+            self.redis_url = f"redis://:{self.redis_password}@127.0.0.1:{self.redis_port}/0"
         else:
             self.private_redis = False
+        if self.flower_port and not self.flower_auth:
+            self.flower_auth = f"admin:{secrets.token_urlsafe(16)}"
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("VTERM_BACKEND_ID", "PYTEST_"))}
@@ -96,17 +124,17 @@ class StackConfig:
         py = str(BIN / "python")
         procs = []
         if self.private_redis:
-            redis_dir = self.data_dir / "redis"
-            redis_dir.mkdir(parents=True, exist_ok=True)
-            procs.append(Proc("redis", [shutil.which("redis-server") or "redis-server", "--port", str(self.redis_port),
-                                        "--bind", "127.0.0.1", "--dir", str(redis_dir), "--appendonly", "yes",
-                                        "--save", "", "--maxmemory-policy", "noeviction"]))
+            procs.append(Proc("redis", [shutil.which("redis-server") or "redis-server", str(self.redis_conf())],
+                              startsecs=3))
         procs.append(Proc("web", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port),
                                   "vterm_project.asgi:application"]))
         for bid in self.backend_ids():
-            procs.append(Proc(bid, backend_argv(bid), {"VTERM_BACKEND_ID": bid}))
+            # A backend that cannot start tries 3 times over ~6 s before it exits (workers/celery_hooks.py):
+            # that is a failed start too.
+            procs.append(Proc(bid, backend_argv(bid), {"VTERM_BACKEND_ID": bid}, startsecs=30))
         if self.beat:
-            procs.append(Proc("beat", beat_argv(str(self.data_dir / "celerybeat-schedule")), {"VTERM_ROLE": "control"}))
+            procs.append(Proc("beat", beat_argv(str(self.data_dir / "celerybeat-schedule")), {"VTERM_ROLE": "control"},
+                              startsecs=15))
         if self.beat and self.scaler:
             procs.append(Proc("scaler", [py, str(ROOT / "manage.py"), "vterm_local_scaler", "--prefix",
                                          self.backend_prefix, "--base", str(self.backends)],
@@ -114,12 +142,27 @@ class StackConfig:
         if self.flower_port:
             procs.append(Proc("flower", [py, "-m", "celery", "-A", "vterm_project", "flower",
                                          f"--port={self.flower_port}", "--address=127.0.0.1"],
-                              {"VTERM_ROLE": "flower"}))
+                              # In the environment, not on the command line (ps shows that to everyone).
+                              {"VTERM_ROLE": "flower", "FLOWER_BASIC_AUTH": self.flower_auth}))
         return procs
 
-    def manage(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-        return subprocess.run([str(BIN / "python"), str(ROOT / "manage.py"), *args], env=self.env(), cwd=ROOT,
-                              check=check, capture_output=True, text=True)
+    def redis_conf(self) -> Path:
+        """The private redis-server's configuration, written 0600: the password is in it, not on
+        a command line that any user of the machine can read (ps, /proc/<pid>/cmdline)."""
+        redis_dir = self.data_dir / "redis"
+        redis_dir.mkdir(parents=True, exist_ok=True)
+        redis_dir.chmod(0o700)  # its AOF holds the sessions' output
+        conf = redis_dir / "redis.conf"
+        write_private(conf, "\n".join([
+            "# Written by vterm_project/devstack.py at every start; edits are lost.",
+            f"port {self.redis_port}", "bind 127.0.0.1", f'dir "{redis_dir}"',
+            "appendonly yes", 'save ""', "maxmemory-policy noeviction",  # Celery must never lose a key
+            f"requirepass {self.redis_password}", ""]))
+        return conf
+
+    def manage(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        return subprocess.run([str(BIN / "python"), str(ROOT / "manage.py"), *args], env={**self.env(), **(env or {})},
+                              cwd=ROOT, check=check, capture_output=True, text=True)
 
 
 def backend_argv(backend_id: str) -> list[str]:
@@ -224,64 +267,87 @@ class Stack:
         raise RuntimeError(f"timed out waiting for {what}")
 
 
-def _admin_login(cfg: StackConfig) -> tuple[str, str, str]:
-    """An admin user for `make run`: its password is made once and kept under the data dir."""
-    pw_file = cfg.data_dir / "admin-password"
-    if not pw_file.exists():
-        pw_file.write_text(secrets.token_urlsafe(12))
-        pw_file.chmod(0o600)
-    password = pw_file.read_text().strip()
-    code = ("from django.contrib.auth import get_user_model; U=get_user_model(); "
+def _admin_login(cfg: StackConfig, password: str) -> tuple[str, str]:
+    """The admin user for `make run` (its password kept under the data dir) and a staff API token."""
+    # The password goes in the environment, not on a command line (ps shows those to everyone).
+    code = ("import os; from django.contrib.auth import get_user_model; U=get_user_model(); "
             "u,_=U.objects.get_or_create(username='admin'); u.is_staff=u.is_superuser=True; "
-            f"u.set_password({password!r}); u.save()")
-    cfg.manage("shell", "-c", code)
+            "u.set_password(os.environ['VTERM_ADMIN_PASSWORD']); u.save()")
+    cfg.manage("shell", "-c", code, env={"VTERM_ADMIN_PASSWORD": password})
     token = cfg.manage("create_api_token", "admin", "--staff").stdout.strip().splitlines()[-1]
-    return "admin", password, token
+    return "admin", token
+
+
+@dataclass
+class LocalSecrets:
+    """What `make run` generates on its first start and keeps in the data dir, each file 0600."""
+
+    secret_key: str  # Django's SECRET_KEY (never settings.py's development default)
+    redis_password: str  # the private redis-server's requirepass
+    flower_password: str  # Flower's login, user admin
+    admin_password: str  # the Django admin user's
+
+    FILES: ClassVar[dict[str, str]] = {"secret_key": "secret-key", "redis_password": "redis-password",
+                                       "flower_password": "flower-password", "admin_password": "admin-password"}
+
+    @classmethod
+    def load(cls, data_dir: Path) -> LocalSecrets:
+        return cls(**{name: read_or_make_secret(data_dir / file, 16 if name.endswith("password") else 50)
+                      for name, file in cls.FILES.items()})
+
+
+def stack_config_from_env(data_dir: Path, local: LocalSecrets) -> StackConfig:
+    """`make run`'s stack: the environment's addresses and counts, with the generated secrets."""
+    return StackConfig(
+        data_dir=data_dir,
+        port=int(os.environ.get("PORT", "8000")),
+        backends=int(os.environ.get("VTERM_BACKENDS", "2")),
+        redis_url=os.environ.get("REDIS_URL") or None,
+        redis_port=int(os.environ.get("VTERM_REDIS_PORT", "6390")),
+        redis_password=local.redis_password,
+        database_url=os.environ.get("DATABASE_URL") or None,
+        flower_port=int(os.environ.get("FLOWER_PORT", "5555")),
+        flower_auth=f"admin:{local.flower_password}",
+        # A SECRET_KEY given in the environment wins; else the generated one.
+        extra_env={"SECRET_KEY": os.environ.get("SECRET_KEY") or local.secret_key},
+    )
 
 
 def run_foreground() -> None:
-    """`make run`: migrate, then every process under honcho until Ctrl-C."""
-    from honcho.manager import Manager
+    """`make run`: migrate, then every process under supervisord (restarted when it crashes) until Ctrl-C."""
+    from .redis_config import target_from_env
+    from .supervisor_conf import write_supervisor_conf
 
     parser = argparse.ArgumentParser(description=run_foreground.__doc__)
     parser.parse_args()
-    cfg = StackConfig(
-        data_dir=Path(os.environ.get("VTERM_DATA_DIR", ROOT / "var")),
-        port=int(os.environ.get("PORT", 8000)),
-        backends=int(os.environ.get("VTERM_BACKENDS", 2)),
-        redis_url=os.environ.get("REDIS_URL") or None,
-        redis_port=int(os.environ.get("VTERM_REDIS_PORT", 6390)),
-        database_url=os.environ.get("DATABASE_URL") or None,
-        flower_port=int(os.environ.get("FLOWER_PORT", 5555)),
-    )
-    cfg.data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir = Path(os.environ.get("VTERM_DATA_DIR", ROOT / "var")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    local = LocalSecrets.load(data_dir)
+    cfg = stack_config_from_env(data_dir, local)
     cfg.manage("migrate", "--noinput", "-v0")
-    user, password, token = _admin_login(cfg)
+    user, token = _admin_login(cfg, local.admin_password)
+    conf = write_supervisor_conf(cfg)
+    redis_shown = target_from_env(cfg.env()).redacted()  # a given REDIS_URL's password is not printed either
+    rel = os.path.relpath(data_dir, Path.cwd()) if data_dir.is_relative_to(Path.cwd()) else str(data_dir)
     print(f"""
 vterm is starting:
   web       http://127.0.0.1:{cfg.port}/          (terminal page; admin at /admin/)
   API       http://127.0.0.1:{cfg.port}/api/v1/   (schema: /api/schema/docs/)
   Flower    http://127.0.0.1:{cfg.flower_port}/
   metrics   http://127.0.0.1:{cfg.port}/metrics
-  Redis     {cfg.redis_url}{'  (private, AOF under ' + str(cfg.data_dir / 'redis') + ')' if cfg.private_redis else ''}
-  admin login: {user} / {password}
-  API token:   {token}
+  Redis     {redis_shown}{'  (private, AOF under ' + rel + '/redis)' if cfg.private_redis else ''}
+  admin login:  {user} / {local.admin_password}
+  Flower login: {cfg.flower_auth.replace(":", " / ", 1)}
+  API token:    {token}
+  secrets:      {rel}/{{secret-key,redis-password,flower-password,admin-password}} (mode 0600)
+  processes:    {BIN / "supervisorctl"} -c {rel}/supervisord.conf status
   try: curl -s -H 'Authorization: Bearer {token}' -H 'Content-Type: application/json' \\
          -d '{{}}' http://127.0.0.1:{cfg.port}/api/v1/sessions/
-Ctrl-C stops everything.
+Ctrl-C stops everything (the shells live on in their tmux servers).
 """, flush=True)
-    manager = Manager()
-    base_env = cfg.env()
-    for p in cfg.processes():
-        manager.add_process(p.name, " ".join(_shell_quote(a) for a in p.argv), env={**base_env, **p.env}, cwd=str(ROOT))
-    manager.loop()
-    sys.exit(manager.returncode)
-
-
-def _shell_quote(arg: str) -> str:
-    import shlex
-
-    return shlex.quote(arg)
+    # supervisord takes this process' place (same pid, same terminal): Ctrl-C reaches it, and it
+    # passes this environment on to every process.
+    os.execve(str(BIN / "supervisord"), [str(BIN / "supervisord"), "-n", "-c", str(conf)], cfg.env())
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .devstack import ROOT, backend_argv
+from .parent_death import dies_with_this_process
 
 log = logging.getLogger("vterm.local_scaler")
 
@@ -76,8 +77,10 @@ class LocalScaler:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**self.env, "VTERM_BACKEND_ID": bid, "VTERM_ROLE": "backend"}
         with open(self.log_dir / f"{bid}.log", "ab") as out:
-            # Same process group as this scaler: stopping the scaler's group stops them too.
-            proc = subprocess.Popen(backend_argv(bid), env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+            # Same process group as this scaler: stopping the scaler's group stops them too; and
+            # a scaler killed outright takes them with it (its successor starts them again).
+            proc = subprocess.Popen(backend_argv(bid), env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                    preexec_fn=dies_with_this_process())  # noqa: PLW1509 (one prctl, libc loaded before)
         self.managed[bid] = Managed(bid, proc)
         log.warning("scale up: started backend %s (pid %d)", bid, proc.pid)
         return self.managed[bid]

@@ -12,7 +12,9 @@ import os
 import time
 
 from celery.exceptions import WorkerShutdown
-from celery.signals import celeryd_after_setup, worker_ready, worker_shutdown
+from celery.signals import beat_embedded_init, celeryd_after_setup, worker_ready, worker_shutdown
+
+from vterm_project.parent_death import die_with_parent
 
 from .routing import MAINTENANCE_QUEUE, backend_queue, local_backend_id
 
@@ -22,6 +24,10 @@ log = logging.getLogger(__name__)
 # worker gives up and exits.
 START_ATTEMPTS = 3
 START_RETRY_DELAY = 2.0  # seconds, times the attempt number
+
+
+# The worker's pid, read in the worker before it forks its embedded beat (if any).
+_WORKER_PID = os.getpid()
 
 
 def _is_backend() -> bool:
@@ -34,6 +40,13 @@ def add_backend_queue(sender, instance, **kwargs):
         instance.app.amqp.queues.select_add(backend_queue(local_backend_id()))
     elif os.environ.get("VTERM_ROLE") == "control":
         instance.app.amqp.queues.select_add(MAINTENANCE_QUEUE)
+
+
+@beat_embedded_init.connect
+def beat_ends_with_its_worker(sender=None, **kwargs):
+    """Beat embedded in the control worker (-B) is a child process of it: when the worker is
+    killed (and started again by its supervisor) this beat must not run on beside the new one."""
+    die_with_parent(_WORKER_PID)
 
 
 @worker_ready.connect
@@ -49,7 +62,7 @@ def start_backend(sender=None, **kwargs):
                 log.exception("backend start failed (attempt %d of %d)", attempt, START_ATTEMPTS)
                 if attempt == START_ATTEMPTS:
                     # A worker that is no backend must not stay up: its queue would fill unread.
-                    # Exit code 1 for its supervisor: Kubernetes restarts it, `make run` (honcho) stops.
+                    # Exit code 1 for its supervisor: Kubernetes and `make run` (supervisord) restart it.
                     log.critical("backend could not start; the worker exits")
                     raise WorkerShutdown(1) from None
                 time.sleep(START_RETRY_DELAY * attempt)

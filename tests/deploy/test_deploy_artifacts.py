@@ -177,12 +177,13 @@ def test_compose_file_validates_with_compose_cli() -> None:
     cli = compose_cli()
     if cli is None:
         pytest.skip("neither the docker compose plugin nor docker-compose is installed")
-    env = {**os.environ, "SECRET_KEY": "test-secret-key"}
+    env = {**os.environ, "SECRET_KEY": "test-secret-key", "FLOWER_BASIC_AUTH": "admin:test-password"}
     result = run([*cli, "-f", str(COMPOSE_FILE), "config", "-q"], env=env, cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    # SECRET_KEY is required, never defaulted.
-    env.pop("SECRET_KEY")
-    assert run([*cli, "-f", str(COMPOSE_FILE), "config", "-q"], env=env, cwd=ROOT).returncode != 0
+    # SECRET_KEY and Flower's login are required, never defaulted.
+    for required in ("SECRET_KEY", "FLOWER_BASIC_AUTH"):
+        without = {k: v for k, v in env.items() if k != required}
+        assert run([*cli, "-f", str(COMPOSE_FILE), "config", "-q"], env=without, cwd=ROOT).returncode != 0, required
 
 
 # ---------------------------------------------------------------------------------------------

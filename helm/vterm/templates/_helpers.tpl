@@ -50,6 +50,10 @@ app.kubernetes.io/part-of: vterm
 {{- default (include "vterm.fullname" .) .Values.secret.existingSecret }}
 {{- end }}
 
+{{- define "vterm.flowerSecretName" -}}
+{{- default (printf "%s-flower" (include "vterm.fullname" .)) .Values.flower.auth.existingSecret }}
+{{- end }}
+
 {{/* The Bitnami Redis chart's fullname (its common.names.fullname). */}}
 {{- define "vterm.redis.fullname" -}}
 {{- if .Values.redis.fullnameOverride }}
