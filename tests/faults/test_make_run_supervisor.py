@@ -273,6 +273,22 @@ def test_make_run_prints_its_logins_and_keeps_its_secrets(stack):
 
     with pytest.raises(redis.AuthenticationError):
         redis.Redis(port=stack.redis_port, socket_timeout=5).ping()
+    # Nor can a shell of make run's reach them: its sandbox hides the files and the processes, and
+    # Redis (on the host's network) wants the password it cannot read.
+    s = stack.api.create_session(name="probe")
+    try:
+        probe = stack.api.run(s["id"], (
+            f"cat {stack.data_dir}/secret-key {stack.data_dir}/redis-password 2>&1 | grep -c 'No such file'; "
+            "cat /proc/[0-9]*/environ 2>/dev/null | tr '\\0' '\\n' | grep -c '^SECRET_KEY='; "
+            f"exec 3<>/dev/tcp/127.0.0.1/{stack.redis_port} && printf 'PING\\r\\n' >&3 && "
+            "read -t 5 -r reply <&3; echo \"$reply\""))
+        assert probe["status"] == "succeeded", probe
+        files, environs, reply = probe["output"].splitlines()
+        assert (files, environs) == ("2", "0"), probe["output"]
+        assert reply.startswith("-NOAUTH"), probe["output"]
+        assert secret_key not in probe["output"] and redis_password not in probe["output"]
+    finally:
+        stack.api.http.delete(f"/api/v1/sessions/{s['id']}/")
     # Flower asks for its login.
     flower = f"http://127.0.0.1:{stack.flower_port}/"
     assert httpx.get(flower, timeout=10).status_code == 401
