@@ -10,6 +10,7 @@ import os
 import subprocess
 import time
 
+import httpx
 import pytest
 
 from tests.conftest import Api
@@ -248,3 +249,35 @@ def test_a_backend_that_cannot_sandbox_refuses_to_start(stack):
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     log = proc.stdout + proc.stderr
     assert "bwrap at /nonexistent/bwrap" in log and "VTERM_SANDBOX=off" in log, log[-3000:]
+
+
+def test_staff_set_a_users_limits_in_the_admin(stack):
+    """The admin's shell account page: staff lower (or raise) one user's limits; new sessions take them."""
+    dave = Api(stack.url, stack.token("dave"))
+    first = dave.create_session(name="before")  # allocates dave's shell account
+    dave.http.delete(f"/api/v1/sessions/{first['id']}/")
+    code = ("from django.contrib.auth import get_user_model; U=get_user_model(); "
+            "u,_=U.objects.get_or_create(username='limits-admin'); u.is_staff=u.is_superuser=True; "
+            "u.set_password('limits-admin-pw-1'); u.save(); "
+            "from sessions.models import ShellAccount; print(ShellAccount.objects.get(user__username='dave').pk)")
+    pk = stack.config.manage("shell", "-c", code).stdout.strip().splitlines()[-1]
+    page = f"/admin/vterm_sessions/shellaccount/{pk}/change/"
+    with httpx.Client(base_url=stack.url, timeout=30, follow_redirects=True) as browser:
+        browser.get("/admin/login/")
+        r = browser.post(f"/admin/login/?next={page}", data={
+            "username": "limits-admin", "password": "limits-admin-pw-1", "next": page,
+            "csrfmiddlewaretoken": browser.cookies["csrftoken"]}, headers={"Referer": stack.url + "/admin/login/"})
+        assert r.status_code == 200 and "uid" in r.text, r.text[:500]
+        r = browser.post(page, data={"max_processes": "64", "memory_mb": "128", "cpu_weight": "",
+                                     "csrfmiddlewaretoken": browser.cookies["csrftoken"], "_save": "Save"},
+                         headers={"Referer": stack.url + page})
+        assert r.status_code == 200, r.text[:500]
+        listing = browser.get("/admin/vterm_sessions/shellaccount/").text
+        assert "processes 64, memory_mb 128, cpu_weight 100" in listing
+    s = dave.create_session(name="after")
+    try:
+        assert s["limits"] == {"processes": 64, "memory_mb": 128, "cpu_weight": 100}, s
+        r = out(dave, s["id"], "python3 -c 'x = b\"1\" * (300 << 20)'")
+        assert (r["exit_code"], r["reason"]) == (137, "killed: out of memory (limit 128 MiB)"), r
+    finally:
+        dave.http.delete(f"/api/v1/sessions/{s['id']}/")
