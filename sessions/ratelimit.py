@@ -1,84 +1,166 @@
-"""Per-user limits that every web node shares: a token bucket in Redis, the session quota,
-and the cap on open WebSockets.
+"""Per-user limits that every web node shares: token buckets in Redis, the pending waits, the
+session quota, and the cap on open WebSockets.
 
-The bucket lives in one Redis hash per (user, kind) and is updated by one Lua script, so
+A bucket lives in one Redis hash per (user, kind) and is updated by one Lua script, so
 two web nodes (or two requests on one) can never both spend the last token. Time comes
-from Redis (``TIME``), not from the nodes' clocks. Open WebSockets are claims in one sorted
-set per user, taken by a Lua script too; each claim lapses unless its web node renews it,
-so the places of a node that died come free by themselves.
+from Redis (``TIME``), not from the nodes' clocks. Pending waits are a sorted set per user
+of the waits under way, each with the time it gives up by: a web node that dies with waits
+under way does not hold them for ever. Open WebSockets are claims in one sorted set per user,
+taken by a Lua script too; each claim lapses unless its web node renews it, so the places of
+a node that died come free by themselves.
 """
 
 from __future__ import annotations
 
 import math
+import uuid
 
 from django.conf import settings
 from rest_framework.exceptions import Throttled
 
 from .redis_state import async_client, sync_client, ws_open_key
 
-# KEYS[1] bucket; ARGV rate (tokens/s), burst, cost. Returns {allowed, seconds to wait}.
+# KEYS: buckets; ARGV: rate (tokens/s), burst, cost for each in turn. Returns {allowed, seconds
+# to wait} for each: each bucket is spent on its own, all in one round trip.
 _TOKEN_BUCKET = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(b[1])
-local ts = tonumber(b[2])
-if tokens == nil or ts == nil then
-  tokens = burst
-  ts = now
+local out = {}
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local cost = tonumber(ARGV[3 * i])
+  local b = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(b[1])
+  local ts = tonumber(b[2])
+  if tokens == nil or ts == nil then
+    tokens = burst
+    ts = now
+  end
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+  local allowed = 0
+  local wait = 0
+  if tokens >= cost then
+    tokens = tokens - cost
+    allowed = 1
+  else
+    wait = (cost - tokens) / rate
+  end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
+  out[#out + 1] = allowed
+  out[#out + 1] = tostring(wait)
 end
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local allowed = 0
-local wait = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  allowed = 1
-else
-  wait = (cost - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return {allowed, tostring(wait)}
+return out
 """
 
-_script = None
+# KEYS[1] the user's pending waits; ARGV limit, wait id, seconds it may last. Returns 1 when taken.
+_WAIT_TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  return 0
+end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
+local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last[2]) * 1000) + 1000)
+return 1
+"""
+
+_scripts: dict[str, object] = {}
+
+
+def _script(source: str):
+    if source not in _scripts:
+        _scripts[source] = sync_client().register_script(source)
+    return _scripts[source]
 
 
 def _bucket_script():
-    global _script
-    if _script is None:
-        _script = sync_client().register_script(_TOKEN_BUCKET)
-    return _script
+    return _script(_TOKEN_BUCKET)
 
 
 def bucket_key(user_id, kind: str) -> str:
     return f"{settings.VTERM['REDIS_PREFIX']}vterm:rl:{kind}:{user_id}"
 
 
+def pending_waits_key(user_id) -> str:
+    return f"{settings.VTERM['REDIS_PREFIX']}vterm:waits:{user_id}"
+
+
+def _bucket_args(kind: str, cost: float) -> list[float] | None:
+    rate = float(settings.VTERM[f"{kind.upper()}_RATE"])
+    burst = float(settings.VTERM[f"{kind.upper()}_BURST"])
+    return None if rate <= 0 else [rate, max(burst, cost), cost]
+
+
 def ratelimit_take(user_id, kind: str, cost: float = 1.0) -> float:
     """Spend ``cost`` tokens of the user's ``kind`` bucket: 0 when allowed, else seconds to wait.
 
-    ``kind`` is "command", "input", "resize", "interrupt", "screen" or "recording"; its rate
-    and burst are VTERM_<KIND>_RATE / _BURST (a rate of 0 turns the limit off).
+    ``kind`` is "command", "input", "input_bytes", "resize", "interrupt", "screen" or "recording";
+    its rate and burst are VTERM_<KIND>_RATE / _BURST (a rate of 0 turns the limit off). A cost
+    above the burst is allowed from a full bucket.
     """
-    rate = float(settings.VTERM[f"{kind.upper()}_RATE"])
-    burst = float(settings.VTERM[f"{kind.upper()}_BURST"])
-    if rate <= 0:
+    args = _bucket_args(kind, cost)
+    if args is None:
         return 0.0
-    allowed, wait = _bucket_script()(keys=[bucket_key(user_id, kind)], args=[rate, max(burst, cost), cost])
+    allowed, wait = _bucket_script()(keys=[bucket_key(user_id, kind)], args=args)
     return 0.0 if int(allowed) else float(wait)
 
 
 def ratelimit_check(user_id, kind: str, cost: float = 1.0) -> None:
     """Raise 429 (with Retry-After) when the user is over their ``kind`` rate."""
-    wait = ratelimit_take(user_id, kind, cost)
+    _raise_if_over(kind, ratelimit_take(user_id, kind, cost))
+
+
+def ratelimit_check_input(user_id, nbytes: int) -> None:
+    """Keystrokes spend two buckets in one round trip: one request ("input") and their bytes
+    ("input_bytes"). Raise 429 when either is empty (the request is spent either way)."""
+    spends = [(kind, args) for kind, args in (("input", _bucket_args("input", 1.0)),
+                                             ("input_bytes", _bucket_args("input_bytes", float(nbytes))))
+              if args is not None and args[2] > 0]
+    if not spends:
+        return
+    got = _bucket_script()(keys=[bucket_key(user_id, kind) for kind, _ in spends],
+                           args=[a for _, args in spends for a in args])
+    for n, (kind, _) in enumerate(spends):
+        if not int(got[2 * n]):
+            _raise_if_over(kind, float(got[2 * n + 1]))
+
+
+def _raise_if_over(kind: str, wait: float) -> None:
     if wait > 0:
+        what = "input bytes" if kind == "input_bytes" else f"{kind} requests"
         raise Throttled(wait=max(1, math.ceil(wait)),
-                        detail=f"Too many {kind} requests for this user; try again in {math.ceil(wait)} s.")
+                        detail=f"Too many {what} for this user; try again in {math.ceil(wait)} s.")
+
+
+WAIT_MARGIN = 30.0  # seconds a pending wait is counted past its own end (submission, a slow answer)
+
+
+def pending_wait_take(user_id, seconds: float) -> str | None:
+    """Count one more wait of the user's (a REST ``wait``, a WebSocket ``run`` awaiting its result)
+    for up to ``seconds``: its id, to give back with ``pending_wait_release``; None when the limit
+    is off. Raise 429 when the user already has VTERM_MAX_PENDING_WAITS_PER_USER under way."""
+    limit = settings.VTERM["MAX_PENDING_WAITS_PER_USER"]
+    if limit <= 0:
+        return None
+    wait_id = uuid.uuid4().hex
+    if not int(_script(_WAIT_TAKE)(keys=[pending_waits_key(user_id)], args=[limit, wait_id, seconds + WAIT_MARGIN])):
+        raise Throttled(wait=1, detail=f"Too many commands awaiting their results for this user (at most {limit}); "
+                                       "wait for some to finish, or submit without waiting.")
+    return wait_id
+
+
+def pending_wait_release_sync(user_id, wait_id: str | None) -> None:
+    if wait_id is not None:
+        sync_client().zrem(pending_waits_key(user_id), wait_id)
+
+
+async def pending_wait_release(user_id, wait_id: str | None) -> None:
+    if wait_id is not None:
+        await async_client().zrem(pending_waits_key(user_id), wait_id)
 
 
 def session_quota_check(owner) -> None:

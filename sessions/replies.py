@@ -1,8 +1,9 @@
 """Talking to a backend worker: a Celery task out (and a Redis list back for a reply),
 or, for the hot calls, a message on the backend's inbox (workers/inbox.py).
 
-Celery's result backend would do for replies, but a list per call that the caller
-blocks on (BLPOP) is one Redis round trip and needs no polling.
+Celery's result backend would do for replies, but a list per call, whose push wakes the
+caller through the process's one reply subscriber (sessions/waits.py), needs no polling
+and holds no Redis connection while it waits.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from django.conf import settings
 from vterm_project.celery import app as celery_app
 from workers.routing import backend_queue
 
-from .redis_state import REPLY_TTL, backend_inbox_key, blpop, reply_key, sync_client
+from .redis_state import REPLY_TTL, backend_inbox_key, reply_key, sync_client
+from .waits import reply_push, reply_wait
 
 # Positional arguments that carry users' secrets, by task: a session's environment (tokens,
 # passwords). Celery shows a task's arguments in Flower and in the worker's log from the message's
@@ -49,15 +51,13 @@ async def call_backend(queue: str, task: str, *args, timeout: float, **kwargs) -
     """Run ``task`` on the backend behind ``queue``; its reply, or None after ``timeout``."""
     token = uuid.uuid4().hex
     send_to_backend(queue, task, *args, reply_to=token, **kwargs)
-    got = await blpop(reply_key(token), timeout)
+    got = await reply_wait(reply_key(token), timeout)
     return json.loads(got) if got else None
 
 
 def post_reply(token: str | None, payload: dict) -> None:
     if not token:
         return
-    key = reply_key(token)
     pipe = sync_client().pipeline()
-    pipe.rpush(key, json.dumps(payload))
-    pipe.expire(key, REPLY_TTL)
+    reply_push(pipe, reply_key(token), payload, REPLY_TTL)
     pipe.execute()

@@ -32,11 +32,26 @@ from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast, viewers_key
 from .circuit import breaker_open_ids, breaker_record_failure, breaker_record_success
 from .models import Backend, Command, SessionEvent, TerminalSession
-from .ratelimit import ratelimit_check, session_quota_check
-from .redis_state import async_client, blpop, command_done_key, heartbeat_key, output_stream_key, sync_client
+from .ratelimit import (
+    pending_wait_release,
+    pending_wait_release_sync,
+    pending_wait_take,
+    ratelimit_check,
+    ratelimit_check_input,
+    session_quota_check,
+)
+from .redis_state import (
+    REPLY_TTL,
+    async_client,
+    command_done_key,
+    heartbeat_key,
+    output_stream_key,
+    sync_client,
+)
 from .replies import call_backend, push_to_backend, send_to_backend
 from .sandbox import session_limits_resolve
 from .serializers import CommandSerializer
+from .waits import reply_push, reply_wait
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +169,11 @@ async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | No
         # Broker or Redis down: the client gets a 503, so no session must appear later.
         await sync_to_async(_session_start_failed)(session)
         raise
+    # The breaker counts the backend's own failures only: one with a "field" was the request's
+    # (workers/start_failure.py), and says nothing either way about the backend.
     if reply is None or (not reply.get("ok") and not reply.get("field")):
         await sync_to_async(breaker_record_failure)(session.backend_id)
-    else:
+    elif reply.get("ok"):
         await sync_to_async(breaker_record_success)(session.backend_id)
     if reply is not None and not reply.get("ok"):
         await sync_to_async(_session_start_failed)(session)
@@ -268,7 +285,7 @@ def session_input(session: TerminalSession, *, data: str | None = None, keys: li
     then straight to the backend. ``touch=False`` leaves out the database write that marks
     activity; a terminal, which sends a frame per key, marks it now and then (``session_touch``)."""
     _session_require_live(session)
-    ratelimit_check(session.owner_id, "input")
+    ratelimit_check_input(session.owner_id, len(data.encode("utf-8", "surrogatepass")) if data else 0)
     if touch:
         session_touch(session)
     push_to_backend(session.backend_id, "input", session=str(session.pk), data=data, keys=keys)
@@ -315,6 +332,24 @@ def command_create(user, session_id, *, command: str, timeout: float | None = No
         detail = {**({"via": via} if via else {}), **audit.audit_command_detail(cmd.pk, cmd.command)}
         audit.audit_record(user, audit.COMMAND_RUN, session_id, remote_addr=remote_addr, detail=detail)
     return cmd
+
+
+def command_submit(user, session_id, *, command: str, timeout: float | None = None, wait: float = 0,
+                   remote_addr: str = "", via: str = "") -> tuple[Command, str | None]:
+    """``command_create``, counting the wait for its result among the user's pending waits when
+    ``wait`` (429 beyond VTERM_MAX_PENDING_WAITS_PER_USER). Returns the command and the wait's id,
+    which ``command_wait_end`` gives back once the wait is over."""
+    wait_id = pending_wait_take(user.pk, wait) if wait else None
+    try:
+        cmd = command_create(user, session_id, command=command, timeout=timeout, remote_addr=remote_addr, via=via)
+    except BaseException:
+        pending_wait_release_sync(user.pk, wait_id)
+        raise
+    return cmd, wait_id
+
+
+async def command_wait_end(user_id, wait_id: str | None) -> None:
+    await pending_wait_release(user_id, wait_id)
 
 
 _sqlite_writer = threading.Lock()
@@ -406,7 +441,7 @@ def _command_send(cmd: Command, backend_id: str, epoch: int) -> None:
 async def command_wait(cmd: Command, wait: float) -> dict:
     """The command as JSON once it has finished, or as it stands after ``wait`` seconds."""
     if wait > 0:
-        got = await blpop(command_done_key(str(cmd.pk)), wait)
+        got = await reply_wait(command_done_key(str(cmd.pk)), wait)
         if got:
             return json.loads(got)
     fresh = await Command.objects.aget(pk=cmd.pk)
@@ -459,9 +494,7 @@ def commands_finished(ends: list[dict]) -> list[dict | None]:
             replies.append(None)
             continue
         data = command_json(cmd)
-        key = command_done_key(end["command_id"])
-        pipe.rpush(key, json.dumps(data))
-        pipe.expire(key, 300)
+        reply_push(pipe, command_done_key(end["command_id"]), data, REPLY_TTL)
         metrics.record_command_finished(status=end["status"], latency_s=_command_overhead(cmd), pipe=pipe)
         replies.append(data)
     done = [(cmd.session_id, data) for cmd, data in zip(stored, replies) if data is not None]

@@ -275,6 +275,11 @@ VTERM = {
     "WS_MAX_PER_USER": env_int("VTERM_WS_MAX_PER_USER", 20),
     "WS_CLAIM_SECONDS": env_int("VTERM_WS_CLAIM_SECONDS", 60),
     "WS_RECHECK_INTERVAL": env_float("VTERM_WS_RECHECK_INTERVAL", 5.0),
+    # Keystrokes also spend a bucket of bytes (UTF-8 of `data`): requests alone let 64 KiB frames through.
+    "INPUT_BYTES_RATE": env_float("VTERM_INPUT_BYTES_RATE", 1024 * 1024.0),
+    "INPUT_BYTES_BURST": env_float("VTERM_INPUT_BYTES_BURST", 4 * 1024 * 1024.0),
+    # Results a user may be awaiting at once (REST `wait`, WebSocket `run`), on all web nodes together.
+    "MAX_PENDING_WAITS_PER_USER": env_int("VTERM_MAX_PENDING_WAITS_PER_USER", 200),
     # Failed logins per (username, client address) within the window before logins are refused.
     "LOGIN_MAX_FAILURES": env_int("VTERM_LOGIN_MAX_FAILURES", 5),
     "LOGIN_WINDOW": env_int("VTERM_LOGIN_WINDOW", 300),

@@ -1,0 +1,117 @@
+"""Replies on Redis lists, and waiting for them without holding a Redis connection per wait.
+
+A web process waits on many replies at once: REST commands with ``wait``, WebSocket ``run``
+frames, session starts, screens. Each wait used to BLPOP its own list and so held a pooled
+connection for as long as it waited: one user's waits could take every connection of the
+process, and everyone else got 503s (issue 14). Now whoever pushes a reply also PUBLISHes
+the list's name on one channel, and each process has one subscriber (one connection) that
+wakes the waiters of that list; a waiter then takes its reply with a plain LPOP. A wait costs
+a future, not a connection.
+
+A notice can be missed (it is not stored: the subscriber was reconnecting, or the reply came
+before the wait began), so a waiter takes from its list when it starts, whenever the
+subscriber (re)subscribes, and every RECHECK seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+
+from .redis_state import async_client, reply_channel
+
+log = logging.getLogger(__name__)
+
+RECHECK = 5.0  # seconds between a waiter's own looks at its list, in case a notice was lost
+RETRY = 0.5  # seconds before the subscriber subscribes again after losing Redis
+IDLE_READ = 30.0  # seconds one read of the subscription may wait (health-check pings keep it alive)
+
+
+def reply_push(pipe, key: str, payload: dict | str, ttl: int) -> None:
+    """Add, on ``pipe`` (a pipeline: one round trip with the caller's other writes), a reply
+    to list ``key`` and the notice that wakes whoever waits on it."""
+    pipe.rpush(key, payload if isinstance(payload, str) else json.dumps(payload))
+    pipe.expire(key, ttl)
+    pipe.publish(reply_channel(), key)
+
+
+class _Subscriber:
+    """The one subscription of this event loop, and the futures waiting on each list."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, set[asyncio.Future]] = {}
+        self.task = asyncio.get_running_loop().create_task(self._run(), name="vterm-reply-subscriber")
+
+    def watch(self, key: str) -> asyncio.Future:
+        fut = asyncio.get_running_loop().create_future()
+        self.waiting.setdefault(key, set()).add(fut)
+        return fut
+
+    def unwatch(self, key: str, fut: asyncio.Future) -> None:
+        futs = self.waiting.get(key)
+        if futs is not None:
+            futs.discard(fut)
+            if not futs:
+                del self.waiting[key]
+
+    def _wake(self, key: str) -> None:
+        for fut in self.waiting.get(key, ()):
+            if not fut.done():
+                fut.set_result(None)
+
+    def _wake_all(self) -> None:
+        for key in list(self.waiting):
+            self._wake(key)
+
+    async def _run(self) -> None:
+        while True:
+            pubsub = async_client(blocking=True).pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(reply_channel())
+                self._wake_all()  # what was pushed while no one listened
+                while True:
+                    msg = await pubsub.get_message(timeout=IDLE_READ)
+                    if msg is not None and msg["type"] == "message":
+                        self._wake(msg["data"].decode())
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # Redis gone or restarted: subscribe again
+                log.warning("reply subscriber: Redis unavailable; subscribing again", exc_info=True)
+                await asyncio.sleep(RETRY)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
+
+
+_subscribers: dict[int, _Subscriber] = {}
+
+
+def _subscriber() -> _Subscriber:
+    loop = asyncio.get_running_loop()
+    sub = _subscribers.get(id(loop))
+    if sub is None or sub.task.done() or sub.task.get_loop() is not loop:  # an id reused by a new loop
+        sub = _subscribers[id(loop)] = _Subscriber()
+    return sub
+
+
+async def reply_wait(key: str, timeout: float) -> bytes | None:
+    """The first reply on list ``key``, or None after ``timeout`` seconds. Raises RedisError when
+    Redis does not answer."""
+    loop = asyncio.get_running_loop()
+    sub = _subscriber()
+    deadline = loop.time() + timeout
+    while True:
+        fut = sub.watch(key)  # before looking: a notice that comes meanwhile is not missed
+        try:
+            got = await async_client().lpop(key)
+            if got is not None:
+                return got
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(fut, min(left, RECHECK))
+        finally:
+            sub.unwatch(key, fut)
