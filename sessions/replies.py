@@ -16,7 +16,7 @@ from django.conf import settings
 from vterm_project.celery import app as celery_app
 from workers.routing import backend_queue
 
-from .redis_state import REPLY_TTL, backend_inbox_key, reply_key, sync_client
+from .redis_state import REPLY_TTL, async_client, backend_inbox_key, reply_key, sync_client
 from .waits import reply_push, reply_wait
 
 # Positional arguments that carry users' secrets, by task: a session's environment (tokens,
@@ -45,6 +45,20 @@ def push_to_backend(backend_id: str, op: str, **fields) -> None:
         send_to_backend(backend_queue(backend_id), "workers.tasks.inbox_message", msg)
     else:
         sync_client().rpush(backend_inbox_key(backend_id), json.dumps(msg))
+
+
+async def ask_backend(backend_id: str, op: str, *, timeout: float, **fields) -> dict | None:
+    """A hot call that is answered (a screen): on the backend's inbox, served in its session's turn,
+    not behind the backend's Celery work (session starts, reconciles); its reply, or None after
+    ``timeout``."""
+    token = uuid.uuid4().hex
+    msg = {"op": op, "reply_to": token, **fields}
+    if settings.VTERM["HOT_CALLS"] == "celery":
+        send_to_backend(backend_queue(backend_id), "workers.tasks.inbox_message", msg)
+    else:
+        await async_client().rpush(backend_inbox_key(backend_id), json.dumps(msg))
+    got = await reply_wait(reply_key(token), timeout)
+    return json.loads(got) if got else None
 
 
 async def call_backend(queue: str, task: str, *args, timeout: float, **kwargs) -> dict | None:

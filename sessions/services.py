@@ -48,7 +48,7 @@ from .redis_state import (
     output_stream_key,
     sync_client,
 )
-from .replies import call_backend, push_to_backend, send_to_backend
+from .replies import ask_backend, call_backend, push_to_backend, send_to_backend
 from .sandbox import session_limits_resolve
 from .serializers import CommandSerializer
 from .waits import reply_push, reply_wait
@@ -293,8 +293,8 @@ def session_input(session: TerminalSession, *, data: str | None = None, keys: li
 
 async def session_screen(session: TerminalSession, *, escapes: bool = False) -> dict:
     await sync_to_async(_session_require_live)(session)
-    reply = await call_backend(session.backend.queue, T + "session_screen", str(session.pk), escapes,
-                               timeout=settings.VTERM["RPC_TIMEOUT"])
+    reply = await ask_backend(session.backend_id, "screen", session=str(session.pk), escapes=escapes,
+                              timeout=settings.VTERM["RPC_TIMEOUT"])
     if reply is None:
         raise ServiceUnavailable("The session's backend did not answer in time.")
     if not reply.get("ok"):

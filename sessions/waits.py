@@ -5,12 +5,12 @@ frames, session starts, screens. Each wait used to BLPOP its own list and so hel
 connection for as long as it waited: one user's waits could take every connection of the
 process, and everyone else got 503s (issue 14). Now whoever pushes a reply also PUBLISHes
 the list's name on one channel, and each process has one subscriber (one connection) that
-wakes the waiters of that list; a waiter then takes its reply with a plain LPOP. A wait costs
-a future, not a connection.
+takes the replies of the lists someone waits on (one pipelined LPOP for all the names that
+came together) and hands each to its waiter. A wait costs a future, not a connection.
 
 A notice can be missed (it is not stored: the subscriber was reconnecting, or the reply came
-before the wait began), so a waiter takes from its list when it starts, whenever the
-subscriber (re)subscribes, and every RECHECK seconds.
+before the wait began), so a waiter takes from its list once when it starts, and the
+subscriber takes from every list waited on when it (re)subscribes and every RECHECK seconds.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ from .redis_state import async_client, reply_channel
 
 log = logging.getLogger(__name__)
 
-RECHECK = 5.0  # seconds between a waiter's own looks at its list, in case a notice was lost
+RECHECK = 5.0  # seconds between looks at every list waited on, in case a notice was lost
 RETRY = 0.5  # seconds before the subscriber subscribes again after losing Redis
-IDLE_READ = 30.0  # seconds one read of the subscription may wait (health-check pings keep it alive)
+TAKE_BATCH = 500  # lists taken from in one pipeline
 
 
 def reply_push(pipe, key: str, payload: dict | str, ttl: int) -> None:
@@ -56,25 +56,42 @@ class _Subscriber:
             if not futs:
                 del self.waiting[key]
 
-    def _wake(self, key: str) -> None:
-        for fut in self.waiting.get(key, ()):
-            if not fut.done():
-                fut.set_result(None)
-
-    def _wake_all(self) -> None:
-        for key in list(self.waiting):
-            self._wake(key)
+    async def _take(self, keys) -> None:
+        """LPOP the lists of ``keys`` that someone waits on, in pipelines, and hand the replies over."""
+        keys = [k for k in keys if k in self.waiting]
+        for i in range(0, len(keys), TAKE_BATCH):
+            chunk = keys[i:i + TAKE_BATCH]
+            pipe = async_client().pipeline(transaction=False)
+            for key in chunk:
+                pipe.lpop(key)
+            for key, got in zip(chunk, await pipe.execute()):
+                if got is None:
+                    continue
+                # One reply, one waiter; with none left (it gave up just now) the reply goes unread.
+                for fut in self.waiting.get(key, ()):
+                    if not fut.done():
+                        fut.set_result(got)
+                        break
 
     async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
             pubsub = async_client(blocking=True).pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(reply_channel())
-                self._wake_all()  # what was pushed while no one listened
+                swept = loop.time()
+                await self._take(list(self.waiting))  # what was pushed while no one listened
                 while True:
-                    msg = await pubsub.get_message(timeout=IDLE_READ)
-                    if msg is not None and msg["type"] == "message":
-                        self._wake(msg["data"].decode())
+                    keys = set()
+                    msg = await pubsub.get_message(timeout=RECHECK)
+                    while msg is not None and len(keys) < TAKE_BATCH:  # and whatever came with it
+                        if msg["type"] == "message":
+                            keys.add(msg["data"].decode())
+                        msg = await pubsub.get_message(timeout=0)
+                    if loop.time() - swept >= RECHECK:
+                        swept = loop.time()
+                        keys.update(self.waiting)
+                    await self._take(keys)
             except asyncio.CancelledError:
                 raise
             except Exception:  # Redis gone or restarted: subscribe again
@@ -98,20 +115,16 @@ def _subscriber() -> _Subscriber:
 
 async def reply_wait(key: str, timeout: float) -> bytes | None:
     """The first reply on list ``key``, or None after ``timeout`` seconds. Raises RedisError when
-    Redis does not answer."""
-    loop = asyncio.get_running_loop()
+    Redis does not answer at the start."""
     sub = _subscriber()
-    deadline = loop.time() + timeout
-    while True:
-        fut = sub.watch(key)  # before looking: a notice that comes meanwhile is not missed
+    fut = sub.watch(key)  # before looking: a reply that comes meanwhile is handed over, not missed
+    try:
+        got = await async_client().lpop(key)
+        if got is not None:
+            return got
         try:
-            got = await async_client().lpop(key)
-            if got is not None:
-                return got
-            left = deadline - loop.time()
-            if left <= 0:
-                return None
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(fut, min(left, RECHECK))
-        finally:
-            sub.unwatch(key, fut)
+            return await asyncio.wait_for(fut, timeout)
+        except TimeoutError:
+            return None
+    finally:
+        sub.unwatch(key, fut)

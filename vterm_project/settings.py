@@ -235,8 +235,13 @@ VTERM = {
     "SESSION_START_TIMEOUT": env_float("VTERM_SESSION_START_TIMEOUT", 15.0),
     "RPC_TIMEOUT": env_float("VTERM_RPC_TIMEOUT", 5.0),
     # How commands, keystrokes, Ctrl-C and resizes reach a backend (workers/inbox.py): "redis", a list
-    # of its own that one thread takes from; or "celery", a task each on its queue (seen in Flower, slower).
+    # of its own that one thread reads (workers/inbox.py); or "celery", a task each on its queue (seen in
+    # Flower, slower, served in the queue's order).
     "HOT_CALLS": os.environ.get("VTERM_HOT_CALLS", "redis"),
+    # Threads of a backend that carry out its inbox, serving its sessions in turn (one message of a
+    # session at a time); and the keystrokes one session may have waiting there (characters).
+    "INBOX_THREADS": env_int("VTERM_INBOX_THREADS", 4),
+    "INBOX_SESSION_MAX_CHARS": env_int("VTERM_INBOX_SESSION_MAX_CHARS", 8 * 1024 * 1024),
     # How long the hot command route trusts a token it has looked up (sessions/auth.py).
     "TOKEN_CACHE_SECONDS": env_float("VTERM_TOKEN_CACHE_SECONDS", 5.0),
     "STREAM_MAXLEN": env_int("VTERM_STREAM_MAXLEN", 10000),

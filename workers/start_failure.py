@@ -32,7 +32,7 @@ def start_failure_reply(exc: Exception, *, cwd: str, env: dict) -> dict:
         return {"ok": False, "field": "cwd", "error": text.removeprefix("cwd: ")}
     if isinstance(exc, ShellError) and (env or cwd):
         field = "env" if env else "cwd"
-        return {"ok": False, "field": field, "error": f"{text} with the {_asked(env, cwd)} asked for{_hint(env)}."}
+        return {"ok": False, "field": field, "error": f"{text}, with the {_asked(env, cwd)} asked for{_hint(env)}."}
     return {"ok": False, "field": "", "error": f"{exc.__class__.__name__}: {text}"}
 
 

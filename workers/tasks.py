@@ -43,13 +43,8 @@ def inbox_message(msg):
 
 @shared_task(name="workers.tasks.session_screen")
 def session_screen(session_id, escapes=False, reply_to=None):
-    try:
-        s = runtime().driver.screen(session_id, escapes=escapes)
-        result = {"ok": True, "screen": {"cols": s.cols, "rows": s.rows, "lines": s.lines,
-                                         "cursor": {"x": s.cursor_x, "y": s.cursor_y}}}
-    except ShellError as exc:
-        result = {"ok": False, "error": str(exc)}
-    post_reply(reply_to, result)
+    """Screens come on the inbox now (workers/inbox.py); kept for web nodes of the version before."""
+    post_reply(reply_to, inbox.screen_reply(runtime(), session_id, escapes))
 
 
 @shared_task(name="workers.tasks.pool_autoscale", ignore_result=True)

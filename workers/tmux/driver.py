@@ -306,7 +306,7 @@ class TmuxDriver:
             self._apply_size(shell)
         except TmuxCommandError as exc:  # its window is gone: the shell exited as it started
             self.kill_shell(name, "the shell exited as it started")
-            raise ShellError(f"the shell exited as it started ({exc})") from exc
+            raise ShellError("the shell exited as it started") from exc
         if not shell.ready.wait(timeout):
             self.kill_shell(name)
             raise ShellError("the shell did not start in time")
