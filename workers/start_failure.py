@@ -10,19 +10,9 @@ the backend's. Anything else (tmux gone, a tmux command that failed) is the back
 
 from __future__ import annotations
 
-import os
 import shutil
 
 from .tmux.driver import ShellError
-
-
-def start_request_problem(cwd: str) -> dict | None:
-    """The reply for a start request that cannot work here, before any shell is made; None if fine."""
-    if cwd and not os.path.isdir(cwd):
-        return {"ok": False, "field": "cwd", "error": f"no such directory on the backend: {cwd}"}
-    if cwd and not os.access(cwd, os.X_OK):
-        return {"ok": False, "field": "cwd", "error": f"the shell may not enter this directory: {cwd}"}
-    return None
 
 
 def start_failure_reply(exc: Exception, *, cwd: str, env: dict) -> dict:

@@ -10,7 +10,7 @@ from sessions.replies import post_reply
 
 from . import failover_runtime, inbox
 from .backend import runtime
-from .start_failure import start_failure_reply, start_request_problem
+from .start_failure import start_failure_reply
 from .tmux.driver import ShellError
 
 log = logging.getLogger(__name__)
@@ -20,13 +20,11 @@ log = logging.getLogger(__name__)
 def session_start(session_id, epoch, cwd, env, cols, rows, reply_to=None, resume=False):
     # Every outcome is answered at once: a start that raised used to leave its caller waiting
     # for the whole start timeout, and be charged to this backend's circuit breaker.
-    result = None if resume else start_request_problem(cwd)
-    if result is None:
-        try:
-            result = runtime().session_start(session_id, epoch, cwd, env, cols, rows, resume=resume)
-        except Exception as exc:  # answered, and so counted against the right one
-            log.warning("session %s did not start: %s", session_id, exc, exc_info=not isinstance(exc, ShellError))
-            result = start_failure_reply(exc, cwd=cwd, env=env or {})
+    try:
+        result = runtime().session_start(session_id, epoch, cwd, env, cols, rows, resume=resume)
+    except Exception as exc:  # answered, and so counted against the right one
+        log.warning("session %s did not start: %s", session_id, exc, exc_info=not isinstance(exc, ShellError))
+        result = start_failure_reply(exc, cwd=cwd, env=env or {})
     post_reply(reply_to, result)
 
 
