@@ -5,14 +5,17 @@ A shell that exits as it starts, or never shows its prompt, with an environment 
 directory its creator chose, failed because of them: one user asking for
 ``{"PATH": "/nonexistent"}`` must not make the pool stop placing everyone's sessions on
 this backend (issue 14). Without a chosen environment or directory the same failure is
-the backend's. Anything else (tmux gone, a tmux command that failed) is the backend's too.
+the backend's. Anything else (tmux gone, a tmux command that failed, a sandbox that could
+not be made) is the backend's too. A start that times out because the backend is overloaded,
+with a chosen environment, is taken for the request's: a 400 the client may retry, and a
+breaker that stays closed, rather than a breaker that any one user can open.
 """
 
 from __future__ import annotations
 
 import shutil
 
-from .tmux.driver import ShellError
+from .tmux.driver import ShellDidNotStart, ShellError
 
 
 def start_failure_reply(exc: Exception, *, cwd: str, env: dict) -> dict:
@@ -20,7 +23,7 @@ def start_failure_reply(exc: Exception, *, cwd: str, env: dict) -> dict:
     text = str(exc)
     if isinstance(exc, ShellError) and text.startswith("cwd:"):
         return {"ok": False, "field": "cwd", "error": text.removeprefix("cwd: ")}
-    if isinstance(exc, ShellError) and (env or cwd):
+    if isinstance(exc, ShellDidNotStart) and (env or cwd):
         field = "env" if env else "cwd"
         return {"ok": False, "field": field, "error": f"{text}, with the {_asked(env, cwd)} asked for{_hint(env)}."}
     return {"ok": False, "field": "", "error": f"{exc.__class__.__name__}: {text}"}

@@ -60,6 +60,11 @@ class ShellError(RuntimeError):
     """A request about a shell that cannot be carried out (gone, bad cwd...)."""
 
 
+class ShellDidNotStart(ShellError):
+    """A new shell exited as it started, or never showed its prompt: likely because of what it was
+    started with (its environment, its directory)."""
+
+
 @dataclass
 class CommandResult:
     command_id: str
@@ -306,13 +311,13 @@ class TmuxDriver:
             self._apply_size(shell)
         except TmuxCommandError as exc:  # its window is gone: the shell exited as it started
             self.kill_shell(name, "the shell exited as it started")
-            raise ShellError("the shell exited as it started") from exc
+            raise ShellDidNotStart("the shell exited as it started") from exc
         if not shell.ready.wait(timeout):
             self.kill_shell(name)
-            raise ShellError("the shell did not start in time")
+            raise ShellDidNotStart("the shell did not start in time")
         with self._lock:
             if self._shells.get(name) is not shell:  # woken by _shell_gone
-                raise ShellError("the shell exited as it started")
+                raise ShellDidNotStart("the shell exited as it started")
         return self._info(shell)
 
     def kill_shell(self, name: str, reason: str = "session ended") -> None:
