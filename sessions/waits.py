@@ -9,8 +9,9 @@ takes the replies of the lists someone waits on (one pipelined LPOP for all the 
 came together) and hands each to its waiter. A wait costs a future, not a connection.
 
 A notice can be missed (it is not stored: the subscriber was reconnecting, or the reply came
-before the wait began), so a waiter takes from its list once when it starts, and the
-subscriber takes from every list waited on when it (re)subscribes and every RECHECK seconds.
+before the wait began), so the subscriber also takes from each list once when its wait begins
+(all those that began together in one pipeline), and from every list waited on when it
+(re)subscribes and every RECHECK seconds.
 """
 
 from __future__ import annotations
@@ -41,12 +42,19 @@ class _Subscriber:
     """The one subscription of this event loop, and the futures waiting on each list."""
 
     def __init__(self) -> None:
+        loop = asyncio.get_running_loop()
         self.waiting: dict[str, set[asyncio.Future]] = {}
-        self.task = asyncio.get_running_loop().create_task(self._run(), name="vterm-reply-subscriber")
+        self._fresh: set[str] = set()  # lists whose waits just began: taken from once, together
+        self._fresh_added = asyncio.Event()
+        self.task = loop.create_task(self._run(), name="vterm-reply-subscriber")
+        self._checker = loop.create_task(self._check_fresh(), name="vterm-reply-checker")
+        self.task.add_done_callback(lambda _: self._checker.cancel())
 
     def watch(self, key: str) -> asyncio.Future:
         fut = asyncio.get_running_loop().create_future()
         self.waiting.setdefault(key, set()).add(fut)
+        self._fresh.add(key)
+        self._fresh_added.set()
         return fut
 
     def unwatch(self, key: str, fut: asyncio.Future) -> None:
@@ -72,6 +80,18 @@ class _Subscriber:
                     if not fut.done():
                         fut.set_result(got)
                         break
+
+    async def _check_fresh(self) -> None:
+        """A reply may have come before its wait began (a fast command): take from new lists once,
+        all those that began meanwhile in one pipeline."""
+        while True:
+            await self._fresh_added.wait()
+            self._fresh_added.clear()
+            keys, self._fresh = self._fresh, set()
+            try:
+                await self._take(keys)
+            except Exception:  # the periodic look at every list waited on tries again
+                log.warning("reply subscriber: could not take %d new lists", len(keys), exc_info=True)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
@@ -114,17 +134,13 @@ def _subscriber() -> _Subscriber:
 
 
 async def reply_wait(key: str, timeout: float) -> bytes | None:
-    """The first reply on list ``key``, or None after ``timeout`` seconds. Raises RedisError when
-    Redis does not answer at the start."""
+    """The first reply on list ``key``, or None after ``timeout`` seconds (Redis not answering
+    meanwhile included: the caller then reads what the database says)."""
     sub = _subscriber()
-    fut = sub.watch(key)  # before looking: a reply that comes meanwhile is handed over, not missed
+    fut = sub.watch(key)
     try:
-        got = await async_client().lpop(key)
-        if got is not None:
-            return got
-        try:
-            return await asyncio.wait_for(fut, timeout)
-        except TimeoutError:
-            return None
+        return await asyncio.wait_for(fut, timeout)
+    except TimeoutError:
+        return None
     finally:
         sub.unwatch(key, fut)
