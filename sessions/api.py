@@ -85,7 +85,7 @@ class CommandListView(APIView):
 
         # The same call as the hot route's (sessions/command_route.py), which serves most of these.
         wait = data.get("wait") or 0
-        cmd, wait_id = await sync_to_async(services.command_submit)(
+        cmd, wait_id = await sync_to_async(services.command_create)(
             request.user, session_id, command=data["command"], timeout=data.get("timeout"), wait=wait,
             remote_addr=audit.request_addr(request))
         try:

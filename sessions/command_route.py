@@ -94,7 +94,7 @@ class CommandRoute:
         user = token_user(token)
         if user is None:
             raise _NotServed  # DRF answers 401, with its headers
-        cmd, wait_id = services.command_submit(user, session_id, command=data["command"], timeout=data.get("timeout"),
+        cmd, wait_id = services.command_create(user, session_id, command=data["command"], timeout=data.get("timeout"),
                                                wait=data.get("wait") or 0, remote_addr=remote_addr)
         return cmd, user.pk, wait_id
 

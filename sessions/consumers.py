@@ -268,7 +268,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         client = self.scope.get("client") or ("", 0)
 
         def submit() -> tuple[dict, str | None]:
-            cmd, wait_id = services.command_submit(self.user, self.session_id, command=data["command"],
+            cmd, wait_id = services.command_create(self.user, self.session_id, command=data["command"],
                                                    timeout=data.get("timeout"), wait=RESULT_WAIT,
                                                    remote_addr=str(client[0]), via="websocket")
             return services.command_json(cmd), wait_id

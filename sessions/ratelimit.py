@@ -54,18 +54,46 @@ end
 return out
 """
 
-# KEYS[1] the user's pending waits; ARGV limit, wait id, seconds it may last. Returns 1 when taken.
-_WAIT_TAKE = """
+# A command's admission. KEYS[1] the owner's command bucket, KEYS[2] the waiter's pending waits.
+# ARGV rate, burst, cost (rate 0: no bucket), wait limit (0: no wait counted), wait id, seconds
+# it may last. Returns {token spent, seconds to wait for one, waits full}; waits are looked at
+# first, so that a refused wait spends no token.
+_COMMAND_ADMIT = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  return 0
+local limit = tonumber(ARGV[4])
+if limit > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) >= limit then
+    return {0, '0', 1}
+  end
 end
-redis.call('ZADD', KEYS[1], now + tonumber(ARGV[3]), ARGV[2])
-local last = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
-redis.call('PEXPIREAT', KEYS[1], math.ceil(tonumber(last[2]) * 1000) + 1000)
-return 1
+local rate = tonumber(ARGV[1])
+if rate > 0 then
+  local burst = tonumber(ARGV[2])
+  local cost = tonumber(ARGV[3])
+  local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+  local tokens = tonumber(b[1])
+  local ts = tonumber(b[2])
+  if tokens == nil or ts == nil then
+    tokens = burst
+    ts = now
+  end
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+  if tokens < cost then
+    redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+    redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+    return {0, tostring((cost - tokens) / rate), 0}
+  end
+  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - cost), 'ts', tostring(now))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+end
+if limit > 0 then
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[5])
+  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', KEYS[2], math.ceil(tonumber(last[2]) * 1000) + 1000)
+end
+return {1, '0', 0}
 """
 
 _scripts: dict[str, object] = {}
@@ -139,17 +167,25 @@ def _raise_if_over(kind: str, wait: float) -> None:
 WAIT_MARGIN = 30.0  # seconds a pending wait is counted past its own end (submission, a slow answer)
 
 
-def pending_wait_take(user_id, seconds: float) -> str | None:
-    """Count one more wait of the user's (a REST ``wait``, a WebSocket ``run`` awaiting its result)
-    for up to ``seconds``: its id, to give back with ``pending_wait_release``; None when the limit
-    is off. Raise 429 when the user already has VTERM_MAX_PENDING_WAITS_PER_USER under way."""
-    limit = settings.VTERM["MAX_PENDING_WAITS_PER_USER"]
-    if limit <= 0:
+def command_admit(owner_id, waiter_id, wait: float) -> str | None:
+    """Admit one command, in one round trip: spend a token of the owner's command bucket and, when
+    the caller will await its result for ``wait`` seconds, count one more of the waiter's pending
+    waits (a REST ``wait``, a WebSocket ``run``). Returns the wait's id, to give back with
+    ``pending_wait_release`` (None: no wait counted). Raise 429 over either limit; over the waits,
+    no token is spent."""
+    bucket = _bucket_args("command", 1.0)
+    limit = settings.VTERM["MAX_PENDING_WAITS_PER_USER"] if wait > 0 else 0
+    wait_id = uuid.uuid4().hex if limit > 0 else None
+    if bucket is None and wait_id is None:
         return None
-    wait_id = uuid.uuid4().hex
-    if not int(_script(_WAIT_TAKE)(keys=[pending_waits_key(user_id)], args=[limit, wait_id, seconds + WAIT_MARGIN])):
+    allowed, retry, waits_full = _script(_COMMAND_ADMIT)(
+        keys=[bucket_key(owner_id, "command"), pending_waits_key(waiter_id)],
+        args=[*(bucket or [0, 0, 0]), limit, wait_id or "", wait + WAIT_MARGIN])
+    if int(waits_full):
         raise Throttled(wait=1, detail=f"Too many commands awaiting their results for this user (at most {limit}); "
                                        "wait for some to finish, or submit without waiting.")
+    if not int(allowed):
+        _raise_if_over("command", float(retry))
     return wait_id
 
 

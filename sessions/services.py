@@ -33,9 +33,9 @@ from .broadcast import session_broadcast, viewers_key
 from .circuit import breaker_open_ids, breaker_record_failure, breaker_record_success
 from .models import Backend, Command, SessionEvent, TerminalSession
 from .ratelimit import (
+    command_admit,
     pending_wait_release,
     pending_wait_release_sync,
-    pending_wait_take,
     ratelimit_check,
     ratelimit_check_input,
     session_quota_check,
@@ -318,30 +318,23 @@ def session_recording_open(session: TerminalSession) -> None:
 # -- commands -------------------------------------------------------------------------
 
 
-def command_create(user, session_id, *, command: str, timeout: float | None = None,
-                   remote_addr: str = "", via: str = "") -> Command:
-    """A user runs a command (REST or WebSocket): recorded, queued and audited in one transaction.
+def command_create(user, session_id, *, command: str, timeout: float | None = None, wait: float = 0,
+                   remote_addr: str = "", via: str = "") -> tuple[Command, str | None]:
+    """A user runs a command (REST or WebSocket): admitted, recorded, queued and audited in one transaction.
 
+    Admitted: it spends the owner's command budget and, with ``wait`` (seconds the caller will
+    await its result), takes one of the user's pending waits (429 beyond either), in one Redis
+    call. Returns the command and the wait's id, for ``command_wait_end`` once the wait is over.
     404 when the session is not the user's (staff: not anyone's), 409 when it has ended.
     The session's row is read once, inside the transaction, where its placement is current.
     """
-    ratelimit_check(_command_budget_owner(user, session_id), "command")  # the owner's budget
-    with _writer_turn(), transaction.atomic():
-        cmd = _command_record(session_id, command=command, timeout=timeout,
-                              owner_id=None if user.is_staff else user.pk)
-        detail = {**({"via": via} if via else {}), **audit.audit_command_detail(cmd.pk, cmd.command)}
-        audit.audit_record(user, audit.COMMAND_RUN, session_id, remote_addr=remote_addr, detail=detail)
-    return cmd
-
-
-def command_submit(user, session_id, *, command: str, timeout: float | None = None, wait: float = 0,
-                   remote_addr: str = "", via: str = "") -> tuple[Command, str | None]:
-    """``command_create``, counting the wait for its result among the user's pending waits when
-    ``wait`` (429 beyond VTERM_MAX_PENDING_WAITS_PER_USER). Returns the command and the wait's id,
-    which ``command_wait_end`` gives back once the wait is over."""
-    wait_id = pending_wait_take(user.pk, wait) if wait else None
+    wait_id = command_admit(_command_budget_owner(user, session_id), user.pk, wait)  # the owner's budget
     try:
-        cmd = command_create(user, session_id, command=command, timeout=timeout, remote_addr=remote_addr, via=via)
+        with _writer_turn(), transaction.atomic():
+            cmd = _command_record(session_id, command=command, timeout=timeout,
+                                  owner_id=None if user.is_staff else user.pk)
+            detail = {**({"via": via} if via else {}), **audit.audit_command_detail(cmd.pk, cmd.command)}
+            audit.audit_record(user, audit.COMMAND_RUN, session_id, remote_addr=remote_addr, detail=detail)
     except BaseException:
         pending_wait_release_sync(user.pk, wait_id)
         raise

@@ -4,14 +4,16 @@ A web process waits on many replies at once: REST commands with ``wait``, WebSoc
 frames, session starts, screens. Each wait used to BLPOP its own list and so held a pooled
 connection for as long as it waited: one user's waits could take every connection of the
 process, and everyone else got 503s (issue 14). Now whoever pushes a reply also PUBLISHes
-the list's name on one channel, and each process has one subscriber (one connection) that
-takes the replies of the lists someone waits on (one pipelined LPOP for all the names that
-came together) and hands each to its waiter. A wait costs a future, not a connection.
+the list's name on one channel (with the reply itself when it is small), and each process has
+one subscriber (one connection) that hands the replies of the lists someone waits on to their
+waiters: the one in the notice, or taken from the list (one pipelined LPOP for all the names
+that came together). A wait costs a future, not a connection.
 
-A notice can be missed (it is not stored: the subscriber was reconnecting, or the reply came
-before the wait began), so the subscriber also takes from each list once when its wait begins
-(all those that began together in one pipeline), and from every list waited on when it
-(re)subscribes and every RECHECK seconds.
+A reply can come before its wait begins (a fast command): the subscriber remembers the lists
+announced in the last RECHECK seconds, and a wait for one of them takes from it at once. A
+notice can be missed (it is not stored: the subscriber was reconnecting), so waits that begin
+soon after a (re)subscription take from their list once too, and the subscriber takes from
+every list waited on when it (re)subscribes and every RECHECK seconds.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import asyncio
 import contextlib
 import json
 import logging
+from collections import OrderedDict
 
 from .redis_state import async_client, reply_channel
 
@@ -28,14 +31,19 @@ log = logging.getLogger(__name__)
 RECHECK = 5.0  # seconds between looks at every list waited on, in case a notice was lost
 RETRY = 0.5  # seconds before the subscriber subscribes again after losing Redis
 TAKE_BATCH = 500  # lists taken from in one pipeline
+NOTICE_MAX = 4096  # characters of a reply sent with its notice
+FRESH_WINDOW = 1.0  # seconds after a (re)subscription in which every new wait looks at its list once
+RECENT_MAX = 100_000  # lists announced lately, remembered for a wait that begins after its reply
 
 
 def reply_push(pipe, key: str, payload: dict | str, ttl: int) -> None:
     """Add, on ``pipe`` (a pipeline: one round trip with the caller's other writes), a reply
     to list ``key`` and the notice that wakes whoever waits on it."""
-    pipe.rpush(key, payload if isinstance(payload, str) else json.dumps(payload))
+    data = payload if isinstance(payload, str) else json.dumps(payload)
+    pipe.rpush(key, data)
     pipe.expire(key, ttl)
-    pipe.publish(reply_channel(), key)
+    # A small reply rides on its notice too: its waiter then needs no LPOP (the list is unlinked after).
+    pipe.publish(reply_channel(), f"{key}\n{data}" if len(data) <= NOTICE_MAX else key)
 
 
 class _Subscriber:
@@ -44,17 +52,25 @@ class _Subscriber:
     def __init__(self) -> None:
         loop = asyncio.get_running_loop()
         self.waiting: dict[str, set[asyncio.Future]] = {}
-        self._fresh: set[str] = set()  # lists whose waits just began: taken from once, together
+        # Lists announced lately that no one here waited on yet: a wait that begins after its reply
+        # came (a fast command) finds it here, and only such a wait costs a look at its list.
+        self._recent: OrderedDict[str, float] = OrderedDict()
+        self._subscribed_at: float | None = None
+        self._fresh: set[str] = set()  # lists to take from once, together
         self._fresh_added = asyncio.Event()
+        self._unlinks: set[asyncio.Task] = set()
         self.task = loop.create_task(self._run(), name="vterm-reply-subscriber")
         self._checker = loop.create_task(self._check_fresh(), name="vterm-reply-checker")
         self.task.add_done_callback(lambda _: self._checker.cancel())
 
     def watch(self, key: str) -> asyncio.Future:
-        fut = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
         self.waiting.setdefault(key, set()).add(fut)
-        self._fresh.add(key)
-        self._fresh_added.set()
+        # Notices are not stored: until the subscription has been up a while, one may have gone by.
+        if key in self._recent or self._subscribed_at is None or loop.time() - self._subscribed_at < FRESH_WINDOW:
+            self._fresh.add(key)
+            self._fresh_added.set()
         return fut
 
     def unwatch(self, key: str, fut: asyncio.Future) -> None:
@@ -64,26 +80,60 @@ class _Subscriber:
             if not futs:
                 del self.waiting[key]
 
+    def _heard(self, notices: dict[str, bytes]) -> list[str]:
+        """Hand over the replies that came with their notices; the lists just announced that someone
+        waits on and whose reply must be taken from Redis; the others are remembered a while."""
+        now = asyncio.get_running_loop().time()
+        waited, handed = [], []
+        for key, reply in notices.items():
+            if key not in self.waiting:
+                self._recent[key] = now
+                self._recent.move_to_end(key)
+            elif reply and self._hand_over(key, reply):
+                handed.append(key)
+            else:
+                waited.append(key)
+        if handed:  # their lists hold the same replies: gone, off the waiters' way
+            task = asyncio.get_running_loop().create_task(self._unlink(handed))
+            self._unlinks.add(task)
+            task.add_done_callback(self._unlinks.discard)
+        while self._recent and (len(self._recent) > RECENT_MAX or next(iter(self._recent.values())) < now - RECHECK):
+            self._recent.popitem(last=False)
+        return waited
+
+    def _hand_over(self, key: str, reply: bytes) -> bool:
+        """One reply, one waiter; False when none is left (it gave up just now)."""
+        for fut in self.waiting.get(key, ()):
+            if not fut.done():
+                fut.set_result(reply)
+                return True
+        return False
+
+    @staticmethod
+    async def _unlink(keys: list[str]) -> None:
+        try:
+            await async_client().unlink(*keys)
+        except Exception:  # they expire anyway (REPLY_TTL)
+            log.debug("reply subscriber: could not unlink %d lists", len(keys), exc_info=True)
+
     async def _take(self, keys) -> None:
-        """LPOP the lists of ``keys`` that someone waits on, in pipelines, and hand the replies over."""
+        """LPOP the lists of ``keys`` that someone waits on (many in pipelines) and hand the replies over."""
         keys = [k for k in keys if k in self.waiting]
         for i in range(0, len(keys), TAKE_BATCH):
             chunk = keys[i:i + TAKE_BATCH]
-            pipe = async_client().pipeline(transaction=False)
-            for key in chunk:
-                pipe.lpop(key)
-            for key, got in zip(chunk, await pipe.execute()):
-                if got is None:
-                    continue
-                # One reply, one waiter; with none left (it gave up just now) the reply goes unread.
-                for fut in self.waiting.get(key, ()):
-                    if not fut.done():
-                        fut.set_result(got)
-                        break
+            if len(chunk) == 1:
+                got_all = [await async_client().lpop(chunk[0])]
+            else:
+                pipe = async_client().pipeline(transaction=False)
+                for key in chunk:
+                    pipe.lpop(key)
+                got_all = await pipe.execute()
+            for key, got in zip(chunk, got_all):
+                if got is not None:
+                    self._hand_over(key, got)  # with no waiter left, the reply goes unread
 
     async def _check_fresh(self) -> None:
-        """A reply may have come before its wait began (a fast command): take from new lists once,
-        all those that began meanwhile in one pipeline."""
+        """Take once from the lists whose wait began after their reply may have come."""
         while True:
             await self._fresh_added.wait()
             self._fresh_added.clear()
@@ -99,22 +149,25 @@ class _Subscriber:
             pubsub = async_client(blocking=True).pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(reply_channel())
-                swept = loop.time()
+                self._subscribed_at = swept = loop.time()
                 await self._take(list(self.waiting))  # what was pushed while no one listened
                 while True:
-                    keys = set()
+                    notices: dict[str, bytes] = {}
                     msg = await pubsub.get_message(timeout=RECHECK)
-                    while msg is not None and len(keys) < TAKE_BATCH:  # and whatever came with it
+                    while msg is not None and len(notices) < TAKE_BATCH:  # and whatever came with it
                         if msg["type"] == "message":
-                            keys.add(msg["data"].decode())
+                            key, _, reply = msg["data"].partition(b"\n")
+                            notices[key.decode()] = reply
                         msg = await pubsub.get_message(timeout=0)
+                    waited = self._heard(notices)
                     if loop.time() - swept >= RECHECK:
                         swept = loop.time()
-                        keys.update(self.waiting)
-                    await self._take(keys)
+                        waited = list(self.waiting)
+                    await self._take(waited)
             except asyncio.CancelledError:
                 raise
             except Exception:  # Redis gone or restarted: subscribe again
+                self._subscribed_at = None
                 log.warning("reply subscriber: Redis unavailable; subscribing again", exc_info=True)
                 await asyncio.sleep(RETRY)
             finally:

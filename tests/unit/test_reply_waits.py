@@ -42,3 +42,21 @@ def test_replies_reach_their_waiters_and_waits_hold_no_connection(live_redis):  
         assert await waits.reply_wait(f"{prefix}:none", 0.2) is None
         waits._subscriber().task.cancel()
     asyncio.run(scenario())
+
+
+@pytest.mark.django_db
+def test_a_reply_that_comes_before_its_wait_is_found_without_the_periodic_look(live_redis, monkeypatch):  # noqa: F811
+    """Long after the subscription began (no look at every list for 30 s here), a reply pushed
+    before anyone waits on it is remembered by its notice and handed to the wait that follows."""
+    monkeypatch.setattr(waits, "RECHECK", 30.0)
+
+    async def scenario():
+        sub = waits._subscriber()
+        assert await waits.reply_wait(f"{uuid.uuid4().hex}:warm", 0.5) is None  # subscribed by now
+        sub._subscribed_at -= 60  # as if long ago
+        key = f"{uuid.uuid4().hex}:fast"
+        _push(key, {"fast": True})
+        await asyncio.sleep(0.2)  # the notice has come, with no one waiting
+        assert await waits.reply_wait(key, 2) == b'{"fast": true}'
+        sub.task.cancel()
+    asyncio.run(scenario())
