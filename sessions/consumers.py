@@ -10,7 +10,6 @@ docs/websocket.md.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import time
@@ -290,8 +289,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         except (RedisError, TimeoutError):
             return  # the command event still comes through the channel layer
         finally:
-            with contextlib.suppress(RedisError, TimeoutError):
-                await services.command_wait_end(self.user.pk, wait_id)
+            await services.command_wait_end(self.user.pk, wait_id)
         if got:
             await self._send_command(json.loads(got))
 

@@ -12,10 +12,12 @@ a node that died come free by themselves.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import uuid
 
 from django.conf import settings
+from redis.exceptions import RedisError
 from rest_framework.exceptions import Throttled
 
 from .redis_state import async_client, sync_client, ws_open_key
@@ -191,12 +193,14 @@ def command_admit(owner_id, waiter_id, wait: float) -> str | None:
 
 def pending_wait_release_sync(user_id, wait_id: str | None) -> None:
     if wait_id is not None:
-        sync_client().zrem(pending_waits_key(user_id), wait_id)
+        with contextlib.suppress(RedisError):  # without Redis it lapses by itself (WAIT_MARGIN)
+            sync_client().zrem(pending_waits_key(user_id), wait_id)
 
 
 async def pending_wait_release(user_id, wait_id: str | None) -> None:
     if wait_id is not None:
-        await async_client().zrem(pending_waits_key(user_id), wait_id)
+        with contextlib.suppress(RedisError):  # the answer went out already; the wait lapses by itself
+            await async_client().zrem(pending_waits_key(user_id), wait_id)
 
 
 def session_quota_check(owner) -> None:
