@@ -84,11 +84,14 @@ class CommandListView(APIView):
         data = _valid(CommandCreateSerializer, request)
 
         # The same call as the hot route's (sessions/command_route.py), which serves most of these.
-        cmd = await sync_to_async(services.command_create)(
-            request.user, session_id, command=data["command"], timeout=data.get("timeout"),
-            remote_addr=audit.request_addr(request))
         wait = data.get("wait") or 0
-        body = await services.command_wait(cmd, wait) if wait else services.command_json(cmd)
+        cmd, wait_id = await sync_to_async(services.command_create)(
+            request.user, session_id, command=data["command"], timeout=data.get("timeout"), wait=wait,
+            remote_addr=audit.request_addr(request))
+        try:
+            body = await services.command_wait(cmd, wait) if wait else services.command_json(cmd)
+        finally:
+            await services.command_wait_end(request.user.pk, wait_id)
         return Response(body, status=status.HTTP_201_CREATED)
 
 

@@ -69,9 +69,10 @@ class CommandRoute:
     async def _serve(self, scope, replay, send, token: str, session_id: str, data: dict) -> tuple[int, int] | None:
         """Submit and answer: (status, body size), or None when the request was left to Django."""
         client = scope.get("client") or ("", 0)
+        wait = data.get("wait") or 0
         try:
             # A plain executor call: asgiref's sync_to_async adds context copying this does not need.
-            cmd = await asyncio.get_running_loop().run_in_executor(
+            cmd, user_id, wait_id = await asyncio.get_running_loop().run_in_executor(
                 _executor, self._submit, token, session_id, data, str(client[0]))
         except _NotServed:
             await self.app(scope, replay, send)
@@ -79,11 +80,13 @@ class CommandRoute:
         except Exception as exc:  # noqa: BLE001 (answered as the view would, or raised again)
             return await self._error(exc, scope, send)
         try:
-            wait = data.get("wait") or 0
-            result = await services.command_wait(cmd, wait) if wait else services.command_json(cmd)
-        except Exception as exc:  # noqa: BLE001 (answered as the view would, or raised again)
-            return await self._error(exc, scope, send)
-        return await self._respond(send, 201, result)
+            try:
+                result = await services.command_wait(cmd, wait) if wait else services.command_json(cmd)
+            except Exception as exc:  # noqa: BLE001 (answered as the view would, or raised again)
+                return await self._error(exc, scope, send)
+            return await self._respond(send, 201, result)
+        finally:  # after the answer: the wait is over, whatever became of it
+            await services.command_wait_end(user_id, wait_id)
 
     @staticmethod
     def _submit(token: str, session_id: str, data: dict, remote_addr: str):
@@ -91,8 +94,9 @@ class CommandRoute:
         user = token_user(token)
         if user is None:
             raise _NotServed  # DRF answers 401, with its headers
-        return services.command_create(user, session_id, command=data["command"], timeout=data.get("timeout"),
-                                       remote_addr=remote_addr)
+        cmd, wait_id = services.command_create(user, session_id, command=data["command"], timeout=data.get("timeout"),
+                                               wait=data.get("wait") or 0, remote_addr=remote_addr)
+        return cmd, user.pk, wait_id
 
     async def _error(self, exc: Exception, scope, send) -> tuple[int, int]:
         response = exception_handler(exc, {"request": SimpleNamespace(path=scope["path"]), "view": None})

@@ -28,8 +28,9 @@ from rest_framework.exceptions import APIException, ValidationError
 from . import audit, metrics, selectors, services
 from .models import Command
 from .ratelimit import ws_claim, ws_release
-from .redis_state import blpop, command_done_key, session_group
+from .redis_state import command_done_key, session_group
 from .serializers import SessionSerializer
+from .waits import reply_wait
 from .ws_flow import AckBeyondSent, OutputWindow
 from .ws_serializers import AckFrameSerializer, InputSerializer, ResizeSerializer, RunFrameSerializer
 from .ws_watch import ws_unwatch, ws_watch
@@ -265,27 +266,30 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
         client = self.scope.get("client") or ("", 0)
 
-        def submit() -> dict:
-            cmd = services.command_create(self.user, self.session_id, command=data["command"],
-                                          timeout=data.get("timeout"), remote_addr=str(client[0]), via="websocket")
-            return services.command_json(cmd)
-        body = await sync_to_async(submit)()
+        def submit() -> tuple[dict, str | None]:
+            cmd, wait_id = services.command_create(self.user, self.session_id, command=data["command"],
+                                                   timeout=data.get("timeout"), wait=RESULT_WAIT,
+                                                   remote_addr=str(client[0]), via="websocket")
+            return services.command_json(cmd), wait_id
+        body, wait_id = await sync_to_async(submit)()
         ref = data.get("ref")
         if ref is not None:
             self.refs[body["id"]] = ref
         # The client learns the command's id at once; later frames follow its state.
         await self._send_command(body)
-        task = asyncio.create_task(self._await_result(body["id"]))
+        task = asyncio.create_task(self._await_result(body["id"], wait_id))
         self._waiters.add(task)
         task.add_done_callback(self._waiters.discard)
 
-    async def _await_result(self, command_id: str) -> None:
+    async def _await_result(self, command_id: str, wait_id: str | None) -> None:
         """The end of a command this client ran, straight from its reply list (the worker pushes
         it there before the channel layer carries it to every viewer, a few ms later)."""
         try:
-            got = await blpop(command_done_key(command_id), RESULT_WAIT)
+            got = await reply_wait(command_done_key(command_id), RESULT_WAIT)
         except (RedisError, TimeoutError):
             return  # the command event still comes through the channel layer
+        finally:
+            await services.command_wait_end(self.user.pk, wait_id)
         if got:
             await self._send_command(json.loads(got))
 

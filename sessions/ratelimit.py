@@ -1,84 +1,206 @@
-"""Per-user limits that every web node shares: a token bucket in Redis, the session quota,
-and the cap on open WebSockets.
+"""Per-user limits that every web node shares: token buckets in Redis, the pending waits, the
+session quota, and the cap on open WebSockets.
 
-The bucket lives in one Redis hash per (user, kind) and is updated by one Lua script, so
+A bucket lives in one Redis hash per (user, kind) and is updated by one Lua script, so
 two web nodes (or two requests on one) can never both spend the last token. Time comes
-from Redis (``TIME``), not from the nodes' clocks. Open WebSockets are claims in one sorted
-set per user, taken by a Lua script too; each claim lapses unless its web node renews it,
-so the places of a node that died come free by themselves.
+from Redis (``TIME``), not from the nodes' clocks. Pending waits are a sorted set per user
+of the waits under way, each with the time it gives up by: a web node that dies with waits
+under way does not hold them for ever. Open WebSockets are claims in one sorted set per user,
+taken by a Lua script too; each claim lapses unless its web node renews it, so the places of
+a node that died come free by themselves.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import uuid
 
 from django.conf import settings
+from redis.exceptions import RedisError
 from rest_framework.exceptions import Throttled
 
 from .redis_state import async_client, sync_client, ws_open_key
 
-# KEYS[1] bucket; ARGV rate (tokens/s), burst, cost. Returns {allowed, seconds to wait}.
+# KEYS: buckets; ARGV: rate (tokens/s), burst, cost for each in turn. Returns {allowed, seconds
+# to wait} for each: each bucket is spent on its own, all in one round trip.
 _TOKEN_BUCKET = """
-local rate = tonumber(ARGV[1])
-local burst = tonumber(ARGV[2])
-local cost = tonumber(ARGV[3])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-local tokens = tonumber(b[1])
-local ts = tonumber(b[2])
-if tokens == nil or ts == nil then
-  tokens = burst
-  ts = now
+local out = {}
+for i, key in ipairs(KEYS) do
+  local rate = tonumber(ARGV[3 * i - 2])
+  local burst = tonumber(ARGV[3 * i - 1])
+  local cost = tonumber(ARGV[3 * i])
+  local b = redis.call('HMGET', key, 'tokens', 'ts')
+  local tokens = tonumber(b[1])
+  local ts = tonumber(b[2])
+  if tokens == nil or ts == nil then
+    tokens = burst
+    ts = now
+  end
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+  local allowed = 0
+  local wait = 0
+  if tokens >= cost then
+    tokens = tokens - cost
+    allowed = 1
+  else
+    wait = (cost - tokens) / rate
+  end
+  redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
+  redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
+  out[#out + 1] = allowed
+  out[#out + 1] = tostring(wait)
 end
-tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-local allowed = 0
-local wait = 0
-if tokens >= cost then
-  tokens = tokens - cost
-  allowed = 1
-else
-  wait = (cost - tokens) / rate
-end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-return {allowed, tostring(wait)}
+return out
 """
 
-_script = None
+# A command's admission. KEYS[1] the owner's command bucket, KEYS[2] the waiter's pending waits.
+# ARGV rate, burst, cost (rate 0: no bucket), wait limit (0: no wait counted), wait id, seconds
+# it may last. Returns {token spent, seconds to wait for one, waits full}; waits are looked at
+# first, so that a refused wait spends no token.
+_COMMAND_ADMIT = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local limit = tonumber(ARGV[4])
+if limit > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', now)
+  if redis.call('ZCARD', KEYS[2]) >= limit then
+    return {0, '0', 1}
+  end
+end
+local rate = tonumber(ARGV[1])
+if rate > 0 then
+  local burst = tonumber(ARGV[2])
+  local cost = tonumber(ARGV[3])
+  local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+  local tokens = tonumber(b[1])
+  local ts = tonumber(b[2])
+  if tokens == nil or ts == nil then
+    tokens = burst
+    ts = now
+  end
+  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
+  if tokens < cost then
+    redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+    redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+    return {0, tostring((cost - tokens) / rate), 0}
+  end
+  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - cost), 'ts', tostring(now))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
+end
+if limit > 0 then
+  redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[5])
+  local last = redis.call('ZRANGE', KEYS[2], -1, -1, 'WITHSCORES')
+  redis.call('PEXPIREAT', KEYS[2], math.ceil(tonumber(last[2]) * 1000) + 1000)
+end
+return {1, '0', 0}
+"""
+
+_scripts: dict[str, object] = {}
+
+
+def _script(source: str):
+    if source not in _scripts:
+        _scripts[source] = sync_client().register_script(source)
+    return _scripts[source]
 
 
 def _bucket_script():
-    global _script
-    if _script is None:
-        _script = sync_client().register_script(_TOKEN_BUCKET)
-    return _script
+    return _script(_TOKEN_BUCKET)
 
 
 def bucket_key(user_id, kind: str) -> str:
     return f"{settings.VTERM['REDIS_PREFIX']}vterm:rl:{kind}:{user_id}"
 
 
+def pending_waits_key(user_id) -> str:
+    return f"{settings.VTERM['REDIS_PREFIX']}vterm:waits:{user_id}"
+
+
+def _bucket_args(kind: str, cost: float) -> list[float] | None:
+    rate = float(settings.VTERM[f"{kind.upper()}_RATE"])
+    burst = float(settings.VTERM[f"{kind.upper()}_BURST"])
+    return None if rate <= 0 else [rate, max(burst, cost), cost]
+
+
 def ratelimit_take(user_id, kind: str, cost: float = 1.0) -> float:
     """Spend ``cost`` tokens of the user's ``kind`` bucket: 0 when allowed, else seconds to wait.
 
-    ``kind`` is "command", "input", "resize", "interrupt", "screen" or "recording"; its rate
-    and burst are VTERM_<KIND>_RATE / _BURST (a rate of 0 turns the limit off).
+    ``kind`` is "command", "input", "input_bytes", "resize", "interrupt", "screen" or "recording";
+    its rate and burst are VTERM_<KIND>_RATE / _BURST (a rate of 0 turns the limit off). A cost
+    above the burst is allowed from a full bucket.
     """
-    rate = float(settings.VTERM[f"{kind.upper()}_RATE"])
-    burst = float(settings.VTERM[f"{kind.upper()}_BURST"])
-    if rate <= 0:
+    args = _bucket_args(kind, cost)
+    if args is None:
         return 0.0
-    allowed, wait = _bucket_script()(keys=[bucket_key(user_id, kind)], args=[rate, max(burst, cost), cost])
+    allowed, wait = _bucket_script()(keys=[bucket_key(user_id, kind)], args=args)
     return 0.0 if int(allowed) else float(wait)
 
 
 def ratelimit_check(user_id, kind: str, cost: float = 1.0) -> None:
     """Raise 429 (with Retry-After) when the user is over their ``kind`` rate."""
-    wait = ratelimit_take(user_id, kind, cost)
+    _raise_if_over(kind, ratelimit_take(user_id, kind, cost))
+
+
+def ratelimit_check_input(user_id, nbytes: int) -> None:
+    """Keystrokes spend two buckets in one round trip: one request ("input") and their bytes
+    ("input_bytes"). Raise 429 when either is empty (the request is spent either way)."""
+    spends = [(kind, args) for kind, args in (("input", _bucket_args("input", 1.0)),
+                                             ("input_bytes", _bucket_args("input_bytes", float(nbytes))))
+              if args is not None and args[2] > 0]
+    if not spends:
+        return
+    got = _bucket_script()(keys=[bucket_key(user_id, kind) for kind, _ in spends],
+                           args=[a for _, args in spends for a in args])
+    for n, (kind, _) in enumerate(spends):
+        if not int(got[2 * n]):
+            _raise_if_over(kind, float(got[2 * n + 1]))
+
+
+def _raise_if_over(kind: str, wait: float) -> None:
     if wait > 0:
+        what = "input bytes" if kind == "input_bytes" else f"{kind} requests"
         raise Throttled(wait=max(1, math.ceil(wait)),
-                        detail=f"Too many {kind} requests for this user; try again in {math.ceil(wait)} s.")
+                        detail=f"Too many {what} for this user; try again in {math.ceil(wait)} s.")
+
+
+WAIT_MARGIN = 30.0  # seconds a pending wait is counted past its own end (submission, a slow answer)
+
+
+def command_admit(owner_id, waiter_id, wait: float) -> str | None:
+    """Admit one command, in one round trip: spend a token of the owner's command bucket and, when
+    the caller will await its result for ``wait`` seconds, count one more of the waiter's pending
+    waits (a REST ``wait``, a WebSocket ``run``). Returns the wait's id, to give back with
+    ``pending_wait_release`` (None: no wait counted). Raise 429 over either limit; over the waits,
+    no token is spent."""
+    bucket = _bucket_args("command", 1.0)
+    limit = settings.VTERM["MAX_PENDING_WAITS_PER_USER"] if wait > 0 else 0
+    wait_id = uuid.uuid4().hex if limit > 0 else None
+    if bucket is None and wait_id is None:
+        return None
+    allowed, retry, waits_full = _script(_COMMAND_ADMIT)(
+        keys=[bucket_key(owner_id, "command"), pending_waits_key(waiter_id)],
+        args=[*(bucket or [0, 0, 0]), limit, wait_id or "", wait + WAIT_MARGIN])
+    if int(waits_full):
+        raise Throttled(wait=1, detail=f"Too many commands awaiting their results for this user (at most {limit}); "
+                                       "wait for some to finish, or submit without waiting.")
+    if not int(allowed):
+        _raise_if_over("command", float(retry))
+    return wait_id
+
+
+def pending_wait_release_sync(user_id, wait_id: str | None) -> None:
+    if wait_id is not None:
+        with contextlib.suppress(RedisError):  # without Redis it lapses by itself (WAIT_MARGIN)
+            sync_client().zrem(pending_waits_key(user_id), wait_id)
+
+
+async def pending_wait_release(user_id, wait_id: str | None) -> None:
+    if wait_id is not None:
+        with contextlib.suppress(RedisError):  # the answer went out already; the wait lapses by itself
+            await async_client().zrem(pending_waits_key(user_id), wait_id)
 
 
 def session_quota_check(owner) -> None:

@@ -30,6 +30,12 @@ def reply_key(token: str) -> str:
     return f"{_p()}reply:{token}"
 
 
+def reply_channel() -> str:
+    """Pub/sub channel on which the name of each reply list is published when a reply is pushed
+    (sessions/waits.py)."""
+    return f"{_p()}replies"
+
+
 def output_stream_key(session_id: str) -> str:
     return f"{_p()}out:{session_id}"
 
@@ -132,7 +138,7 @@ _async_clients: dict[tuple[int, bool], aredis.Redis] = {}
 def async_client(blocking: bool = False) -> aredis.Redis:
     """One client per event loop (redis.asyncio connections belong to the loop that made them).
 
-    ``blocking`` clients have no socket timeout, for BLPOP; bound those with ``blpop``.
+    ``blocking`` clients have no socket timeout: the reply subscriber's (sessions/waits.py).
     """
     loop = asyncio.get_running_loop()
     client = _async_clients.get((id(loop), blocking))
@@ -141,12 +147,3 @@ def async_client(blocking: bool = False) -> aredis.Redis:
                                            socket_timeout=None if blocking else SOCKET_TIMEOUT)
         _async_clients[(id(loop), blocking)] = client
     return client
-
-
-async def blpop(key: str, timeout: float) -> bytes | None:
-    """BLPOP one key for up to ``timeout`` seconds; a Redis that stops answering raises TimeoutError."""
-    try:
-        got = await asyncio.wait_for(async_client(blocking=True).blpop([key], timeout=timeout), timeout + 3)
-    except asyncio.TimeoutError:
-        raise redis.exceptions.TimeoutError("Redis did not answer in time") from None
-    return got[1] if got else None

@@ -1,8 +1,9 @@
 """Talking to a backend worker: a Celery task out (and a Redis list back for a reply),
 or, for the hot calls, a message on the backend's inbox (workers/inbox.py).
 
-Celery's result backend would do for replies, but a list per call that the caller
-blocks on (BLPOP) is one Redis round trip and needs no polling.
+Celery's result backend would do for replies, but a list per call, whose push wakes the
+caller through the process's one reply subscriber (sessions/waits.py), needs no polling
+and holds no Redis connection while it waits.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from django.conf import settings
 from vterm_project.celery import app as celery_app
 from workers.routing import backend_queue
 
-from .redis_state import REPLY_TTL, backend_inbox_key, blpop, reply_key, sync_client
+from .redis_state import REPLY_TTL, async_client, backend_inbox_key, reply_key, sync_client
+from .waits import reply_push, reply_wait
 
 # Positional arguments that carry users' secrets, by task: a session's environment (tokens,
 # passwords). Celery shows a task's arguments in Flower and in the worker's log from the message's
@@ -45,19 +47,31 @@ def push_to_backend(backend_id: str, op: str, **fields) -> None:
         sync_client().rpush(backend_inbox_key(backend_id), json.dumps(msg))
 
 
+async def ask_backend(backend_id: str, op: str, *, timeout: float, **fields) -> dict | None:
+    """A hot call that is answered (a screen): on the backend's inbox, served in its session's turn,
+    not behind the backend's Celery work (session starts, reconciles); its reply, or None after
+    ``timeout``."""
+    token = uuid.uuid4().hex
+    msg = {"op": op, "reply_to": token, **fields}
+    if settings.VTERM["HOT_CALLS"] == "celery":
+        send_to_backend(backend_queue(backend_id), "workers.tasks.inbox_message", msg)
+    else:
+        await async_client().rpush(backend_inbox_key(backend_id), json.dumps(msg))
+    got = await reply_wait(reply_key(token), timeout)
+    return json.loads(got) if got else None
+
+
 async def call_backend(queue: str, task: str, *args, timeout: float, **kwargs) -> dict | None:
     """Run ``task`` on the backend behind ``queue``; its reply, or None after ``timeout``."""
     token = uuid.uuid4().hex
     send_to_backend(queue, task, *args, reply_to=token, **kwargs)
-    got = await blpop(reply_key(token), timeout)
+    got = await reply_wait(reply_key(token), timeout)
     return json.loads(got) if got else None
 
 
 def post_reply(token: str | None, payload: dict) -> None:
     if not token:
         return
-    key = reply_key(token)
     pipe = sync_client().pipeline()
-    pipe.rpush(key, json.dumps(payload))
-    pipe.expire(key, REPLY_TTL)
+    reply_push(pipe, reply_key(token), payload, REPLY_TTL)
     pipe.execute()

@@ -32,11 +32,26 @@ from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast, viewers_key
 from .circuit import breaker_open_ids, breaker_record_failure, breaker_record_success
 from .models import Backend, Command, SessionEvent, TerminalSession
-from .ratelimit import ratelimit_check, session_quota_check
-from .redis_state import async_client, blpop, command_done_key, heartbeat_key, output_stream_key, sync_client
-from .replies import call_backend, push_to_backend, send_to_backend
+from .ratelimit import (
+    command_admit,
+    pending_wait_release,
+    pending_wait_release_sync,
+    ratelimit_check,
+    ratelimit_check_input,
+    session_quota_check,
+)
+from .redis_state import (
+    REPLY_TTL,
+    async_client,
+    command_done_key,
+    heartbeat_key,
+    output_stream_key,
+    sync_client,
+)
+from .replies import ask_backend, call_backend, push_to_backend, send_to_backend
 from .sandbox import session_limits_resolve
 from .serializers import CommandSerializer
+from .waits import reply_push, reply_wait
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +169,11 @@ async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | No
         # Broker or Redis down: the client gets a 503, so no session must appear later.
         await sync_to_async(_session_start_failed)(session)
         raise
+    # The breaker counts the backend's own failures only: one with a "field" was the request's
+    # (workers/start_failure.py), and says nothing either way about the backend.
     if reply is None or (not reply.get("ok") and not reply.get("field")):
         await sync_to_async(breaker_record_failure)(session.backend_id)
-    else:
+    elif reply.get("ok"):
         await sync_to_async(breaker_record_success)(session.backend_id)
     if reply is not None and not reply.get("ok"):
         await sync_to_async(_session_start_failed)(session)
@@ -268,7 +285,7 @@ def session_input(session: TerminalSession, *, data: str | None = None, keys: li
     then straight to the backend. ``touch=False`` leaves out the database write that marks
     activity; a terminal, which sends a frame per key, marks it now and then (``session_touch``)."""
     _session_require_live(session)
-    ratelimit_check(session.owner_id, "input")
+    ratelimit_check_input(session.owner_id, len(data.encode("utf-8", "surrogatepass")) if data else 0)
     if touch:
         session_touch(session)
     push_to_backend(session.backend_id, "input", session=str(session.pk), data=data, keys=keys)
@@ -276,8 +293,8 @@ def session_input(session: TerminalSession, *, data: str | None = None, keys: li
 
 async def session_screen(session: TerminalSession, *, escapes: bool = False) -> dict:
     await sync_to_async(_session_require_live)(session)
-    reply = await call_backend(session.backend.queue, T + "session_screen", str(session.pk), escapes,
-                               timeout=settings.VTERM["RPC_TIMEOUT"])
+    reply = await ask_backend(session.backend_id, "screen", session=str(session.pk), escapes=escapes,
+                              timeout=settings.VTERM["RPC_TIMEOUT"])
     if reply is None:
         raise ServiceUnavailable("The session's backend did not answer in time.")
     if not reply.get("ok"):
@@ -301,20 +318,31 @@ def session_recording_open(session: TerminalSession) -> None:
 # -- commands -------------------------------------------------------------------------
 
 
-def command_create(user, session_id, *, command: str, timeout: float | None = None,
-                   remote_addr: str = "", via: str = "") -> Command:
-    """A user runs a command (REST or WebSocket): recorded, queued and audited in one transaction.
+def command_create(user, session_id, *, command: str, timeout: float | None = None, wait: float = 0,
+                   remote_addr: str = "", via: str = "") -> tuple[Command, str | None]:
+    """A user runs a command (REST or WebSocket): admitted, recorded, queued and audited in one transaction.
 
+    Admitted: it spends the owner's command budget and, with ``wait`` (seconds the caller will
+    await its result), takes one of the user's pending waits (429 beyond either), in one Redis
+    call. Returns the command and the wait's id, for ``command_wait_end`` once the wait is over.
     404 when the session is not the user's (staff: not anyone's), 409 when it has ended.
     The session's row is read once, inside the transaction, where its placement is current.
     """
-    ratelimit_check(_command_budget_owner(user, session_id), "command")  # the owner's budget
-    with _writer_turn(), transaction.atomic():
-        cmd = _command_record(session_id, command=command, timeout=timeout,
-                              owner_id=None if user.is_staff else user.pk)
-        detail = {**({"via": via} if via else {}), **audit.audit_command_detail(cmd.pk, cmd.command)}
-        audit.audit_record(user, audit.COMMAND_RUN, session_id, remote_addr=remote_addr, detail=detail)
-    return cmd
+    wait_id = command_admit(_command_budget_owner(user, session_id), user.pk, wait)  # the owner's budget
+    try:
+        with _writer_turn(), transaction.atomic():
+            cmd = _command_record(session_id, command=command, timeout=timeout,
+                                  owner_id=None if user.is_staff else user.pk)
+            detail = {**({"via": via} if via else {}), **audit.audit_command_detail(cmd.pk, cmd.command)}
+            audit.audit_record(user, audit.COMMAND_RUN, session_id, remote_addr=remote_addr, detail=detail)
+    except BaseException:
+        pending_wait_release_sync(user.pk, wait_id)
+        raise
+    return cmd, wait_id
+
+
+async def command_wait_end(user_id, wait_id: str | None) -> None:
+    await pending_wait_release(user_id, wait_id)
 
 
 _sqlite_writer = threading.Lock()
@@ -406,7 +434,7 @@ def _command_send(cmd: Command, backend_id: str, epoch: int) -> None:
 async def command_wait(cmd: Command, wait: float) -> dict:
     """The command as JSON once it has finished, or as it stands after ``wait`` seconds."""
     if wait > 0:
-        got = await blpop(command_done_key(str(cmd.pk)), wait)
+        got = await reply_wait(command_done_key(str(cmd.pk)), wait)
         if got:
             return json.loads(got)
     fresh = await Command.objects.aget(pk=cmd.pk)
@@ -459,9 +487,7 @@ def commands_finished(ends: list[dict]) -> list[dict | None]:
             replies.append(None)
             continue
         data = command_json(cmd)
-        key = command_done_key(end["command_id"])
-        pipe.rpush(key, json.dumps(data))
-        pipe.expire(key, 300)
+        reply_push(pipe, command_done_key(end["command_id"]), data, REPLY_TTL)
         metrics.record_command_finished(status=end["status"], latency_s=_command_overhead(cmd), pipe=pipe)
         replies.append(data)
     done = [(cmd.session_id, data) for cmd, data in zip(stored, replies) if data is not None]

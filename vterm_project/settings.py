@@ -235,8 +235,13 @@ VTERM = {
     "SESSION_START_TIMEOUT": env_float("VTERM_SESSION_START_TIMEOUT", 15.0),
     "RPC_TIMEOUT": env_float("VTERM_RPC_TIMEOUT", 5.0),
     # How commands, keystrokes, Ctrl-C and resizes reach a backend (workers/inbox.py): "redis", a list
-    # of its own that one thread takes from; or "celery", a task each on its queue (seen in Flower, slower).
+    # of its own that one thread reads (workers/inbox.py); or "celery", a task each on its queue (seen in
+    # Flower, slower, served in the queue's order).
     "HOT_CALLS": os.environ.get("VTERM_HOT_CALLS", "redis"),
+    # Threads of a backend that carry out its inbox, serving its sessions in turn (one message of a
+    # session at a time); and the keystrokes one session may have waiting there (characters).
+    "INBOX_THREADS": env_int("VTERM_INBOX_THREADS", 4),
+    "INBOX_SESSION_MAX_CHARS": env_int("VTERM_INBOX_SESSION_MAX_CHARS", 8 * 1024 * 1024),
     # How long the hot command route trusts a token it has looked up (sessions/auth.py).
     "TOKEN_CACHE_SECONDS": env_float("VTERM_TOKEN_CACHE_SECONDS", 5.0),
     "STREAM_MAXLEN": env_int("VTERM_STREAM_MAXLEN", 10000),
@@ -275,6 +280,11 @@ VTERM = {
     "WS_MAX_PER_USER": env_int("VTERM_WS_MAX_PER_USER", 20),
     "WS_CLAIM_SECONDS": env_int("VTERM_WS_CLAIM_SECONDS", 60),
     "WS_RECHECK_INTERVAL": env_float("VTERM_WS_RECHECK_INTERVAL", 5.0),
+    # Keystrokes also spend a bucket of bytes (UTF-8 of `data`): requests alone let 64 KiB frames through.
+    "INPUT_BYTES_RATE": env_float("VTERM_INPUT_BYTES_RATE", 1024 * 1024.0),
+    "INPUT_BYTES_BURST": env_float("VTERM_INPUT_BYTES_BURST", 4 * 1024 * 1024.0),
+    # Results a user may be awaiting at once (REST `wait`, WebSocket `run`), on all web nodes together.
+    "MAX_PENDING_WAITS_PER_USER": env_int("VTERM_MAX_PENDING_WAITS_PER_USER", 200),
     # Failed logins per (username, client address) within the window before logins are refused.
     "LOGIN_MAX_FAILURES": env_int("VTERM_LOGIN_MAX_FAILURES", 5),
     "LOGIN_WINDOW": env_int("VTERM_LOGIN_WINDOW", 300),

@@ -10,6 +10,7 @@ from sessions.replies import post_reply
 
 from . import failover_runtime, inbox
 from .backend import runtime
+from .start_failure import start_failure_reply
 from .tmux.driver import ShellError
 
 log = logging.getLogger(__name__)
@@ -17,11 +18,13 @@ log = logging.getLogger(__name__)
 
 @shared_task(name="workers.tasks.session_start")
 def session_start(session_id, epoch, cwd, env, cols, rows, reply_to=None, resume=False):
+    # Every outcome is answered at once: a start that raised used to leave its caller waiting
+    # for the whole start timeout, and be charged to this backend's circuit breaker.
     try:
         result = runtime().session_start(session_id, epoch, cwd, env, cols, rows, resume=resume)
-    except ShellError as exc:
-        field = "cwd" if str(exc).startswith("cwd:") else ""
-        result = {"ok": False, "field": field, "error": str(exc).removeprefix("cwd: ")}
+    except Exception as exc:  # answered, and so counted against the right one
+        log.warning("session %s did not start: %s", session_id, exc, exc_info=not isinstance(exc, ShellError))
+        result = start_failure_reply(exc, cwd=cwd, env=env or {})
     post_reply(reply_to, result)
 
 
@@ -38,13 +41,8 @@ def inbox_message(msg):
 
 @shared_task(name="workers.tasks.session_screen")
 def session_screen(session_id, escapes=False, reply_to=None):
-    try:
-        s = runtime().driver.screen(session_id, escapes=escapes)
-        result = {"ok": True, "screen": {"cols": s.cols, "rows": s.rows, "lines": s.lines,
-                                         "cursor": {"x": s.cursor_x, "y": s.cursor_y}}}
-    except ShellError as exc:
-        result = {"ok": False, "error": str(exc)}
-    post_reply(reply_to, result)
+    """Screens come on the inbox now (workers/inbox.py); kept for web nodes of the version before."""
+    post_reply(reply_to, inbox.screen_reply(runtime(), session_id, escapes))
 
 
 @shared_task(name="workers.tasks.pool_autoscale", ignore_result=True)

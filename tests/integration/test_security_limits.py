@@ -1,4 +1,4 @@
-"""Limits that hold across web nodes: session quota, command/input rate, body size, login throttle.
+"""Limits that hold across web nodes: session quota, command/input rate, input bytes, body size, login throttle.
 
 A stack of its own with small limits and two Daphne processes on one Redis and one
 database: whatever one node allowed, the other knows.
@@ -26,6 +26,8 @@ LIMITS = {
     "VTERM_COMMAND_BURST": 3,
     "VTERM_INPUT_RATE": 0.5,
     "VTERM_INPUT_BURST": 3,
+    "VTERM_INPUT_BYTES_RATE": 1000,
+    "VTERM_INPUT_BYTES_BURST": 100_000,
     "VTERM_LOGIN_MAX_FAILURES": 3,
     "VTERM_LOGIN_WINDOW": 120,
     "VTERM_MAX_REQUEST_BYTES": 100_000,
@@ -152,6 +154,32 @@ def test_input_rate_is_limited_too(two_webs):
     _retry_after(r)
     assert "input" in r.json()["detail"]
     a1.http.delete(f"/api/v1/sessions/{sid}/")
+
+
+def test_input_bytes_are_one_budget_for_all_web_nodes(two_webs):
+    """Keystrokes spend bytes too (100,000 here): two 60,000-character inputs are one too many,
+    whichever node and road (REST, WebSocket) they take; another user's budget is their own."""
+    from tests.ws_viewer import Viewer
+
+    st, url1, url2 = two_webs
+    tok = st.token("bytes-user")
+    a1, a2 = Api(url1, tok), Api(url2, tok)
+    sid = a1.create_session()["id"]
+    big = "y" * 60_000
+    assert a1.http.post(f"/api/v1/sessions/{sid}/input/", json={"data": big}).status_code == 202
+    v = Viewer(url2, sid, token=tok)
+    v.send(type="input", data=big)
+    err = v.until(lambda f: f["type"] == "error", timeout=60)
+    assert err["code"] == "throttled" and "Too many input bytes" in err["message"], err
+    v.close()
+    r = a2.http.post(f"/api/v1/sessions/{sid}/input/", json={"data": big})
+    _retry_after(r)
+    assert "Too many input bytes" in r.json()["detail"]
+    other = Api(url2, st.token("bytes-other"))
+    osid = other.create_session()["id"]
+    assert other.http.post(f"/api/v1/sessions/{osid}/input/", json={"data": big}).status_code == 202
+    for api, s in ((a1, sid), (other, osid)):
+        api.http.delete(f"/api/v1/sessions/{s}/")
 
 
 def test_request_body_size_is_limited_with_413(two_webs):

@@ -52,6 +52,7 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] = print) -> dict:
                                       "SECRET_KEY": secrets.token_hex(24),
                                       # One bench user drives every session: per-user limits off.
                                       "VTERM_MAX_SESSIONS_PER_USER": "0", "VTERM_COMMAND_RATE": "0",
+                                      "VTERM_MAX_PENDING_WAITS_PER_USER": "0",
                                       **cfg.stack_env})
         stack = Stack(scfg)
         say(f"starting a stack: {cfg.backends} backends, data in {data_dir}")

@@ -60,6 +60,11 @@ class ShellError(RuntimeError):
     """A request about a shell that cannot be carried out (gone, bad cwd...)."""
 
 
+class ShellDidNotStart(ShellError):
+    """A new shell exited as it started, or never showed its prompt: likely because of what it was
+    started with (its environment, its directory)."""
+
+
 @dataclass
 class CommandResult:
     command_id: str
@@ -300,12 +305,19 @@ class TmuxDriver:
                        parser=MarkParser(nonce), cols=cols, rows=rows, cwd=cwd, epoch=int(epoch), box=box)
         with self._lock:
             self._register(shell)
-        self._call(f"set-option -w -t {window_id} @vterm_epoch {int(epoch)}")
-        self._call(f"set-option -w -t {window_id} @vterm_nonce {nonce}")
-        self._apply_size(shell)
+        try:
+            self._call(f"set-option -w -t {window_id} @vterm_epoch {int(epoch)}")
+            self._call(f"set-option -w -t {window_id} @vterm_nonce {nonce}")
+            self._apply_size(shell)
+        except TmuxCommandError as exc:  # its window is gone: the shell exited as it started
+            self.kill_shell(name, "the shell exited as it started")
+            raise ShellDidNotStart("the shell exited as it started") from exc
         if not shell.ready.wait(timeout):
             self.kill_shell(name)
-            raise ShellError("the shell did not start in time")
+            raise ShellDidNotStart("the shell did not start in time")
+        with self._lock:
+            if self._shells.get(name) is not shell:  # woken by _shell_gone
+                raise ShellDidNotStart("the shell exited as it started")
         return self._info(shell)
 
     def kill_shell(self, name: str, reason: str = "session ended") -> None:
@@ -633,6 +645,7 @@ class TmuxDriver:
             pending = ([shell.current] if shell.current else []) + list(shell.queue)
             shell.current = None
             shell.queue.clear()
+        shell.ready.set()  # a create_shell waiting for its first prompt learns it will not come
         for cmd in pending:
             self._finish(shell, cmd, "interrupted", shell.exit_code, cwd=shell.cwd, reason=reason)
         self.listener.shell_exited(shell.name, reason)
