@@ -13,6 +13,8 @@ import uuid
 
 import pytest
 
+from tests.conftest import shell_home
+
 pytestmark = pytest.mark.integration
 
 FINAL = {"succeeded", "failed", "timed_out", "interrupted"}
@@ -40,11 +42,13 @@ def _wait_final(alice, sid: str, cid: str, timeout: float = 90) -> dict:
         time.sleep(0.2)
 
 
-def test_a_lost_handoff_is_run_from_the_database(stack, alice, tmp_path):
+def test_a_lost_handoff_is_run_from_the_database(stack, alice):
     sid = alice.create_session()["id"]
+    host_home, home = shell_home(alice, sid, stack.config.data_dir)  # where the shell can write
     assert alice.run(sid, "cd /tmp")["status"] == "succeeded"
-    marker = tmp_path / f"lost-{uuid.uuid4().hex}"
-    cid = _record_without_handoff(stack, sid, f"touch {marker}; echo ran-late")
+    name = f"lost-{uuid.uuid4().hex}"
+    marker = host_home / name
+    cid = _record_without_handoff(stack, sid, f"touch {home}/{name}; echo ran-late")
     c = _wait_final(alice, sid, cid)
     assert c["status"] == "succeeded", c
     assert c["output"] == "ran-late\n" and c["cwd"] == "/tmp", c
@@ -54,10 +58,12 @@ def test_a_lost_handoff_is_run_from_the_database(stack, alice, tmp_path):
     assert after["status"] == "succeeded" and after["seq"] == c["seq"] + 1
 
 
-def test_a_lost_handoff_overtaken_by_a_later_command_is_interrupted_not_run(stack, alice, tmp_path):
+def test_a_lost_handoff_overtaken_by_a_later_command_is_interrupted_not_run(stack, alice):
     sid = alice.create_session()["id"]
-    marker = tmp_path / f"overtaken-{uuid.uuid4().hex}"
-    cid = _record_without_handoff(stack, sid, f"touch {marker}")
+    host_home, home = shell_home(alice, sid, stack.config.data_dir)
+    name = f"overtaken-{uuid.uuid4().hex}"
+    marker = host_home / name
+    cid = _record_without_handoff(stack, sid, f"touch {home}/{name}")
     later = alice.run(sid, "echo later")
     assert later["status"] == "succeeded"
     c = _wait_final(alice, sid, cid)
