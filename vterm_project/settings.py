@@ -368,6 +368,9 @@ VTERM = {
     "SANDBOX_PROCESSES": env_int("VTERM_SANDBOX_PROCESSES", 512),
     "SANDBOX_MEMORY_MB": env_int("VTERM_SANDBOX_MEMORY_MB", 2048),
     "SANDBOX_CPU_WEIGHT": env_int("VTERM_SANDBOX_CPU_WEIGHT", 100),  # 100: an equal share of the CPU
+    # Shell starts run on this many threads of a backend, each waiting at most for the new shell's
+    # first prompt: a start that hangs holds one thread, not the backend (workers/backend.py).
+    "START_THREADS": env_int("VTERM_START_THREADS", 8),
 }
 if VTERM["RETENTION_BATCH_SIZE"] < 1:
     raise ValueError(f"VTERM_RETENTION_BATCH_SIZE must be at least 1, not {VTERM['RETENTION_BATCH_SIZE']}")

@@ -19,6 +19,7 @@ import socket
 import threading
 import time
 from collections import OrderedDict, defaultdict
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 from datetime import timezone as dt_timezone
@@ -26,6 +27,7 @@ from typing import Callable
 
 from django.conf import settings
 from django.db import close_old_connections
+from django.db import connection as db_connection
 
 from sessions import sandbox as sandbox_services
 from sessions import services
@@ -100,6 +102,10 @@ class BackendRuntime:
         self._stop = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._threads: list[threading.Thread] = []
+        # Shell starts wait for the new shell's first prompt (up to the driver's timeout): off the
+        # worker's one Celery thread, so that a start which hangs (a user's rc or history file
+        # that blocks) delays no other session's start, stop or move.
+        self._starts = ThreadPoolExecutor(max_workers=settings.VTERM["START_THREADS"], thread_name_prefix="vterm-start")
         self.env_tracker = EnvTracker(self, self._stop)
 
     # -- lifecycle ------------------------------------------------------------
@@ -175,6 +181,15 @@ class BackendRuntime:
         """Held while a session's shell is (re)built here and while its inbox messages are carried
         out: a command sent once the session is active waits for the ones queued before it."""
         return self._session_locks.hold(session_id)
+
+    def start_in_background(self, job: Callable[[], None]) -> None:
+        """Run a shell start on one of the start threads (its job answers its caller itself)."""
+        def run() -> None:
+            try:
+                job()
+            finally:
+                db_connection.close()  # this thread's own connection
+        self._starts.submit(run)
 
     def session_start(self, session_id: str, epoch: int, cwd: str, env: dict, cols: int, rows: int,
                       resume: bool = False) -> dict:

@@ -168,9 +168,19 @@ def test_a_start_failing_because_of_its_request_is_a_fast_400_and_trips_no_break
         in_parallel(3, "PATH", "/nonexistent")
     fifo = _fifo_in_home(bob, bsid)
     try:
-        in_parallel(2, "HISTFILE", fifo)
+        hung = threading.Thread(target=in_parallel, args=(2, "HISTFILE", fifo))
+        hung.start()
+        time.sleep(1)
+        # While bob's two starts hang on the backend, alice's start there is not queued behind them.
+        t = time.perf_counter()
+        s = alice.create_session()
+        alice_ms = (time.perf_counter() - t) * 1000
+        assert s["status"] == "active" and not answers["HISTFILE"], (s, answers["HISTFILE"])
+        alice.http.delete(f"/api/v1/sessions/{s['id']}/")
+        hung.join(120)
     finally:
         bob.run(bsid, f"rm -f '{fifo}'")
+    print(f"\n[fairness] alice's start beside bob's hanging ones: {alice_ms:.0f} ms")
     for status, text, _ in answers["PATH"]:
         assert status in (400, 201), text
         if status == 400:
