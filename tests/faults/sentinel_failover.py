@@ -33,7 +33,10 @@ from .harness import FINAL, FaultStack, wait_for
 # reconcile interval for its other scenarios.
 DEFAULTS = {"VTERM_HEARTBEAT_INTERVAL": 2, "VTERM_HEARTBEAT_TTL": 7, "VTERM_POOL_START_GRACE": 20,
             "VTERM_RECONCILE_INTERVAL": 3, "VTERM_MIGRATE_TIMEOUT": 30, "VTERM_ORPHAN_INTERVAL": 30,
-            "VTERM_DRAIN_GRACE": 10}
+            "VTERM_DRAIN_GRACE": 10,
+            # The load is one user sending as fast as it is answered: the per-user command rate (a
+            # limit of its own, tested elsewhere) would answer part of it 429 instead of 201 or 503.
+            "VTERM_COMMAND_RATE": 0}
 
 
 @dataclass
