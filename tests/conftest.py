@@ -7,6 +7,7 @@ and after. SQLite lives in a temporary directory; tmux servers are killed at the
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import os
 import shutil
@@ -141,6 +142,23 @@ class Api:
             if body["status"] not in ("queued", "running") or time.monotonic() > deadline:
                 return body
             time.sleep(0.05)
+
+
+@contextlib.contextmanager
+def admin_browser(stack: Stack, username: str, page: str):
+    """A staff user logged in to the admin over real HTTP (a cookie session, as a browser has it);
+    yields the client and the answer of the login, which goes on to ``page``."""
+    password = f"{username}-pw-1"
+    code = ("from django.contrib.auth import get_user_model; U=get_user_model(); "
+            f"u,_=U.objects.get_or_create(username={username!r}); u.is_staff=u.is_superuser=True; "
+            f"u.set_password({password!r}); u.save()")
+    stack.config.manage("shell", "-c", code)
+    with httpx.Client(base_url=stack.url, timeout=30, follow_redirects=True) as browser:
+        browser.get("/admin/login/")
+        r = browser.post(f"/admin/login/?next={page}", data={
+            "username": username, "password": password, "next": page,
+            "csrfmiddlewaretoken": browser.cookies["csrftoken"]}, headers={"Referer": stack.url + "/admin/login/"})
+        yield browser, r
 
 
 def shell_home(api: Api, session_id: str, data_dir: Path) -> tuple[Path, str]:

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import time
 
-import httpx
 import pytest
 
+from tests.conftest import admin_browser
 from tests.prom import scrape, value
 from vterm.client import Client
 
@@ -53,16 +53,8 @@ def test_a_sessions_process_tree_is_measured(stack, alice):
             assert any(labels.get("session") == quiet.id for labels, _ in series["vterm_session_pss_bytes"])
 
             # Admin lists them, and sorts by memory: the hog first when sorted descending.
-            code = ("from django.contrib.auth import get_user_model; U=get_user_model(); "
-                    "u,_=U.objects.get_or_create(username='usage-admin'); u.is_staff=u.is_superuser=True; "
-                    "u.set_password('usage-admin-pw-1'); u.save()")
-            stack.config.manage("shell", "-c", code)
             page = "/admin/vterm_sessions/terminalsession/"
-            with httpx.Client(base_url=stack.url, timeout=30, follow_redirects=True) as browser:
-                browser.get("/admin/login/")
-                r = browser.post(f"/admin/login/?next={page}", data={
-                    "username": "usage-admin", "password": "usage-admin-pw-1", "next": page,
-                    "csrfmiddlewaretoken": browser.cookies["csrftoken"]}, headers={"Referer": stack.url + "/admin/login/"})
+            with admin_browser(stack, "usage-admin", page) as (browser, r):
                 assert r.status_code == 200 and "Memory (PSS)" in r.text, r.text[:1000]
                 # The memory column's sort link, as admin draws it in the column header.
                 col = re.search(r'column-memory.*?href="\?o=(\d+)', r.text, re.DOTALL).group(1)

@@ -10,10 +10,9 @@ import os
 import subprocess
 import time
 
-import httpx
 import pytest
 
-from tests.conftest import Api
+from tests.conftest import Api, admin_browser
 from tests.prom import scrape, value
 from vterm_project.devstack import ROOT
 
@@ -256,17 +255,10 @@ def test_staff_set_a_users_limits_in_the_admin(stack):
     dave = Api(stack.url, stack.token("dave"))
     first = dave.create_session(name="before")  # allocates dave's shell account
     dave.http.delete(f"/api/v1/sessions/{first['id']}/")
-    code = ("from django.contrib.auth import get_user_model; U=get_user_model(); "
-            "u,_=U.objects.get_or_create(username='limits-admin'); u.is_staff=u.is_superuser=True; "
-            "u.set_password('limits-admin-pw-1'); u.save(); "
-            "from sessions.models import ShellAccount; print(ShellAccount.objects.get(user__username='dave').pk)")
+    code = "from sessions.models import ShellAccount; print(ShellAccount.objects.get(user__username='dave').pk)"
     pk = stack.config.manage("shell", "-c", code).stdout.strip().splitlines()[-1]
     page = f"/admin/vterm_sessions/shellaccount/{pk}/change/"
-    with httpx.Client(base_url=stack.url, timeout=30, follow_redirects=True) as browser:
-        browser.get("/admin/login/")
-        r = browser.post(f"/admin/login/?next={page}", data={
-            "username": "limits-admin", "password": "limits-admin-pw-1", "next": page,
-            "csrfmiddlewaretoken": browser.cookies["csrftoken"]}, headers={"Referer": stack.url + "/admin/login/"})
+    with admin_browser(stack, "limits-admin", page) as (browser, r):
         assert r.status_code == 200 and "uid" in r.text, r.text[:500]
         r = browser.post(page, data={"max_processes": "64", "memory_mb": "128", "cpu_weight": "",
                                      "csrfmiddlewaretoken": browser.cookies["csrftoken"], "_save": "Save"},
