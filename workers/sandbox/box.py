@@ -19,6 +19,7 @@ Framework-free, like the driver.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -40,7 +41,8 @@ INNER_RC = f"{RUN_DIR}/bashrc"
 INNER_X = f"{RUN_DIR}/x"  # hand-over files (environment, history), writable by the shell's user
 # Read-only views of the system; a path that is a symlink on the host (merged /usr) stays one.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
-JOIN_CGROUPS = 'while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; done; shift; exec "$@"'
+JOIN_CGROUPS = ('while [ "$1" != -- ]; do echo $$ > "$1/cgroup.procs" || exit 125; shift; done; '
+                'shift; exec "$@"')
 _SAFE_NAME = re.compile(r"^[a-z_][a-z0-9_.-]{0,31}$")
 
 
@@ -92,7 +94,9 @@ class Box:
 
     @property
     def home(self) -> str:
-        return f"/home/{login_name(self.spec.username, self.spec.uid)}" if self.spec else os.environ.get("HOME", "/")
+        if not self.spec:
+            return os.environ.get("HOME", "/")
+        return f"/home/{login_name(self.spec.username, self.spec.uid)}"
 
     def env(self) -> dict[str, str]:
         """Variables that say who the shell's user is."""
@@ -153,7 +157,8 @@ class NoSandbox:
         return self.find(name)
 
     def find(self, name: str) -> Box:
-        return Box(name=name, host_dir=self.state_dir, rc_host=self.rc_host, spec=None, cgroup_dirs=[], bwrap=[])
+        return Box(name=name, host_dir=self.state_dir, rc_host=self.rc_host, spec=None, cgroup_dirs=[],
+                   bwrap=[])
 
     def release(self, name: str, token: str | None = None) -> bool:
         return True
@@ -173,7 +178,8 @@ class Sandbox:
     (root-only), so that a worker that restarts finds the boxes of the shells it adopts."""
 
     def __init__(self, *, backend_id: str, state_dir: str, rc_host: str, network: str = "host",
-                 cgroup_parent: str = "", service_uid: int | None = None, bwrap: str = "/usr/bin/bwrap") -> None:
+                 cgroup_parent: str = "", service_uid: int | None = None,
+                 bwrap: str = "/usr/bin/bwrap") -> None:
         if network not in ("host", "none"):
             raise SandboxUnavailable(f"VTERM_SANDBOX_NETWORK must be host or none, not {network!r}")
         self.backend_id = backend_id
@@ -185,6 +191,9 @@ class Sandbox:
         self.service_uid = os.getuid() if service_uid is None else service_uid
         self._cgroups: Cgroups | None = None
         self._lock = threading.Lock()
+        # Two stacks on one machine may both have a backend-1: their groups differ by data directory,
+        # so that one backend's start-up sweep never ends the other's shells.
+        self._group = f"{backend_id}-{hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:8]}"
 
     @property
     def mode(self) -> str:
@@ -201,7 +210,7 @@ class Sandbox:
             missing.append("root: the backend must run as root to give each user's shells a uid of their own "
                            "and namespaces (it is not)")
         try:
-            self._cgroups = Cgroups(self.backend_id, self.cgroup_parent)
+            self._cgroups = Cgroups(self._group, self.cgroup_parent)
             self._cgroups.check()
         except CgroupError as exc:
             missing.append(f"writable cgroups: {exc}")
@@ -213,7 +222,7 @@ class Sandbox:
     @property
     def cgroups(self) -> Cgroups:
         if self._cgroups is None:
-            self._cgroups = Cgroups(self.backend_id, self.cgroup_parent)
+            self._cgroups = Cgroups(self._group, self.cgroup_parent)
         return self._cgroups
 
     # -- shells ---------------------------------------------------------------------------
@@ -326,8 +335,8 @@ def _write_identity(host_dir: str, spec: SandboxSpec) -> None:
     """/etc/passwd and /etc/group as the shell sees them: the system's, plus its user."""
     name = login_name(spec.username, spec.uid)
     home = f"/home/{name}"
-    for fname, line in (("passwd", f"{name}:x:{spec.uid}:{spec.gid}:vterm user {spec.username}:{home}:/bin/bash"),
-                        ("group", f"{name}:x:{spec.gid}:")):
+    passwd = f"{name}:x:{spec.uid}:{spec.gid}:vterm user {spec.username}:{home}:/bin/bash"
+    for fname, line in (("passwd", passwd), ("group", f"{name}:x:{spec.gid}:")):
         try:
             with open(f"/etc/{fname}") as f:
                 system = [ln for ln in f.read().splitlines() if ln and not ln.startswith(f"{name}:")]

@@ -85,6 +85,7 @@ class Cgroups:
     """The cgroups of one backend's sessions."""
 
     def __init__(self, backend_id: str, parent: str = "") -> None:
+        """``backend_id``: what names the backend's group, ``vterm-<backend_id>``."""
         self.backend_id = backend_id
         mounts = _mounts()
         own = _own_paths()
@@ -97,9 +98,9 @@ class Cgroups:
         unified = next((p for p, t, _ in mounts if t == "cgroup2"), None)
         if all(c in v1 for c in V1_CONTROLLERS):
             self.version = 1
-            self._base = {c: os.path.join(v1[c], (parent or own.get(c, "/")).lstrip("/"), f"vterm-{backend_id}")
-                          for c in V1_CONTROLLERS}
-        elif unified and set(V2_CONTROLLERS) <= set(_read(os.path.join(unified, "cgroup.controllers")).split()):
+            self._base = {c: os.path.join(v1[c], (parent or own.get(c, "/")).lstrip("/"),
+                                          f"vterm-{backend_id}") for c in V1_CONTROLLERS}
+        elif unified and set(V2_CONTROLLERS) <= set(_read(f"{unified}/cgroup.controllers").split()):
             self.version = 2
             # v2 allows controllers only for groups with no processes of their own: the backend's
             # groups hang off the delegated parent (default: the hierarchy's root, writable by root).
@@ -129,7 +130,8 @@ class Cgroups:
                     _write(os.path.join(path, "cgroup.subtree_control"),
                            " ".join(f"+{c}" for c in V2_CONTROLLERS))
                 except OSError as exc:
-                    raise CgroupError(f"cannot enable pids, memory and cpu in {path}: {exc.strerror}") from exc
+                    raise CgroupError(f"cannot enable pids, memory and cpu in {path}: {exc.strerror}") \
+                        from exc
 
     def names(self) -> list[str]:
         base = next(iter(self._base.values()))
