@@ -247,10 +247,12 @@ class Stack:
             proc.wait(5)
 
     def kill_tmux_servers(self) -> None:
-        # Every backend's, including those the local scaler added.
+        # Every backend's, including those the local scaler added; then what their sandboxes held.
         for sock in sorted((self.config.data_dir / "tmux").glob("*/tmux.sock")):
             if sock.exists():
                 subprocess.run(["tmux", "-S", str(sock), "kill-server"], check=False, capture_output=True)
+        subprocess.run([str(BIN / "python"), "-m", "workers.sandbox.cleanup", str(self.config.data_dir)],
+                       cwd=ROOT, check=False, capture_output=True)
 
     def stop(self) -> None:
         for name in [n for n in self.procs if n != "redis"] + (["redis"] if "redis" in self.procs else []):

@@ -30,6 +30,7 @@ from supervisor.xmlrpc import SupervisorTransport
 
 from tests.conftest import ARTIFACTS, Api
 from vterm_project.devstack import ROOT, free_port
+from workers.sandbox.cleanup import remove_backend_groups
 
 from .harness import FINAL, wait_for
 
@@ -99,6 +100,7 @@ class MakeRun:
     def kill_tmux_servers(self) -> None:
         for sock in self.data_dir.glob("tmux/*/tmux.sock"):
             subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True, check=False)
+        remove_backend_groups(self.data_dir)  # and what the shells' sandboxes held
 
     def processes_of_this_stack(self) -> list[tuple[int, str]]:
         """Every process on the machine with this data dir in its environment: (pid, command line)."""

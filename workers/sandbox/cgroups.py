@@ -133,6 +133,14 @@ class Cgroups:
                     raise CgroupError(f"cannot enable pids, memory and cpu in {path}: {exc.strerror}") \
                         from exc
 
+    def remove(self) -> None:
+        """Remove the backend's own group (once its sessions' groups are gone)."""
+        for base in self._base.values():
+            try:
+                os.rmdir(base)
+            except OSError:
+                pass  # still holds a session's group, or already gone
+
     def names(self) -> list[str]:
         base = next(iter(self._base.values()))
         try:
