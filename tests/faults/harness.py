@@ -12,10 +12,12 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import sqlite3
 import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -81,15 +83,25 @@ class PrivateRedis:
         self.proc.send_signal(signal.SIGCONT)
 
 
+# What FaultStack shortens unless a test asks for vterm's own defaults (``at_defaults=True``): a
+# loss seen in seconds. Tests of these behaviours themselves run at the defaults.
+QUICK = {"VTERM_HEARTBEAT_TTL": 4, "VTERM_POOL_START_GRACE": 0, "VTERM_RECONCILE_INTERVAL": 1,
+         "VTERM_MIGRATE_TIMEOUT": 20, "VTERM_ORPHAN_INTERVAL": 5, "VTERM_DRAIN_GRACE": 3}
+
+
 class FaultStack:
     """A stack for one test module (or one report run): its own processes, ids and tmux servers."""
 
-    def __init__(self, redis_url: str, tmp: Path, *, prefix: str, backends: int = 2, **env) -> None:
+    def __init__(self, redis_url: str, tmp: Path, *, prefix: str, backends: int = 2, at_defaults: bool = False,
+                 **env) -> None:
         # A key prefix of its own: its beat's tasks and its queues must not reach other stacks
-        # sharing the test Redis database (vterm.control is one queue name for all).
-        defaults = {"VTERM_REDIS_PREFIX": f"{prefix}:", "VTERM_HEARTBEAT_TTL": 4, "VTERM_POOL_START_GRACE": 0, "VTERM_RECONCILE_INTERVAL": 1, "VTERM_MIGRATE_TIMEOUT": 20,
-                    "VTERM_ORPHAN_INTERVAL": 5, "VTERM_DRAIN_GRACE": 3, "VTERM_AUTOSCALE_INTERVAL": 3600}
-        self.stack: Stack = make_stack(redis_url, tmp, backends=backends, prefix=prefix, **{**defaults, **env})
+        # sharing the test Redis database (vterm.control is one queue name for all). No autoscaler
+        # runs (it would start and stop backends under the test).
+        base = {"VTERM_REDIS_PREFIX": f"{prefix}:", "VTERM_AUTOSCALE_INTERVAL": 3600}
+        # make_stack heartbeats every second; at the defaults, every 2 s as vterm does.
+        timing = {"VTERM_HEARTBEAT_INTERVAL": 2} if at_defaults else QUICK
+        self.stack: Stack = make_stack(redis_url, tmp, backends=backends, prefix=prefix,
+                                       **{**base, **timing, **env})
         self.stack.config.beat = True  # the reconcile runs from beat
         if hasattr(self.stack.config, "scaler"):
             self.stack.config.scaler = False  # no autoscaler executor starting or stopping backends here
@@ -142,6 +154,58 @@ class FaultStack:
 
     def processes_alive(self) -> dict[str, bool]:
         return {name: proc.poll() is None for name, proc in self.stack.procs.items()}
+
+    # -- the database, read directly (SQLite in the data dir: no Django start per look) ------------
+
+    def db_rows(self, sql: str, *params) -> list[tuple]:
+        path = self.stack.config.data_dir / "vterm.sqlite3"
+        con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=30)
+        try:
+            return con.execute(sql, params).fetchall()
+        finally:
+            con.close()
+
+    def backends_in_db(self) -> dict[str, tuple[str, float]]:
+        """Each backend's status and the age in seconds of its last heartbeat, as the reconcile reads them."""
+        now = time.time()
+        return {bid: (status, now - datetime.fromisoformat(beat).replace(tzinfo=UTC).timestamp() if beat else -1.0)
+                for bid, status, beat in self.db_rows("SELECT id, status, last_heartbeat FROM vterm_sessions_backend")}
+
+    def session_epoch(self, sid: str) -> int:
+        return self.db_rows("SELECT epoch FROM vterm_sessions_terminalsession WHERE id = ?", sid.replace("-", ""))[0][0]
+
+    def django(self, code: str) -> str:
+        """Run ``code`` in the stack's Django (manage.py shell); the last line it printed."""
+        out = self.stack.config.manage("shell", "-c", code)
+        return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
+
+    def record_without_handoff(self, sid: str, command: str) -> str:
+        """A command's row as the API records it (sessions/services.py), without its hand-off to the
+        backend: what a lost RPUSH leaves. Its id."""
+        return self.django(
+            "from django.db import transaction\n"
+            "from sessions import services\n"
+            "from sessions.models import Command\n"
+            "with transaction.atomic():\n"
+            f"    seq, *_ = services._session_next_seq({sid!r}, None)\n"
+            f"    cmd = Command.objects.create(session_id={sid!r}, seq=seq, command={command!r})\n"
+            "print(cmd.pk)\n")
+
+    def hand_off(self, cid: str, *, epoch: int) -> None:
+        """Push a recorded command's ``run`` message onto its session's backend's inbox as the web does
+        (sessions/services.py _command_send), with ``epoch`` as the placement it names."""
+        self.django(
+            "from sessions.models import Command\n"
+            "from sessions.replies import push_to_backend\n"
+            f"c = Command.objects.select_related('session').get(pk={cid!r})\n"
+            "push_to_backend(c.session.backend_id, 'run', id=str(c.pk), session=str(c.session_id), "
+            f"epoch={epoch}, command=c.command, timeout=c.timeout, seq=c.seq, "
+            "submitted_at=c.submitted_at.isoformat())\n"
+            "print('pushed')\n")
+
+    def readyz(self) -> tuple[int, dict]:
+        r = httpx.get(self.stack.url + "/readyz", timeout=30)
+        return r.status_code, r.json()
 
     # -- the API ------------------------------------------------------------------
 
