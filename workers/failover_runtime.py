@@ -116,8 +116,11 @@ def stop_shell(rt: BackendRuntime, name: str, reason: str) -> None:
         rt.driver.drop_queued(name)
     except ShellError:
         return
-    rt.ledger.exited(name)
+    # Killed before the ledger forgets its epoch: its exit is then written with the stale copy's own
+    # epoch and fenced. Forgotten first, the exit carried no epoch and ended the session when it had
+    # just been placed here again (the orphan sweeps of two backends at once, a move back).
     rt.driver.kill_shell(name, reason)
+    rt.ledger.exited(name)
 
 
 def queue_command(rt: BackendRuntime, name: str, command_id: str, command: str, timeout: float | None,

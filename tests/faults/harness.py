@@ -174,6 +174,11 @@ class FaultStack:
     def session_epoch(self, sid: str) -> int:
         return self.db_rows("SELECT epoch FROM vterm_sessions_terminalsession WHERE id = ?", sid.replace("-", ""))[0][0]
 
+    def session_events(self, sid: str) -> list[tuple[str, str, str]]:
+        """The session's status changes, oldest first: (status, reason, backend)."""
+        return self.db_rows("SELECT status, reason, backend FROM vterm_sessions_sessionevent WHERE session_id = ? "
+                            "ORDER BY at, id", sid.replace("-", ""))
+
     def django(self, code: str) -> str:
         """Run ``code`` in the stack's Django (manage.py shell); the last line it printed."""
         out = self.stack.config.manage("shell", "-c", code)
