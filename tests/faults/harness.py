@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -116,7 +117,7 @@ class FaultStack:
     def stop(self) -> None:
         self.stack.stop()
 
-    def __enter__(self) -> FaultStack:
+    def __enter__(self) -> Self:
         try:
             return self.start()
         except BaseException:

@@ -1,7 +1,7 @@
 """Backends lost or stopped: sessions move to healthy backends with their cwd and env.
 
-Heartbeat TTL is 4 s here and the reconcile runs every second (beat), so a backend
-that stops heartbeating is declared dead within about 5 s.
+At vterm's default settings: heartbeat every 2 s, TTL 7 s, reconcile every 3 s (beat), so a
+backend that stops heartbeating is declared dead about 7-10 s after its last heartbeat.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def fs(redis_url, tmp_path_factory):
-    with FaultStack(redis_url, tmp_path_factory.mktemp("faults-loss"), prefix="fl") as st:
+    with FaultStack(redis_url, tmp_path_factory.mktemp("faults-loss"), prefix="fl", at_defaults=True) as st:
         yield st
 
 
