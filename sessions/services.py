@@ -71,16 +71,21 @@ def backend_register(*, backend_id: str, hostname: str, capacity: int, sandbox: 
                   "sandbox": sandbox},
     )
     backend_heartbeat(backend_id=backend_id)
+    backend_heartbeat_redis(backend_id=backend_id)
     return backend
 
 
 def backend_heartbeat(*, backend_id: str) -> str | None:
-    """Say the backend is alive; returns its status (``dead`` tells a late backend to reconcile)."""
-    ttl = settings.VTERM["HEARTBEAT_TTL"]
-    # The database first: death is judged from it, so a Redis outage does not kill backends.
+    """Say the backend is alive, in the database: death is judged from it, so a Redis outage does not
+    kill backends. Returns its status (``dead`` tells a late backend to reconcile)."""
     Backend.objects.filter(pk=backend_id).update(last_heartbeat=timezone.now())
-    sync_client().set(heartbeat_key(backend_id), timezone.now().isoformat(), ex=max(1, int(ttl)))
     return Backend.objects.filter(pk=backend_id).values_list("status", flat=True).first()
+
+
+def backend_heartbeat_redis(*, backend_id: str) -> None:
+    """The heartbeat's copy in Redis, a key that lapses after the TTL (the web's quick look)."""
+    ttl = settings.VTERM["HEARTBEAT_TTL"]
+    sync_client().set(heartbeat_key(backend_id), timezone.now().isoformat(), ex=max(1, int(ttl)))
 
 
 def backends_alive_cutoff():

@@ -137,7 +137,8 @@ class BackendRuntime:
 
     def start(self) -> None:
         for target, name in ((self._loop.run_forever, "vterm-loop"), (self._write_loop, "vterm-writer"),
-                             (self._flush_loop, "vterm-output"), (self._heartbeat_loop, "vterm-heartbeat")):
+                             (self._flush_loop, "vterm-output"), (self._heartbeat_loop, "vterm-heartbeat"),
+                             (self._redis_heartbeat_loop, "vterm-heartbeat-redis")):
             t = threading.Thread(target=target, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -391,8 +392,9 @@ class BackendRuntime:
         return seq
 
     def _heartbeat_loop(self) -> None:
+        """The database heartbeat, on a thread of its own: with Redis paused, each Redis call waits out
+        its socket timeout (5 s), and sharing a loop with them the heartbeat fell behind the TTL."""
         interval = settings.VTERM["HEARTBEAT_INTERVAL"]
-        sampler, last_stats = StatsSampler(), 0.0
         while not self._stop.wait(interval):
             try:
                 if services.backend_heartbeat(backend_id=self.backend_id) == "dead":
@@ -400,6 +402,16 @@ class BackendRuntime:
             except Exception:
                 log.exception("heartbeat failed")
                 close_old_connections()
+
+    def _redis_heartbeat_loop(self) -> None:
+        """The heartbeat's Redis key, and this backend's stats for the pool."""
+        interval = settings.VTERM["HEARTBEAT_INTERVAL"]
+        sampler, last_stats = StatsSampler(), 0.0
+        while not self._stop.wait(interval):
+            try:
+                services.backend_heartbeat_redis(backend_id=self.backend_id)
+            except Exception:
+                log.warning("heartbeat in Redis failed", exc_info=True)
             if time.monotonic() - last_stats >= settings.VTERM["STATS_INTERVAL"]:
                 last_stats = time.monotonic()
                 self._publish_stats(sampler)
