@@ -60,10 +60,11 @@ def _thaw(fs, frozen: str) -> None:
 
 def _late_start_fenced(fs, frozen: str, sid: str) -> None:
     """The thawed backend carries out the start it was sent while frozen: it finds the session placed
-    elsewhere (fenced) and ends the shell it made. A session started there afterwards went through
-    the same queue after it, so that start has been carried out by then."""
+    elsewhere (fenced) and ends the shell it made. A session started there afterwards was taken off
+    the same queue after it, so that start is under way or done by then (on its start threads)."""
     fs.session_on(frozen)
-    assert sid not in fs.tmux_windows(frozen), "the thawed backend kept a shell for a session placed elsewhere"
+    wait_for(lambda: sid not in fs.tmux_windows(frozen), 30,
+             "the thawed backend to end the shell it made for a session placed elsewhere")
 
 
 def _healthy_again(fs, backend_id: str) -> None:
