@@ -22,16 +22,10 @@ from rest_framework.exceptions import Throttled
 
 from .redis_state import async_client, sync_client, ws_open_key
 
-# KEYS: buckets; ARGV: rate (tokens/s), burst, cost for each in turn. Returns {allowed, seconds
-# to wait} for each: each bucket is spent on its own, all in one round trip.
-_TOKEN_BUCKET = """
-local t = redis.call('TIME')
-local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local out = {}
-for i, key in ipairs(KEYS) do
-  local rate = tonumber(ARGV[3 * i - 2])
-  local burst = tonumber(ARGV[3 * i - 1])
-  local cost = tonumber(ARGV[3 * i])
+# One token bucket (a hash: tokens, ts), shared by the scripts below: spend ``cost`` if it is there.
+# Returns {1, 0} when spent, else {0, seconds until it would be}; the refill is stored either way.
+_BUCKET_SPEND = """
+local function bucket_spend(key, rate, burst, cost, now)
   local b = redis.call('HMGET', key, 'tokens', 'ts')
   local tokens = tonumber(b[1])
   local ts = tonumber(b[2])
@@ -40,8 +34,7 @@ for i, key in ipairs(KEYS) do
     ts = now
   end
   tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-  local allowed = 0
-  local wait = 0
+  local allowed, wait = 0, 0
   if tokens >= cost then
     tokens = tokens - cost
     allowed = 1
@@ -50,6 +43,19 @@ for i, key in ipairs(KEYS) do
   end
   redis.call('HSET', key, 'tokens', tostring(tokens), 'ts', tostring(now))
   redis.call('PEXPIRE', key, math.ceil(burst / rate * 1000) + 1000)
+  return allowed, wait
+end
+"""
+
+# KEYS: buckets; ARGV: rate (tokens/s), burst, cost for each in turn. Returns {allowed, seconds
+# to wait} for each: each bucket is spent on its own, all in one round trip.
+_TOKEN_BUCKET = _BUCKET_SPEND + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {}
+for i, key in ipairs(KEYS) do
+  local allowed, wait = bucket_spend(key, tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1]),
+                                     tonumber(ARGV[3 * i]), now)
   out[#out + 1] = allowed
   out[#out + 1] = tostring(wait)
 end
@@ -60,7 +66,7 @@ return out
 # ARGV rate, burst, cost (rate 0: no bucket), wait limit (0: no wait counted), wait id, seconds
 # it may last. Returns {token spent, seconds to wait for one, waits full}; waits are looked at
 # first, so that a refused wait spends no token.
-_COMMAND_ADMIT = """
+_COMMAND_ADMIT = _BUCKET_SPEND + """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
 local limit = tonumber(ARGV[4])
@@ -72,23 +78,10 @@ if limit > 0 then
 end
 local rate = tonumber(ARGV[1])
 if rate > 0 then
-  local burst = tonumber(ARGV[2])
-  local cost = tonumber(ARGV[3])
-  local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
-  local tokens = tonumber(b[1])
-  local ts = tonumber(b[2])
-  if tokens == nil or ts == nil then
-    tokens = burst
-    ts = now
+  local allowed, wait = bucket_spend(KEYS[1], rate, tonumber(ARGV[2]), tonumber(ARGV[3]), now)
+  if allowed == 0 then
+    return {0, tostring(wait), 0}
   end
-  tokens = math.min(burst, tokens + math.max(0, now - ts) * rate)
-  if tokens < cost then
-    redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-    redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
-    return {0, tostring((cost - tokens) / rate), 0}
-  end
-  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens - cost), 'ts', tostring(now))
-  redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 end
 if limit > 0 then
   redis.call('ZADD', KEYS[2], now + tonumber(ARGV[6]), ARGV[5])
