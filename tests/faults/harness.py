@@ -90,6 +90,24 @@ QUICK = {"VTERM_HEARTBEAT_TTL": 4, "VTERM_POOL_START_GRACE": 0, "VTERM_RECONCILE
          "VTERM_MIGRATE_TIMEOUT": 20, "VTERM_ORPHAN_INTERVAL": 5, "VTERM_DRAIN_GRACE": 3}
 
 
+def settle_commands(api, acked: list[dict], timeout: float = 90) -> list[dict | None]:
+    """Each acknowledged command once final (a 404: status "missing"); None if not by the deadline."""
+    end = time.monotonic() + timeout
+    done: dict[str, dict] = {}
+    while time.monotonic() < end and len(done) < len(acked):
+        for c in acked:
+            if c["id"] in done:
+                continue
+            try:
+                r = api.http.get(f"/api/v1/sessions/{c['session']}/commands/{c['id']}/", timeout=10)
+            except httpx.HTTPError:
+                continue
+            if r.status_code == 404 or (r.status_code == 200 and r.json()["status"] in FINAL):
+                done[c["id"]] = r.json() if r.status_code == 200 else {**c, "status": "missing"}
+        time.sleep(0.1)
+    return [done.get(c["id"]) for c in acked]
+
+
 class FaultStack:
     """A stack for one test module (or one report run): its own processes, ids and tmux servers."""
 
@@ -267,20 +285,8 @@ class FaultStack:
 
     def settle(self, acked: list[dict], timeout: float = 90) -> list[dict]:
         """Every acknowledged command as it ends (or as it stands at the deadline)."""
-        end = time.monotonic() + timeout
-        done: dict[str, dict] = {}
-        while time.monotonic() < end and len(done) < len(acked):
-            for c in acked:
-                if c["id"] in done:
-                    continue
-                try:
-                    r = self.api.http.get(f"/api/v1/sessions/{c['session']}/commands/{c['id']}/", timeout=10)
-                except httpx.HTTPError:
-                    continue
-                if r.status_code == 404 or (r.status_code == 200 and r.json()["status"] in FINAL):
-                    done[c["id"]] = r.json() if r.status_code == 200 else {**c, "status": "missing"}
-            time.sleep(0.1)
-        return [done.get(c["id"]) or self.command(c["session"], c["id"]) for c in acked]
+        ended = settle_commands(self.api, acked, timeout)
+        return [e or self.command(c["session"], c["id"]) for c, e in zip(acked, ended)]
 
     def wait_session_active(self, sid: str, timeout: float = 60, not_on: str | None = None) -> dict:
         def ok():

@@ -32,7 +32,7 @@ from tests.conftest import ARTIFACTS, Api
 from vterm_project.devstack import ROOT, free_port
 from workers.sandbox.cleanup import remove_backend_groups
 
-from .harness import FINAL, wait_for
+from .harness import FINAL, settle_commands, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -195,23 +195,6 @@ def _session_works(api: Api, sid: str, word: str) -> bool:
     return r.status_code == 201 and r.json()["status"] == "succeeded" and r.json()["output"] == f"{word}\n"
 
 
-def _settle(api: Api, acked: list[dict], timeout: float = 180) -> list[dict]:
-    end = time.monotonic() + timeout
-    done: dict[str, dict] = {}
-    while time.monotonic() < end and len(done) < len(acked):
-        for c in acked:
-            if c["id"] in done:
-                continue
-            try:
-                r = api.http.get(f"/api/v1/sessions/{c['session']}/commands/{c['id']}/", timeout=10)
-            except httpx.HTTPError:
-                continue
-            if r.status_code == 200 and r.json()["status"] in FINAL:
-                done[c["id"]] = r.json()
-        time.sleep(0.2)
-    return [done.get(c["id"], c) for c in acked]
-
-
 def _sessions_on_each_backend(api: Api) -> dict[str, str]:
     """backend id -> a session placed there (placement is least-loaded: new sessions alternate)."""
     placed: dict[str, str] = {}
@@ -331,7 +314,7 @@ def test_a_killed_process_is_restarted_and_nothing_accepted_is_lost(stack, kind)
             wait_for(lambda sid=sid: _session_works(stack.api, sid, f"after-{kind}"), 120, f"session {sid} to work")
         serving_s = time.monotonic() - t0
         time.sleep(1)  # a little load after the recovery too
-    ended = _settle(stack.api, load.acked)
+    ended = [e or c for c, e in zip(load.acked, settle_commands(stack.api, load.acked, timeout=180))]
     not_final = [c for c in ended if c["status"] not in FINAL]
     assert load.acked and not not_final, not_final[:5]
     after = stack.pids()
