@@ -7,6 +7,9 @@ PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Waits for another apt run (another checkout's make, unattended upgrades) rather than failing.
+APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
+APT_INSTALL := $(APT) update -qq && $(APT) install -y -qq
 
 .PHONY: run test test-faults bench venv venv-dev system-deps test-deps vendor lint clean kill-shells
 
@@ -44,7 +47,7 @@ system-deps:
 	command -v bwrap >/dev/null || missing="$$missing bubblewrap"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	  $(APT_INSTALL) $$missing; \
 	fi
 
 test-deps:
@@ -56,7 +59,7 @@ test-deps:
 	{ docker compose version >/dev/null 2>&1 || command -v docker-compose >/dev/null; } || missing="$$missing docker-compose"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing:$$missing"; \
-	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $$missing; \
+	  $(APT_INSTALL) $$missing; \
 	fi
 
 # xterm.js and its fit addon from the npm registry (package.json, package-lock.json), copied
@@ -65,7 +68,7 @@ VENDOR := sessions/static/vendor
 vendor: $(VENDOR)/.built
 
 $(VENDOR)/.built: package.json package-lock.json
-	@command -v npm >/dev/null || { $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq npm; }
+	@command -v npm >/dev/null || { $(APT_INSTALL) npm; }
 	npm ci --no-audit --no-fund --loglevel=error
 	npm run --silent vendor
 	touch $@
