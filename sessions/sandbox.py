@@ -59,11 +59,11 @@ def user_limits(account: ShellAccount) -> dict:
     }
 
 
-def session_limits_resolve(owner, asked: dict | None) -> dict:
+def session_limits_resolve(account: ShellAccount, asked: dict | None) -> dict:
     """A new session's limits: the user's, each lowered where the client asked. A client cannot
     raise one: asking for more than the user has gives the user's (the session's ``limits`` in the
     answer say what holds)."""
-    limits = user_limits(shell_account_get(owner))
+    limits = user_limits(account)
     for key, value in (asked or {}).items():
         limits[key] = min(limits[key], value)
     return limits
@@ -72,7 +72,12 @@ def session_limits_resolve(owner, asked: dict | None) -> dict:
 def session_sandbox_spec(session_id: str) -> dict:
     """What a backend needs to build the session's sandbox (workers/sandbox SandboxSpec)."""
     session = TerminalSession.objects.select_related("owner").get(pk=session_id)
-    account = shell_account_get(session.owner)
+    return sandbox_spec(session, shell_account_get(session.owner))
+
+
+def sandbox_spec(session: TerminalSession, account: ShellAccount) -> dict:
+    """The spec of a session whose owner's account is at hand: sent with the start of a new
+    session, so that the backend need not read it back from the database."""
     limits = {**user_limits(account), **(session.limits or {})}
     return {
         "uid": account.uid,

@@ -49,7 +49,7 @@ from .redis_state import (
     sync_client,
 )
 from .replies import ask_backend, call_backend, push_to_backend, send_to_backend
-from .sandbox import session_limits_resolve
+from .sandbox import sandbox_spec, session_limits_resolve, shell_account_get
 from .serializers import CommandSerializer
 from .waits import reply_push, reply_wait
 
@@ -135,8 +135,10 @@ def _output_expire(session_id) -> None:
 
 
 def _session_place(*, owner, name: str, cwd: str, env: dict, cols: int, rows: int,
-                   limits: dict | None = None) -> TerminalSession:
-    limits = session_limits_resolve(owner, limits)
+                   limits: dict | None = None) -> tuple[TerminalSession, dict]:
+    """The new session's row, and what its backend needs to build its sandbox."""
+    account = shell_account_get(owner)
+    limits = session_limits_resolve(account, limits)
     backend = backend_pick_least_loaded()
     if backend is None:
         raise ServiceUnavailable("No healthy backend has room for a new session.")
@@ -148,7 +150,7 @@ def _session_place(*, owner, name: str, cwd: str, env: dict, cols: int, rows: in
                                                  cwd=cwd, env=env, cols=cols, rows=rows, limits=limits)
         SessionEvent.objects.create(session=session, status=session.status, reason="created",
                                     backend=backend.id)
-    return session
+    return session, sandbox_spec(session, account)
 
 
 def _session_start_failed(session: TerminalSession) -> None:
@@ -163,12 +165,12 @@ async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | No
     owner's (``via``: the entry point, when not the REST API; ``remote_addr``: the client's address).
     ``limits``: sandbox limits lowered for this session (sessions/sandbox.py)."""
     began = time.monotonic()
-    session = await sync_to_async(_session_place)(owner=owner, name=name, cwd=cwd, env=env or {},
-                                                  cols=cols, rows=rows, limits=limits)
+    session, sandbox = await sync_to_async(_session_place)(owner=owner, name=name, cwd=cwd, env=env or {},
+                                                           cols=cols, rows=rows, limits=limits)
     try:
         reply = await call_backend(
             session.backend.queue, T + "session_start", str(session.pk), session.epoch, cwd, env or {}, cols, rows,
-            timeout=settings.VTERM["SESSION_START_TIMEOUT"],
+            timeout=settings.VTERM["SESSION_START_TIMEOUT"], sandbox=sandbox,
         )
     except Exception:
         # Broker or Redis down: the client gets a 503, so no session must appear later.

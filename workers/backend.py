@@ -128,10 +128,13 @@ class BackendRuntime:
             sandbox=sandbox,
         )
 
-    def sandbox_spec(self, session_id: str) -> SandboxSpec | None:
-        """Who the session's shell runs as, within what limits (None: shells are not sandboxed)."""
+    def sandbox_spec(self, session_id: str, given: dict | None = None) -> SandboxSpec | None:
+        """Who the session's shell runs as, within what limits (None: shells are not sandboxed).
+        ``given``: as the web sent it with a new session's start (else read from the database)."""
         if isinstance(self.driver.sandbox, NoSandbox):
             return None
+        if given:
+            return SandboxSpec(**given)
         close_old_connections()
         return SandboxSpec(**sandbox_services.session_sandbox_spec(session_id))
 
@@ -193,15 +196,16 @@ class BackendRuntime:
         self._starts.submit(run)
 
     def session_start(self, session_id: str, epoch: int, cwd: str, env: dict, cols: int, rows: int,
-                      resume: bool = False) -> dict:
+                      resume: bool = False, sandbox: dict | None = None) -> dict:
         with self.session_lock(session_id):
             if resume:  # a session moving here from another backend
                 return failover_runtime.session_resume(self, session_id, epoch, cwd, env, cols, rows)
-            return self._session_create(session_id, epoch, cwd, env, cols, rows)
+            return self._session_create(session_id, epoch, cwd, env, cols, rows, sandbox)
 
-    def _session_create(self, session_id: str, epoch: int, cwd: str, env: dict, cols: int, rows: int) -> dict:
+    def _session_create(self, session_id: str, epoch: int, cwd: str, env: dict, cols: int, rows: int,
+                        sandbox: dict | None) -> dict:
         info = self.driver.create_shell(session_id, cwd=cwd, env=env, cols=cols, rows=rows, epoch=epoch,
-                                        sandbox=self.sandbox_spec(session_id))
+                                        sandbox=self.sandbox_spec(session_id, sandbox))
         self.ledger.epochs[session_id] = epoch
         self.forget_output_seq(session_id)
         close_old_connections()

@@ -17,18 +17,19 @@ log = logging.getLogger(__name__)
 
 
 @shared_task(name="workers.tasks.session_start")
-def session_start(session_id, epoch, cwd, env, cols, rows, reply_to=None, resume=False):
+def session_start(session_id, epoch, cwd, env, cols, rows, reply_to=None, resume=False, sandbox=None):
     rt = runtime()
 
     def start() -> None:
         # Every outcome is answered at once: a start that raised used to leave its caller waiting
         # for the whole start timeout, and be charged to this backend's circuit breaker.
         try:
-            result = rt.session_start(session_id, epoch, cwd, env, cols, rows, resume=resume)
+            result = rt.session_start(session_id, epoch, cwd, env, cols, rows, resume=resume, sandbox=sandbox)
         except Exception as exc:  # answered, and so counted against the right one
             log.warning("session %s did not start: %s", session_id, exc, exc_info=not isinstance(exc, ShellError))
             result = start_failure_reply(exc, cwd=cwd, env=env or {})
         post_reply(reply_to, result)
+    rt.driver.sandbox.warm()
     rt.start_in_background(start)
 
 

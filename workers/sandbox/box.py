@@ -153,6 +153,9 @@ class NoSandbox:
     def check(self) -> None:
         pass
 
+    def warm(self) -> None:
+        pass
+
     def prepare(self, name: str, spec: SandboxSpec | None) -> Box:
         return self.find(name)
 
@@ -226,6 +229,11 @@ class Sandbox:
         return self._cgroups
 
     # -- shells ---------------------------------------------------------------------------
+
+    def warm(self) -> None:
+        """Called as a shell start is asked for: what its launcher will wait for begins now
+        (Cgroups.warm), beside the rest of the start."""
+        self.cgroups.warm()
 
     def prepare(self, name: str, spec: SandboxSpec | None) -> Box:
         """Make a new shell's box: its cgroup with the limits, its home, its files."""

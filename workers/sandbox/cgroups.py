@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import threading
 import time
 from dataclasses import dataclass
 
@@ -100,19 +101,41 @@ class Cgroups:
             self.version = 1
             self._base = {c: os.path.join(v1[c], (parent or own.get(c, "/")).lstrip("/"),
                                           f"vterm-{backend_id}") for c in V1_CONTROLLERS}
+            self._own_procs = os.path.join(v1["pids"], own.get("pids", "/").lstrip("/"), "cgroup.procs")
         elif unified and set(V2_CONTROLLERS) <= set(_read(f"{unified}/cgroup.controllers").split()):
             self.version = 2
             # v2 allows controllers only for groups with no processes of their own: the backend's
             # groups hang off the delegated parent (default: the hierarchy's root, writable by root).
             self._base = {"": os.path.join(unified, parent.lstrip("/"), f"vterm-{backend_id}")}
+            self._own_procs = os.path.join(unified, own.get("", "/").lstrip("/"), "cgroup.procs")
         else:
             have = ", ".join(sorted(v1)) or "none"
             raise CgroupError(f"no usable cgroup controllers for pids, memory and cpu (v1 mounted: {have}; "
                               f"v2: {'at ' + unified if unified else 'not mounted'} without them)")
 
+        self._warming = threading.Lock()
+
     @property
     def description(self) -> str:
         return f"cgroup v{self.version}"
+
+    def warm(self) -> None:
+        """Start now, in the background, the wait that a shell's launcher pays moments later when
+        it moves itself into its session's groups. Any move into a cgroup takes a lock shared by
+        all hierarchies whose first taking in a while waits for an RCU grace period (~10 ms, most
+        of a sandboxed start); a move of this process into the group it is already in takes it
+        too, so the launcher finds that wait under way or over. A missed warm-up costs nothing."""
+        if not self._warming.acquire(blocking=False):
+            return  # one is under way
+
+        def move_self() -> None:
+            try:
+                _write(self._own_procs, str(os.getpid()))
+            except OSError:
+                pass
+            finally:
+                self._warming.release()
+        threading.Thread(target=move_self, name="vterm-cgroup-warm", daemon=True).start()
 
     # -- the backend's own group ----------------------------------------------------------
 
