@@ -94,6 +94,9 @@ class CgroupSampler:
         self.sandbox = sandbox
         self.backend_id = backend_id
         self._last: dict[str, tuple[float, float, int, int]] = {}  # cpu s, at, oom kills, fork refusals
+        # The first round finds the shells a restarted worker adopted, with the limit events they
+        # had before: those were counted by the worker before, so they are the baseline here.
+        self._first_round = True
 
     def sample(self, names: list[str]) -> dict[str, dict]:
         at = time.monotonic()
@@ -109,7 +112,7 @@ class CgroupSampler:
                 cpu = max(0.0, (usage.cpu_seconds - prev[0]) / (at - prev[1]) * 100)
             for kind, n, before in (("memory", usage.oom_kills, prev[2] if prev else 0),
                                     ("processes", usage.process_limit_hits, prev[3] if prev else 0)):
-                if n > before:
+                if n > before and not (prev is None and self._first_round):
                     metrics.count(metrics.SANDBOX_LIMIT_EVENTS, [kind, self.backend_id], n - before)
             last[name] = (usage.cpu_seconds, at, usage.oom_kills, usage.process_limit_hits)
             out[name] = {"memory_bytes": usage.memory_bytes, "pss_bytes": _pss(self.sandbox.pids(name)),
@@ -117,6 +120,7 @@ class CgroupSampler:
                          "oom_kills": usage.oom_kills, "process_limit_hits": usage.process_limit_hits,
                          "sampled_at": now}
         self._last = last
+        self._first_round = False
         return out
 
 
