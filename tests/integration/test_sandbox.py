@@ -196,6 +196,37 @@ def test_limits_stop_a_fork_flood_and_a_memory_hog_and_the_neighbour_carries_on(
         bob.http.delete(f"/api/v1/sessions/{bob_s['id']}/")
 
 
+def session_cpu_seconds(session_id: str) -> float:
+    """CPU time used by everything in the session's cgroup, read on the host (v1 or v2)."""
+    v1 = os.path.isdir("/sys/fs/cgroup/cpuacct")
+    for root, dirs, _ in os.walk("/sys/fs/cgroup/cpuacct" if v1 else "/sys/fs/cgroup"):
+        if session_id in dirs:
+            with open(os.path.join(root, session_id, "cpuacct.usage" if v1 else "cpu.stat")) as f:
+                return int(f.read()) / 1e9 if v1 else int(f.readline().split()[1]) / 1e6
+    pytest.fail(f"no cgroup with CPU accounting for session {session_id}")
+
+
+def test_cpu_is_shared_per_session_not_per_process(alice, bob, session):
+    """Four busy loops in alice's session and one in bob's, on one backend: with a fair share per
+    session bob's loop gets about what all of alice's get together (per process it would get a quarter)."""
+    bob_s = on_same_backend(bob, session["backend"], name="bob-cpu")
+    busy = "for i in $(seq {n}); do (while :; do :; done) & done; sleep 6; kill $(jobs -p); wait"
+    try:
+        runs = [(api, s, api.http.post(f"/api/v1/sessions/{s['id']}/commands/",
+                                       json={"command": busy.format(n=n)}).json())
+                for api, s, n in ((alice, session, 4), (bob, bob_s, 1))]
+        time.sleep(1.5)  # both running
+        before = [session_cpu_seconds(s["id"]) for _, s, _ in runs]
+        time.sleep(3)
+        used = [session_cpu_seconds(s["id"]) - b for (_, s, _), b in zip(runs, before)]
+        for api, s, cmd in runs:
+            assert api.wait_command(s["id"], cmd["id"], timeout=60)["status"] == "succeeded"
+        print(f"CPU seconds over 3 s: alice (4 loops) {used[0]:.2f}, bob (1 loop) {used[1]:.2f}")
+        assert used[0] > 0.3 and used[1] >= 0.6 * used[0], used
+    finally:
+        bob.http.delete(f"/api/v1/sessions/{bob_s['id']}/")
+
+
 def test_limits_can_be_lowered_per_session_not_raised(alice, stack):
     raised = alice.create_session(limits={"memory_mb": 4096, "processes": 100000})
     alice.http.delete(f"/api/v1/sessions/{raised['id']}/")
