@@ -7,7 +7,9 @@ the marks the shell prints (see ``shell.py``). One command runs per shell at a
 time; further ones wait in that shell's queue, so shells never wait on each other.
 
 This module knows nothing of Django, Celery or Redis: it reports through a
-``Listener``.
+``Listener``. It does not use libtmux: libtmux runs a tmux client process per call and reads
+no control-mode output, while every hot path here (a command, a keystroke, a pane's output)
+is one line on the one connection (issue 16 dropped the unused dependency).
 """
 
 from __future__ import annotations
