@@ -27,6 +27,7 @@ from redis.exceptions import LockError
 
 from .circuit import breaker_record_failure
 from .models import Backend, Command, TerminalSession
+from .pool import backend_pick_least_loaded, backends_alive_cutoff
 from .redis_state import (
     orphans_throttle_key,
     reconcile_grace_key,
@@ -38,8 +39,6 @@ from .redis_state import (
 from .replies import send_to_backend
 from .services import (
     T,
-    backend_pick_least_loaded,
-    backends_alive_cutoff,
     commands_queued,
     session_set_status,
     session_started,

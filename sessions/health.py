@@ -7,8 +7,8 @@ from django.db import connection
 from django.http import JsonResponse
 
 from .models import Backend
+from .pool import backends_alive_cutoff
 from .redis_state import async_client
-from .services import backends_alive_cutoff
 
 
 async def healthz(request):

@@ -1,8 +1,8 @@
 """The backend pool (DESIGN: BackendPool): capacity, active backends, slots, load, scaling target.
 
 A slot is a live session row on a backend, so the database is the only ledger: acquiring a slot
-is placing a session (``BackendPool.acquire`` -> services.backend_pick_least_loaded), releasing
-it is the session leaving the live statuses, and a crashed process cannot leak one. Per-backend
+is placing a session (``backend_pick_least_loaded``), releasing it is the session leaving the live
+statuses, and a crashed process cannot leak one. Per-backend
 memory and CPU come from the backend's heartbeat (workers/backend_stats.py, a Redis hash).
 """
 
@@ -10,12 +10,14 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict, dataclass, field
+from datetime import timedelta
 
 from django.conf import settings
 from django.db.models import Count, Q
 from django.utils import timezone
 
 from .api_errors import ServiceUnavailable
+from .circuit import breaker_open_ids
 from .models import Backend, TerminalSession
 from .redis_state import (
     backend_inbox_key,
@@ -28,6 +30,25 @@ from .redis_state import (
 # Statuses a session has while it is not over (exported by vterm_sessions; terminated and lost
 # sessions are history, counted by their events, not scanned on every scrape).
 NOT_OVER = (*TerminalSession.LIVE, TerminalSession.Status.TERMINATING)
+
+
+def backends_alive_cutoff():
+    return timezone.now() - timedelta(seconds=settings.VTERM["HEARTBEAT_TTL"])
+
+
+def backend_pick_least_loaded(*, exclude: tuple[str, ...] = ()) -> Backend | None:
+    """The healthy backend with the most room, or None when all are full or gone."""
+    candidates = (
+        Backend.objects.filter(status=Backend.Status.HEALTHY, last_heartbeat__gte=backends_alive_cutoff())
+        .exclude(id__in=exclude)
+        .annotate(load=Count("sessions", filter=Q(sessions__status__in=TerminalSession.LIVE)))
+    )
+    room = [b for b in candidates if b.load < b.capacity]
+    cooling = breaker_open_ids([b.id for b in room])
+    room = [b for b in room if b.id not in cooling]
+    if not room:
+        return None
+    return min(room, key=lambda b: (b.load / max(b.capacity, 1), b.load, b.id))
 
 
 @dataclass
@@ -158,8 +179,6 @@ class BackendPool:
     @staticmethod
     def acquire(exclude: tuple[str, ...] = ()) -> Backend:
         """The backend a new (or moving) session goes to: the least loaded healthy one with room."""
-        from .services import backend_pick_least_loaded
-
         backend = backend_pick_least_loaded(exclude=exclude)
         if backend is None:
             raise ServiceUnavailable("No healthy backend has room for a new session.")

@@ -19,7 +19,7 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import Count, DateTimeField, F, Q, Value
+from django.db.models import DateTimeField, F, Value
 from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
@@ -30,8 +30,9 @@ from workers.routing import backend_queue
 from . import audit, metrics
 from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast, viewers_key
-from .circuit import breaker_open_ids, breaker_record_failure, breaker_record_success
+from .circuit import breaker_record_failure, breaker_record_success
 from .models import Backend, Command, SessionEvent, TerminalSession
+from .pool import backend_pick_least_loaded
 from .ratelimit import (
     command_admit,
     pending_wait_release,
@@ -86,25 +87,6 @@ def backend_heartbeat_redis(*, backend_id: str) -> None:
     """The heartbeat's copy in Redis, a key that lapses after the TTL (the web's quick look)."""
     ttl = settings.VTERM["HEARTBEAT_TTL"]
     sync_client().set(heartbeat_key(backend_id), timezone.now().isoformat(), ex=max(1, int(ttl)))
-
-
-def backends_alive_cutoff():
-    return timezone.now() - timedelta(seconds=settings.VTERM["HEARTBEAT_TTL"])
-
-
-def backend_pick_least_loaded(*, exclude: tuple[str, ...] = ()) -> Backend | None:
-    """The healthy backend with the most room, or None when all are full or gone."""
-    candidates = (
-        Backend.objects.filter(status=Backend.Status.HEALTHY, last_heartbeat__gte=backends_alive_cutoff())
-        .exclude(id__in=exclude)
-        .annotate(load=Count("sessions", filter=Q(sessions__status__in=TerminalSession.LIVE)))
-    )
-    room = [b for b in candidates if b.load < b.capacity]
-    cooling = breaker_open_ids([b.id for b in room])
-    room = [b for b in room if b.id not in cooling]
-    if not room:
-        return None
-    return min(room, key=lambda b: (b.load / max(b.capacity, 1), b.load, b.id))
 
 
 # -- sessions -------------------------------------------------------------------------

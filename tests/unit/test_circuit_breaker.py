@@ -8,7 +8,7 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.utils import timezone
 
-from sessions import circuit, services
+from sessions import circuit, pool, services
 from sessions.api_errors import ServiceUnavailable
 from sessions.models import Backend
 from sessions.redis_state import sync_client
@@ -38,7 +38,7 @@ def test_failures_open_the_breaker_and_placement_avoids_it(breaker_redis, two_ba
     assert circuit.breaker_record_failure(a.id) is True, "the second failure in the window opens it"
     assert circuit.breaker_open_ids([a.id, b.id]) == {a.id}
     assert 0 < breaker_redis.ttl(f"{services.settings.VTERM['REDIS_PREFIX']}vterm:backend:{a.id}:breaker") <= 30
-    assert all(services.backend_pick_least_loaded().id == b.id for _ in range(3))
+    assert all(pool.backend_pick_least_loaded().id == b.id for _ in range(3))
 
 
 def test_a_success_resets_the_count(breaker_redis, two_backends):
@@ -52,7 +52,7 @@ def test_no_backend_with_room_is_503_not_a_hang(breaker_redis, two_backends):
     for backend in two_backends:
         for _ in range(2):
             circuit.breaker_record_failure(backend.id)
-    assert services.backend_pick_least_loaded() is None
+    assert pool.backend_pick_least_loaded() is None
     owner = get_user_model().objects.create(username="cb-owner")
     with pytest.raises(ServiceUnavailable) as err:
         services._session_place(owner=owner, name="", cwd="", env={}, cols=80, rows=24)
