@@ -4,8 +4,8 @@ Programs run most of their commands through this one call, and through Django's
 handler it cost far more than the shell (docs/bench.md): a thread hop per sync
 middleware, DRF's request cycle, a token lookup per call. Here it is one hop to a
 thread for the database work (services.command_submit, the same call as the DRF
-view's, Idempotency-Key included) and the wait on Redis; the answer is rendered by DRF's renderer, byte for
-byte as the view would.
+view's, Idempotency-Key included) and the wait on Redis; the answer is rendered by
+DRF's renderer, byte for byte as the view would.
 
 Only the plain case is served here. Anything else (another route or method, no
 Bearer token, an unknown token, a body that is not a JSON object or fails
