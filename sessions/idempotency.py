@@ -70,8 +70,21 @@ def idempotency_key_parse(value: str | None) -> str | None:
 def idempotency_fingerprint(operation: str, request: dict) -> str:
     """What makes two requests the same: the operation and its validated fields, in a canonical form
     (so that the order of the fields, spacing or ``1`` against ``1.0`` make no difference)."""
-    canonical = json.dumps({"op": operation, **request}, sort_keys=True, separators=(",", ":"), default=str)
+    canonical = json.dumps(_numbers_alike({"op": operation, **request}), sort_keys=True, separators=(",", ":"),
+                           default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _numbers_alike(value):
+    """``value`` with its whole numbers as floats: 5 and 5.0 are one number in JSON (those too large
+    for a float stay as they are)."""
+    if isinstance(value, dict):
+        return {k: _numbers_alike(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_numbers_alike(v) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and abs(value) <= 2**53:
+        return float(value)
+    return value
 
 
 @dataclass
