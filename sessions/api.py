@@ -15,6 +15,9 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.response import Response
 
 from . import audit, selectors, services
+from .api_schema import IDEMPOTENCY_PARAMETER
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
+from .idempotency import idempotency_key_parse
 from .pagination import StrictPageNumberPagination
 from .recording import recording_lines
 from .serializers import (
@@ -48,11 +51,14 @@ class SessionListView(APIView):
             return _paginated(request, self, selectors.session_list_for_user(request.user), SessionSerializer)
         return await sync_to_async(build)()
 
-    @extend_schema(request=SessionCreateSerializer, responses={201: SessionSerializer})
+    @extend_schema(request=SessionCreateSerializer, responses={201: SessionSerializer},
+                   parameters=[IDEMPOTENCY_PARAMETER])
     async def post(self, request):
+        key = idempotency_key_parse(request.headers.get(IDEMPOTENCY_HEADER))
         data = _valid(SessionCreateSerializer, request)
-        session = await services.session_create(owner=request.user, **data, remote_addr=audit.request_addr(request))
-        return Response(SessionSerializer(session).data, status=status.HTTP_201_CREATED)
+        session, answered = await services.session_submit(owner=request.user, **data, idempotency_key=key,
+                                                          remote_addr=audit.request_addr(request))
+        return Response(SessionSerializer(session).data, status=answered)
 
 
 class SessionDetailView(APIView):
@@ -79,20 +85,22 @@ class CommandListView(APIView):
             return _paginated(request, self, selectors.command_list(session), CommandSerializer)
         return await sync_to_async(build)()
 
-    @extend_schema(request=CommandCreateSerializer, responses={201: CommandSerializer})
+    @extend_schema(request=CommandCreateSerializer, responses={201: CommandSerializer},
+                   parameters=[IDEMPOTENCY_PARAMETER])
     async def post(self, request, session_id):
+        key = idempotency_key_parse(request.headers.get(IDEMPOTENCY_HEADER))
         data = _valid(CommandCreateSerializer, request)
 
-        # The same call as the hot route's (sessions/command_route.py), which serves most of these.
+        # The same calls as the hot route's (sessions/command_route.py), which serves most of these.
         wait = data.get("wait") or 0
-        cmd, wait_id = await sync_to_async(services.command_create)(
+        sub = await sync_to_async(services.command_submit)(
             request.user, session_id, command=data["command"], timeout=data.get("timeout"), wait=wait,
-            remote_addr=audit.request_addr(request))
+            remote_addr=audit.request_addr(request), idempotency_key=key)
         try:
-            body = await services.command_wait(cmd, wait) if wait else services.command_json(cmd)
+            body = await services.command_wait(sub.cmd, wait) if wait else services.command_json(sub.cmd)
         finally:
-            await services.command_wait_end(request.user.pk, wait_id)
-        return Response(body, status=status.HTTP_201_CREATED)
+            await services.command_submit_end(sub)
+        return Response(body, status=sub.status)
 
 
 class CommandDetailView(APIView):

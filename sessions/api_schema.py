@@ -14,6 +14,10 @@ from __future__ import annotations
 import copy
 
 from drf_spectacular.openapi import AutoSchema
+from drf_spectacular.utils import OpenApiParameter
+
+from .idempotency import HEADER as IDEMPOTENCY_HEADER
+from .idempotency import KEY_PATTERN
 
 
 def schema_merge(schema: dict, extra: dict) -> dict:
@@ -47,6 +51,22 @@ _ERRORS: dict[str, tuple[str, dict, dict]] = {
     "503": ("No backend (or Redis) can serve this right now.", _DETAIL, _RETRY_AFTER),
 }
 
+# The operations that take an Idempotency-Key (sessions/idempotency.py) declare it with this, and
+# so get its two errors too.
+IDEMPOTENCY_PARAMETER = OpenApiParameter(
+    IDEMPOTENCY_HEADER, {"type": "string", "minLength": 1, "maxLength": 255, "pattern": KEY_PATTERN},
+    OpenApiParameter.HEADER,
+    description="Makes a retry safe (IETF httpapi Idempotency-Key draft): 1 to 255 printable ASCII characters "
+                "(a UUID is a good key), bare or as a quoted Structured Field String. Kept per user for "
+                "VTERM_IDEMPOTENCY_TTL (24 h): a repeat with the same body answers what the first made, as it is "
+                "now, and makes nothing; with another body it is a 422; while the first is still being handled, "
+                "a 409.")
+_IDEMPOTENCY_ERRORS = {
+    "409": (_ERRORS["409"][0] + " Or a request with the same Idempotency-Key is still being handled.",
+            _DETAIL, {}),
+    "422": ("This Idempotency-Key was used with a different request.", _DETAIL, {}),
+}
+
 
 class VtermAutoSchema(AutoSchema):
     def _map_basic_serializer(self, serializer, direction):
@@ -63,7 +83,8 @@ class VtermAutoSchema(AutoSchema):
         responses = super()._get_response_bodies(direction)
         if direction != "response" or not self.path.startswith("/api/v1/"):
             return responses
-        for code, (description, schema, headers) in _ERRORS.items():
+        idempotent = any(getattr(p, "name", None) == IDEMPOTENCY_HEADER for p in self.get_override_parameters())
+        for code, (description, schema, headers) in {**_ERRORS, **(_IDEMPOTENCY_ERRORS if idempotent else {})}.items():
             if code in responses:
                 continue
             responses[code] = {"description": description, "content": {"application/json": {"schema": schema}}}

@@ -3,9 +3,9 @@
 Programs run most of their commands through this one call, and through Django's
 handler it cost far more than the shell (docs/bench.md): a thread hop per sync
 middleware, DRF's request cycle, a token lookup per call. Here it is one hop to a
-thread for the database work (services.command_create, the same call as the DRF
-view's) and the wait on Redis; the answer is rendered by DRF's renderer, byte for
-byte as the view would.
+thread for the database work (services.command_submit, the same call as the DRF
+view's, Idempotency-Key included) and the wait on Redis; the answer is rendered by
+DRF's renderer, byte for byte as the view would.
 
 Only the plain case is served here. Anything else (another route or method, no
 Bearer token, an unknown token, a body that is not a JSON object or fails
@@ -32,6 +32,7 @@ from . import services
 from .api_errors import exception_handler
 from .auth import token_user
 from .http_metrics import record_command_route
+from .idempotency import idempotency_key_parse
 from .serializers import CommandCreateSerializer
 
 PATH = re.compile(r"/api/v1/sessions/([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})/commands/")
@@ -60,20 +61,21 @@ class CommandRoute:
         if data is None:
             return await self.app(scope, replay, send)
         began = time.perf_counter()
-        answered = await self._serve(scope, replay, send, token, m.group(1), data)
+        answered = await self._serve(scope, replay, send, token, m.group(1), data, _idempotency_header(scope))
         if answered is not None:  # else Django answered, and its middleware counted it
             status, size = answered
             record_command_route(transport="https" if scope.get("scheme") == "https" else "http", status=status,
                                  request_bytes=len(body), response_bytes=size, seconds=time.perf_counter() - began)
 
-    async def _serve(self, scope, replay, send, token: str, session_id: str, data: dict) -> tuple[int, int] | None:
+    async def _serve(self, scope, replay, send, token: str, session_id: str, data: dict,
+                     idempotency: str | None) -> tuple[int, int] | None:
         """Submit and answer: (status, body size), or None when the request was left to Django."""
         client = scope.get("client") or ("", 0)
         wait = data.get("wait") or 0
         try:
             # A plain executor call: asgiref's sync_to_async adds context copying this does not need.
-            cmd, user_id, wait_id = await asyncio.get_running_loop().run_in_executor(
-                _executor, self._submit, token, session_id, data, str(client[0]))
+            sub = await asyncio.get_running_loop().run_in_executor(
+                _executor, self._submit, token, session_id, data, str(client[0]), idempotency)
         except _NotServed:
             await self.app(scope, replay, send)
             return None
@@ -81,22 +83,23 @@ class CommandRoute:
             return await self._error(exc, scope, send)
         try:
             try:
-                result = await services.command_wait(cmd, wait) if wait else services.command_json(cmd)
+                result = await services.command_wait(sub.cmd, wait) if wait else services.command_json(sub.cmd)
             except Exception as exc:  # noqa: BLE001 (answered as the view would, or raised again)
                 return await self._error(exc, scope, send)
-            return await self._respond(send, 201, result)
+            return await self._respond(send, sub.status, result)
         finally:  # after the answer: the wait is over, whatever became of it
-            await services.command_wait_end(user_id, wait_id)
+            await services.command_submit_end(sub)
 
     @staticmethod
-    def _submit(token: str, session_id: str, data: dict, remote_addr: str):
+    def _submit(token: str, session_id: str, data: dict, remote_addr: str,
+                idempotency: str | None) -> services.CommandSubmitted:
         close_old_connections()  # as Django does at each request: drop a broken or expired connection
         user = token_user(token)
         if user is None:
             raise _NotServed  # DRF answers 401, with its headers
-        cmd, wait_id = services.command_create(user, session_id, command=data["command"], timeout=data.get("timeout"),
-                                               wait=data.get("wait") or 0, remote_addr=remote_addr)
-        return cmd, user.pk, wait_id
+        return services.command_submit(user, session_id, command=data["command"], timeout=data.get("timeout"),
+                                       wait=data.get("wait") or 0, remote_addr=remote_addr,
+                                       idempotency_key=idempotency_key_parse(idempotency))
 
     async def _error(self, exc: Exception, scope, send) -> tuple[int, int]:
         response = exception_handler(exc, {"request": SimpleNamespace(path=scope["path"]), "view": None})
@@ -126,6 +129,12 @@ class CommandRoute:
 
 class _NotServed(Exception):
     """Leave the request to Django."""
+
+
+def _idempotency_header(scope) -> str | None:
+    """The Idempotency-Key header as the view reads it (Django joins repeated headers with commas)."""
+    values = [v.decode("latin-1") for k, v in scope["headers"] if k.lower() == b"idempotency-key"]
+    return ",".join(values) if values else None
 
 
 def _host_allowed(host: bytes) -> bool:

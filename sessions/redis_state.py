@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import hashlib
 
 import redis
 import redis.asyncio as aredis
@@ -109,6 +110,12 @@ def ws_open_key(user_id) -> str:
     """Sorted set of a user's open WebSockets, on every web node (member: the connection's channel
     name; score: when its claim lapses unless renewed): the cap VTERM_WS_MAX_PER_USER."""
     return f"{_p()}ws:open:{user_id}"
+
+
+def idempotency_record_key(user_id, key: str) -> str:
+    """Hash of one of a user's Idempotency-Keys (sessions/idempotency.py); the key is hashed: any
+    printable characters, a name of bounded length."""
+    return f"{_p()}idem:{user_id}:{hashlib.sha256(key.encode()).hexdigest()}"
 
 
 def session_group(session_id: str) -> str:

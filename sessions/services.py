@@ -13,6 +13,7 @@ import json
 import logging
 import threading
 import time
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from asgiref.sync import sync_to_async
@@ -24,6 +25,7 @@ from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
+from rest_framework.status import HTTP_201_CREATED
 
 from workers.routing import backend_queue
 
@@ -31,6 +33,15 @@ from . import audit, metrics
 from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast, viewers_key
 from .circuit import breaker_record_failure, breaker_record_success
+from .idempotency import (
+    IdempotencyClaim,
+    idempotency_claim,
+    idempotency_failed,
+    idempotency_fingerprint,
+    idempotency_made,
+    idempotency_release,
+    idempotency_replay,
+)
 from .models import Backend, Command, SessionEvent, TerminalSession
 from .pool import backend_pick_least_loaded
 from .ratelimit import (
@@ -117,8 +128,9 @@ def _output_expire(session_id) -> None:
 
 
 def _session_place(*, owner, name: str, cwd: str, env: dict, cols: int, rows: int,
-                   limits: dict | None = None) -> tuple[TerminalSession, dict]:
-    """The new session's row, and what its backend needs to build its sandbox."""
+                   limits: dict | None = None, session_id=None) -> tuple[TerminalSession, dict]:
+    """The new session's row (with ``session_id`` when given), and what its backend needs to build
+    its sandbox."""
     account = shell_account_get(owner)
     limits = session_limits_resolve(account, limits)
     backend = backend_pick_least_loaded()
@@ -129,7 +141,8 @@ def _session_place(*, owner, name: str, cwd: str, env: dict, cols: int, rows: in
         get_user_model().objects.select_for_update().filter(pk=owner.pk).first()
         session_quota_check(owner)
         session = TerminalSession.objects.create(owner=owner, name=name, backend=backend, epoch=1,
-                                                 cwd=cwd, env=env, cols=cols, rows=rows, limits=limits)
+                                                 cwd=cwd, env=env, cols=cols, rows=rows, limits=limits,
+                                                 **({"id": session_id} if session_id else {}))
         SessionEvent.objects.create(session=session, status=session.status, reason="created",
                                     backend=backend.id)
     return session, sandbox_spec(session, account)
@@ -142,13 +155,15 @@ def _session_start_failed(session: TerminalSession) -> None:
 
 async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | None = None,
                          cols: int = 120, rows: int = 40, limits: dict | None = None, remote_addr: str = "",
-                         via: str = "") -> TerminalSession:
+                         via: str = "", session_id=None) -> TerminalSession:
     """Place a session on the least-loaded backend and wait (bounded) for its shell; audited as the
     owner's (``via``: the entry point, when not the REST API; ``remote_addr``: the client's address).
-    ``limits``: sandbox limits lowered for this session (sessions/sandbox.py)."""
+    ``limits``: sandbox limits lowered for this session (sessions/sandbox.py). ``session_id``: its
+    id, when the caller chose it (an Idempotency-Key's planned id)."""
     began = time.monotonic()
     session, sandbox = await sync_to_async(_session_place)(owner=owner, name=name, cwd=cwd, env=env or {},
-                                                           cols=cols, rows=rows, limits=limits)
+                                                           cols=cols, rows=rows, limits=limits,
+                                                           session_id=session_id)
     try:
         reply = await call_backend(
             session.backend.queue, T + "session_start", str(session.pk), session.epoch, cwd, env or {}, cols, rows,
@@ -173,6 +188,29 @@ async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | No
     if reply is not None:
         metrics.record_session_created(time.monotonic() - began)
     return await sync_to_async(_session_created)(session.pk, owner, env or {}, remote_addr, via)
+
+
+async def session_submit(*, owner, idempotency_key: str | None = None, remote_addr: str = "",
+                         **fields) -> tuple[TerminalSession, int]:
+    """``POST /api/v1/sessions/``: session_create, with the request's Idempotency-Key, if any
+    (sessions/idempotency.py). The session and the status to answer: a repeat gets the session the
+    first request made, as it is now, and makes none."""
+    if idempotency_key is None:
+        return await session_create(owner=owner, remote_addr=remote_addr, **fields), HTTP_201_CREATED
+    claim = await sync_to_async(idempotency_claim)(owner.pk, idempotency_key, idempotency_fingerprint("session", fields),
+                                                   seconds=settings.VTERM["SESSION_START_TIMEOUT"])
+    try:
+        made = await sync_to_async(idempotency_replay)(claim, TerminalSession.objects.select_related("owner", "backend"))
+        if made is not None:
+            return made, claim.status
+        session = await session_create(owner=owner, remote_addr=remote_addr, session_id=claim.id, **fields)
+        await sync_to_async(idempotency_made)(claim, HTTP_201_CREATED)
+        return session, HTTP_201_CREATED
+    except BaseException:
+        await sync_to_async(idempotency_failed)(claim, TerminalSession.objects.all())
+        raise
+    finally:
+        await idempotency_release(claim)
 
 
 def _session_created(session_id, owner, env: dict, remote_addr: str, via: str) -> TerminalSession:
@@ -308,7 +346,7 @@ def session_recording_open(session: TerminalSession) -> None:
 
 
 def command_create(user, session_id, *, command: str, timeout: float | None = None, wait: float = 0,
-                   remote_addr: str = "", via: str = "") -> tuple[Command, str | None]:
+                   remote_addr: str = "", via: str = "", command_id=None) -> tuple[Command, str | None]:
     """A user runs a command (REST or WebSocket): admitted, recorded, queued and audited in one transaction.
 
     Admitted: it spends the owner's command budget and, with ``wait`` (seconds the caller will
@@ -316,12 +354,13 @@ def command_create(user, session_id, *, command: str, timeout: float | None = No
     call. Returns the command and the wait's id, for ``command_wait_end`` once the wait is over.
     404 when the session is not the user's (staff: not anyone's), 409 when it has ended.
     The session's row is read once, inside the transaction, where its placement is current.
+    ``command_id``: the command's id, when the caller chose it (an Idempotency-Key's planned id).
     """
     wait_id = command_admit(_command_budget_owner(user, session_id), user.pk, wait)  # the owner's budget
     try:
         with _writer_turn(), transaction.atomic():
             cmd = _command_record(session_id, command=command, timeout=timeout,
-                                  owner_id=None if user.is_staff else user.pk)
+                                  owner_id=None if user.is_staff else user.pk, command_id=command_id)
             detail = {**({"via": via} if via else {}), **audit.audit_command_detail(cmd.pk, cmd.command)}
             audit.audit_record(user, audit.COMMAND_RUN, session_id, remote_addr=remote_addr, detail=detail)
     except BaseException:
@@ -332,6 +371,47 @@ def command_create(user, session_id, *, command: str, timeout: float | None = No
 
 async def command_wait_end(user_id, wait_id: str | None) -> None:
     await pending_wait_release(user_id, wait_id)
+
+
+@dataclass
+class CommandSubmitted:
+    """A command submitted through the REST API, for its answer and then ``command_submit_end``."""
+
+    cmd: Command
+    status: int  # to answer
+    user_id: int
+    wait_id: str | None
+    claim: IdempotencyClaim | None
+
+
+def command_submit(user, session_id, *, command: str, timeout: float | None = None, wait: float = 0,
+                   remote_addr: str = "", idempotency_key: str | None = None) -> CommandSubmitted:
+    """``POST …/commands/`` (both roads: sessions/api.py, sessions/command_route.py): command_create,
+    with the request's Idempotency-Key, if any (sessions/idempotency.py). A repeat gets the command
+    the first request made, as it is now (and waits for it as that one would), and runs nothing."""
+    if idempotency_key is None:
+        cmd, wait_id = command_create(user, session_id, command=command, timeout=timeout, wait=wait,
+                                      remote_addr=remote_addr)
+        return CommandSubmitted(cmd, HTTP_201_CREATED, user.pk, wait_id, None)
+    request = {"session": str(session_id), "command": command, "timeout": timeout, "wait": wait}
+    claim = idempotency_claim(user.pk, idempotency_key, idempotency_fingerprint("command", request), seconds=wait)
+    try:
+        made = idempotency_replay(claim, Command.objects.filter(session_id=session_id))
+        if made is not None:
+            return CommandSubmitted(made, claim.status, user.pk, None, claim)
+        cmd, wait_id = command_create(user, session_id, command=command, timeout=timeout, wait=wait,
+                                      remote_addr=remote_addr, command_id=claim.id)
+    except BaseException:
+        idempotency_failed(claim, Command.objects.all())
+        raise
+    idempotency_made(claim, HTTP_201_CREATED)
+    return CommandSubmitted(cmd, HTTP_201_CREATED, user.pk, wait_id, claim)
+
+
+async def command_submit_end(submitted: CommandSubmitted) -> None:
+    """After the answer: the wait is over, and a repeat of the request may have its key."""
+    await pending_wait_release(submitted.user_id, submitted.wait_id)
+    await idempotency_release(submitted.claim)
 
 
 _sqlite_writer = threading.Lock()
@@ -362,7 +442,8 @@ def _command_budget_owner(user, session_id) -> int:
     return _session_owners[key]
 
 
-def _command_record(session_id, *, command: str, timeout: float | None, owner_id: int | None = None) -> Command:
+def _command_record(session_id, *, command: str, timeout: float | None, owner_id: int | None = None,
+                    command_id=None) -> Command:
     """Inside a transaction: the row, and its sending to the backend once that commits."""
     # The update locks the session's row first, so placement read after it is current:
     # a migration either sees this command queued or happens before it (sessions/failover.py).
@@ -374,7 +455,8 @@ def _command_record(session_id, *, command: str, timeout: float | None, owner_id
         raise Conflict(f"The session is {status}.")
     if not backend_id:
         raise ServiceUnavailable("The session has no backend at the moment.")
-    cmd = Command.objects.create(session_id=session_id, seq=seq, command=command, timeout=timeout)
+    cmd = Command.objects.create(session_id=session_id, seq=seq, command=command, timeout=timeout,
+                                 **({"id": command_id} if command_id else {}))
     if status in (TerminalSession.Status.ACTIVE, TerminalSession.Status.IDLE):
         # While the shell starts or moves, its backend takes the queued commands from the
         # database once it is up (session_started, failover.session_resumed).
@@ -422,7 +504,7 @@ def _command_send(cmd: Command, backend_id: str, epoch: int) -> None:
 
 async def command_wait(cmd: Command, wait: float) -> dict:
     """The command as JSON once it has finished, or as it stands after ``wait`` seconds."""
-    if wait > 0:
+    if wait > 0 and not cmd.is_final:  # final already: a repeated request's command
         got = await reply_wait(command_done_key(str(cmd.pk)), wait)
         if got:
             return json.loads(got)

@@ -284,6 +284,8 @@ VTERM = {
     "INPUT_BYTES_RATE": env_float("VTERM_INPUT_BYTES_RATE", 1024 * 1024.0),
     "INPUT_BYTES_BURST": env_float("VTERM_INPUT_BYTES_BURST", 4 * 1024 * 1024.0),
     # Results a user may be awaiting at once (REST `wait`, WebSocket `run`), on all web nodes together.
+    # How long an Idempotency-Key is kept, per user (sessions/idempotency.py; docs/api.md).
+    "IDEMPOTENCY_TTL": env_int("VTERM_IDEMPOTENCY_TTL", 24 * 3600),
     "MAX_PENDING_WAITS_PER_USER": env_int("VTERM_MAX_PENDING_WAITS_PER_USER", 200),
     # Failed logins per (username, client address) within the window before logins are refused.
     "LOGIN_MAX_FAILURES": env_int("VTERM_LOGIN_MAX_FAILURES", 5),
@@ -372,6 +374,8 @@ VTERM = {
     # first prompt: a start that hangs holds one thread, not the backend (workers/backend.py).
     "START_THREADS": env_int("VTERM_START_THREADS", 8),
 }
+if VTERM["IDEMPOTENCY_TTL"] < 1:
+    raise ValueError(f"VTERM_IDEMPOTENCY_TTL must be at least 1 s, not {VTERM['IDEMPOTENCY_TTL']}")
 if VTERM["RETENTION_BATCH_SIZE"] < 1:
     raise ValueError(f"VTERM_RETENTION_BATCH_SIZE must be at least 1, not {VTERM['RETENTION_BATCH_SIZE']}")
 if VTERM["HOT_CALLS"] not in ("redis", "celery"):

@@ -5,11 +5,16 @@ no schema can know a machine's directories: a path the generator makes up ("/0",
 schema-valid and rightly refused with a 400 naming `cwd`. So a case meant to be valid (positive)
 whose cwd does not exist here, where the test's backends run, gets one that does. Cases meant to
 be invalid are left as they are; so is every other field.
+
+Likewise an Idempotency-Key: a key the generator makes up ("0") is schema-valid, but the second
+request that carries it with another body is rightly a 422 (the key was used for another
+request), which no schema can foresee either. A positive case's key is made a fresh one.
 """
 
 from __future__ import annotations
 
 import os
+import uuid
 
 import schemathesis
 from schemathesis import GenerationMode
@@ -25,4 +30,8 @@ def map_case(ctx, case):
             and isinstance(body, dict) and isinstance(body.get("cwd"), str) and body["cwd"]
             and not os.path.isdir(body["cwd"])):
         case.body = {**body, "cwd": EXISTING_DIR}
+    if case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE and case.headers:
+        for name in case.headers:
+            if name.lower() == "idempotency-key":
+                case.headers[name] = str(uuid.uuid4())
     return case
