@@ -95,6 +95,7 @@ class CommandRoute:
         if user is None:
             raise _NotServed  # DRF answers 401, with its headers
         cmd, wait_id = services.command_create(user, session_id, command=data["command"], timeout=data.get("timeout"),
+                                               idle_timeout=data.get("idle_timeout"),
                                                wait=data.get("wait") or 0, remote_addr=remote_addr)
         return cmd, user.pk, wait_id
 
