@@ -461,7 +461,7 @@ class TmuxDriver:
     def run(self, name: str, command_id: str, text: str, timeout: float | None = None,
             idle_timeout: float | None = None) -> None:
         """Queue a command; the listener hears when it starts and when it ends. ``timeout``: seconds
-        it may run; ``idle_timeout``: seconds it may print nothing. Either then stops it (_stop)."""
+        it may run; ``idle_timeout``: seconds it may print nothing. Either then stops it (_stop_command)."""
         shell = self._get(name)
         with self._lock:
             shell.queue.append(_Command(id=command_id, text=text, timeout=timeout, idle_timeout=idle_timeout))
@@ -473,7 +473,7 @@ class TmuxDriver:
         with self._lock:
             cur = shell.current
             if cur is not None and (command_id is None or cur.id == command_id):
-                self._stop(shell, cur, "interrupted", "interrupted")
+                self._stop_command(shell, cur, "interrupted", "interrupted")
                 return True
             for queued in list(shell.queue):
                 if queued.id == command_id:
@@ -486,7 +486,7 @@ class TmuxDriver:
             return True
         return False
 
-    def _stop(self, shell: _Shell, cmd: _Command, status: str, note: str) -> None:
+    def _stop_command(self, shell: _Shell, cmd: _Command, status: str, note: str) -> None:
         """Ctrl-C the running command, which then ends ``status`` (the first stop's) with ``note`` as
         its reason; if Ctrl-C is ignored the ticker kills the shell's children. Under the lock."""
         cmd.stop_reason = cmd.stop_reason or status
@@ -680,10 +680,10 @@ class TmuxDriver:
                     if cmd is None:
                         continue
                     if cmd.stop_reason is None and cmd.deadline is not None and now >= cmd.deadline:
-                        self._stop(shell, cmd, "timed_out", f"timed out after {cmd.timeout:g} s")
+                        self._stop_command(shell, cmd, "timed_out", f"timed out after {cmd.timeout:g} s")
                     elif (cmd.stop_reason is None and cmd.idle_timeout and cmd.state == "running"
                           and now - (cmd.last_output or cmd.started_mono) >= cmd.idle_timeout):
-                        self._stop(shell, cmd, "timed_out", f"no output for {cmd.idle_timeout:g} s")
+                        self._stop_command(shell, cmd, "timed_out", f"no output for {cmd.idle_timeout:g} s")
                     elif cmd.escalate_at is not None and now >= cmd.escalate_at:
                         # Ctrl-C was ignored: end the shell's children, keep the shell.
                         cmd.escalate_at = now + ESCALATE_AFTER
