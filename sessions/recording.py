@@ -17,6 +17,8 @@ import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 
+from asgiref.sync import sync_to_async
+
 from .models import Command, TerminalSession
 from .redis_state import async_client, output_stream_key
 
@@ -123,8 +125,15 @@ async def _command_marks(session: TerminalSession, since: float | None) -> Async
     qs = Command.objects.filter(session=session, started_at__isnull=False)
     if since is not None:
         qs = qs.filter(started_at__gte=datetime.fromtimestamp(since, tz=UTC))
-    async for started_at, text in qs.order_by("seq").values_list("started_at", "command").aiterator(chunk_size=PAGE):
-        yield started_at.timestamp(), text
+    qs = qs.order_by("seq").values_list("seq", "started_at", "command")
+    after = 0
+    while True:  # page by page, by seq (the session's commands can be many)
+        page = await sync_to_async(list)(qs.filter(seq__gt=after)[:PAGE])
+        for _seq, started_at, text in page:
+            yield started_at.timestamp(), text
+        if len(page) < PAGE:
+            return
+        after = page[-1][0]
 
 
 async def _exit_status(session: TerminalSession) -> str:

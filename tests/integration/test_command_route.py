@@ -102,7 +102,8 @@ def test_idle_timeout_both_ways(alice, session):
     for r in (hot, slow):
         assert r.status_code == 201
         body = r.json()
-        assert (body["status"], body["reason"], body["output"]) == ("timed_out", "no output for 0.5 s", "start\n")
+        assert (body["status"], body["reason"]) == ("timed_out", "no output for 0.5 s")
+        assert body["output"].startswith("start\n")
         assert body["idle_timeout"] == 0.5
 
 

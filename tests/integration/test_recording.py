@@ -159,15 +159,18 @@ def _wait_ended(api, sid: str) -> dict:
     return s
 
 
-def test_recording_v3_marks_each_command_and_the_end(alice, bob):
+def test_recording_v3_marks_each_command_and_the_end(stack, bob):
     from datetime import datetime
 
-    s = alice.create_session(name="marked", cols=90, rows=25)
+    from tests.conftest import Api
+
+    carol = Api(stack.url, stack.token("carol"))  # a recording budget of its own (VTERM_RECORDING_BURST)
+    s = carol.create_session(name="marked", cols=90, rows=25)
     sid = s["id"]
     # Quoted so that the echo of the typed line does not hold what the command prints.
     commands = ["echo one-'out'", "sleep 0.3; echo two-'out'", "printf 'multi\\nline\\n'\necho three-'out'", "(exit 3)"]
-    ran = [alice.run(sid, c) for c in commands]
-    r = alice.http.get(f"/api/v1/sessions/{sid}/recording.cast", params={"version": 3})
+    ran = [carol.run(sid, c) for c in commands]
+    r = carol.http.get(f"/api/v1/sessions/{sid}/recording.cast", params={"version": 3})
     assert r.status_code == 200 and r.headers["content-type"].startswith("application/x-asciicast")
     assert f"vterm-{sid}.cast" in r.headers["content-disposition"]
     header, events, times = _parse_cast_v3(r.text)
@@ -185,9 +188,9 @@ def test_recording_v3_marks_each_command_and_the_end(alice, bob):
     assert "x" not in [e[1] for e in events]  # still live
     assert bob.http.get(f"/api/v1/sessions/{sid}/recording.cast", params={"version": 3}).status_code == 404
 
-    alice.http.delete(f"/api/v1/sessions/{sid}/")
-    ended = _wait_ended(alice, sid)
-    r = alice.http.get(f"/api/v1/sessions/{sid}/recording.cast", params={"version": 3})
+    carol.http.delete(f"/api/v1/sessions/{sid}/")
+    ended = _wait_ended(carol, sid)
+    r = carol.http.get(f"/api/v1/sessions/{sid}/recording.cast", params={"version": 3})
     header, events, times = _parse_cast_v3(r.text)
     assert [e[2] for e in events if e[1] == "m"] == commands
     assert events[-1][1:] == ["x", "3"], events[-1]  # the shell's last $?
@@ -195,8 +198,8 @@ def test_recording_v3_marks_each_command_and_the_end(alice, bob):
     assert times[-1] >= times[-2]
     assert ended["status"] == "terminated"
     # Version 2 stays the default, without markers.
-    v2 = alice.http.get(f"/api/v1/sessions/{sid}/recording.cast")
-    assert v2.content == alice.http.get(f"/api/v1/sessions/{sid}/recording.cast", params={"version": 2}).content
+    v2 = carol.http.get(f"/api/v1/sessions/{sid}/recording.cast")
+    assert v2.content == carol.http.get(f"/api/v1/sessions/{sid}/recording.cast", params={"version": 2}).content
     _, events2 = _parse_cast(v2.text)
     assert [e[2] for e in events2] == [e[2] for e in events if e[1] == "o"]
 
