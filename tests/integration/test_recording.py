@@ -208,3 +208,51 @@ def test_recording_v3_marks_each_command_and_the_end(stack, bob):
 def test_recording_of_another_version_is_a_400_naming_it(alice, session, version):
     r = alice.http.get(f"/api/v1/sessions/{session['id']}/recording.cast", params={"version": version})
     assert r.status_code == 400 and "version" in r.json(), r.text
+
+
+@pytest.mark.django_db(transaction=True)
+def test_recording_v3_of_a_trimmed_stream_marks_only_the_commands_it_holds(redis_url, settings):
+    """Straight against Redis and the database: the stream's oldest frames are gone (trimmed), so
+    are the markers of the commands before them; the exit event is the last command's code."""
+    import asyncio
+    import uuid
+    from datetime import datetime
+
+    from django.contrib.auth import get_user_model
+
+    from sessions.models import Command, TerminalSession
+    from sessions.recording import recording_lines_for
+    from sessions.redis_state import output_stream_key
+    from vterm_project.redis_config import client_for_url
+
+    def at(t: float) -> datetime:
+        return datetime.fromtimestamp(t, tz=UTC)
+
+    settings.REDIS_URL = redis_url
+    settings.VTERM = {**settings.VTERM, "REDIS_PREFIX": f"rec{uuid.uuid4().hex[:6]}:"}
+    owner = get_user_model().objects.create(username=f"rec-{uuid.uuid4().hex[:6]}")
+    session = TerminalSession.objects.create(owner=owner, name="t", cols=80, rows=24,
+                                             status=TerminalSession.Status.TERMINATED)
+    TerminalSession.objects.filter(pk=session.pk).update(created_at=at(1000.0), terminated_at=at(1003.0))
+    session.refresh_from_db()
+    for seq, started, text, code in ((1, 1000.2, "echo gone", 0), (2, 1000.6, "echo kept", 0),
+                                     (3, None, "never started", None), (4, 1001.0, "false 7", 7)):
+        Command.objects.create(session=session, seq=seq, command=text, started_at=started and at(started),
+                               exit_code=code, status="succeeded" if code == 0 else "failed")
+    r = client_for_url(redis_url)
+    key = output_stream_key(str(session.pk))
+    for seq, t in ((3, 1000.5), (4, 1000.7), (5, 1001.1), (6, 1001.2)):  # frames 1 and 2 were trimmed
+        r.xadd(key, {"d": f"frame-{seq}", "t": f"{t:.6f}"}, id=f"{seq}-1")
+
+    async def collect():
+        return [line async for line in recording_lines_for(session, 3)]
+    try:
+        lines = asyncio.run(collect())
+    finally:
+        r.delete(key)
+    header, events, times = _parse_cast_v3("".join(lines))
+    assert header["timestamp"] == 1000
+    assert [(e[1], e[2]) for e in events] == [
+        ("o", "frame-3"), ("m", "echo kept"), ("o", "frame-4"), ("m", "false 7"), ("o", "frame-5"),
+        ("o", "frame-6"), ("x", "7")]
+    assert times == pytest.approx([0.5, 0.6, 0.7, 1.0, 1.1, 1.2, 3.0], abs=1e-6)
