@@ -529,7 +529,8 @@ def _command_ended(*, command_id: str, status: str, exit_code, output: str, outp
     if known is None:
         return None, ended, None
     cmd = Command(id=command_id, session_id=known["session"], seq=known["seq"], command=known["command"],
-                  timeout=known.get("timeout"), idle_timeout=known.get("idle_timeout"), submitted_at=datetime.fromisoformat(known["submitted_at"]), **ended)
+                  timeout=known.get("timeout"), idle_timeout=known.get("idle_timeout"),
+                  submitted_at=datetime.fromisoformat(known["submitted_at"]), **ended)
     return cmd, ended, _ran_long(cmd)
 
 
