@@ -19,7 +19,7 @@ from .api_schema import IDEMPOTENCY_PARAMETER
 from .idempotency import HEADER as IDEMPOTENCY_HEADER
 from .idempotency import idempotency_key_parse
 from .pagination import StrictPageNumberPagination
-from .recording import recording_lines
+from .recording import VERSIONS, recording_lines_for
 from .serializers import (
     CommandCreateSerializer,
     CommandSerializer,
@@ -94,8 +94,9 @@ class CommandListView(APIView):
         # The same calls as the hot route's (sessions/command_route.py), which serves most of these.
         wait = data.get("wait") or 0
         sub = await sync_to_async(services.command_submit)(
-            request.user, session_id, command=data["command"], timeout=data.get("timeout"), wait=wait,
-            remote_addr=audit.request_addr(request), idempotency_key=key)
+            request.user, session_id, command=data["command"], timeout=data.get("timeout"),
+            idle_timeout=data.get("idle_timeout"), wait=wait, remote_addr=audit.request_addr(request),
+            idempotency_key=key)
         try:
             body = await services.command_wait(sub.cmd, wait) if wait else services.command_json(sub.cmd)
         finally:
@@ -177,16 +178,25 @@ class SessionResizeView(APIView):
 
 
 class SessionRecordingView(APIView):
-    """The session's output as an asciicast v2 file (``asciinema play`` plays it)."""
+    """The session's output as an asciicast file (``asciinema play`` plays it): v2, or v3 with command markers."""
 
-    @extend_schema(responses={(200, "application/x-asciicast"): str})
+    @extend_schema(parameters=[OpenApiParameter(
+                       "version", int, enum=list(VERSIONS), default=2,
+                       description="asciicast version: 2, or 3 (with a marker where each command started, and an "
+                                   "exit event once the session has ended)")],
+                   responses={(200, "application/x-asciicast"): str})
     async def get(self, request, session_id):
+        version = request.query_params.get("version", "2")
+        if version not in [str(v) for v in VERSIONS]:
+            raise ValidationError({"version": [f"Must be one of {', '.join(map(str, VERSIONS))}."]})
+
         def read():
             session = selectors.session_get_for_user(request.user, session_id)
             services.session_recording_open(session)
             audit.audit_record(request.user, audit.SESSION_RECORDING, session.pk, request=request)
             return session
         session = await sync_to_async(read)()
-        response = StreamingHttpResponse(recording_lines(session), content_type="application/x-asciicast")
+        response = StreamingHttpResponse(recording_lines_for(session, int(version)),
+                                         content_type="application/x-asciicast")
         response["Content-Disposition"] = f'attachment; filename="vterm-{session.pk}.cast"'
         return response

@@ -38,7 +38,9 @@ from .redis_state import (
 )
 from .replies import send_to_backend
 from .services import (
+    COMMAND_RUN_FIELDS,
     T,
+    command_run_spec,
     commands_queued,
     session_set_status,
     session_started,
@@ -316,7 +318,7 @@ def _settle_commands(session: TerminalSession, sh: ShellState, plan: ReconcilePl
         elif cmd.status == Command.Status.RUNNING:
             _command_end(cmd, WORKER_DOWN)
         else:
-            plan.run.append((sh.name, {"id": str(cmd.pk), "command": cmd.command, "timeout": cmd.timeout}))
+            plan.run.append((sh.name, command_run_spec(vars(cmd))))
 
 
 HANDOFF_LOST = ("its hand-off to backend {backend} was lost (Redis failed over before replicating it) "
@@ -342,7 +344,7 @@ def session_handoffs_lost(*, session_id: str, backend_id: str, received: Callabl
                                           status__in=(S.ACTIVE, S.IDLE)).exists():
         return []
     unfinished = list(Command.objects.filter(session_id=session_id).exclude(status__in=Command.FINAL)
-                      .order_by("seq").values("id", "seq", "status", "command", "timeout", "submitted_at"))
+                      .order_by("seq").values(*COMMAND_RUN_FIELDS, "seq", "status", "submitted_at"))
     # The latest command that reached the shell: started in the database, or received here.
     started = (Command.objects.filter(session_id=session_id, started_at__isnull=False)
                .aggregate(m=Max("seq"))["m"] or 0)
@@ -355,7 +357,7 @@ def session_handoffs_lost(*, session_id: str, backend_id: str, received: Callabl
             _command_end(Command(pk=c["id"]), HANDOFF_LOST.format(backend=backend_id))
             log.warning("command %s of %s: hand-off lost and overtaken; ended", c["id"], session_id)
             continue
-        run.append({"id": str(c["id"]), "command": c["command"], "timeout": c["timeout"]})
+        run.append(command_run_spec(c))
         log.warning("command %s of %s: hand-off lost (Redis failover?); running it from the database",
                     c["id"], session_id)
     return run

@@ -133,6 +133,7 @@ class Command(models.Model):
     output_truncated = models.BooleanField(default=False)
     cwd = models.TextField(blank=True)
     timeout = models.FloatField(null=True, blank=True)
+    idle_timeout = models.FloatField(null=True, blank=True)  # seconds without output before it is stopped
     submitted_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)

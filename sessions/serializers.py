@@ -180,7 +180,7 @@ class CommandSerializer(serializers.ModelSerializer):
     class Meta:
         model = Command
         fields = ["id", "session", "seq", "command", "status", "reason", "exit_code", "output",
-                  "output_truncated", "cwd", "timeout", "submitted_at", "started_at", "finished_at",
+                  "output_truncated", "cwd", "timeout", "idle_timeout", "submitted_at", "started_at", "finished_at",
                   "duration_ms"]
         read_only_fields = fields
 
@@ -192,6 +192,7 @@ def _seconds(help_text: str, maximum: float):
 class CommandCreateSerializer(serializers.Serializer):
     command = StrictCharField(trim_whitespace=False, allow_blank=False)
     timeout = _seconds("seconds; then Ctrl-C, then its processes are killed", settings.VTERM["MAX_TIMEOUT"])
+    idle_timeout = _seconds("seconds without output; then it is stopped as by timeout", settings.VTERM["MAX_TIMEOUT"])
     wait = _seconds("seconds to wait for the command to end before answering (0: answer at once)",
                     settings.VTERM["MAX_WAIT"])
 
@@ -201,6 +202,7 @@ class CommandCreateSerializer(serializers.Serializer):
                                    "no control characters but tab, newline and CR LF (keystrokes go to the "
                                    "input endpoint)."},
         "timeout": {"minimum": None, "exclusiveMinimum": 0},  # validate_timeout: 0 is no timeout at all
+        "idle_timeout": {"minimum": None, "exclusiveMinimum": 0},
     }}
 
     def validate_command(self, value: str) -> str:
@@ -222,6 +224,8 @@ class CommandCreateSerializer(serializers.Serializer):
         if value is not None and (not math.isfinite(value) or value <= 0):
             raise serializers.ValidationError("Must be a number of seconds greater than 0.")
         return value
+
+    validate_idle_timeout = validate_timeout
 
     def validate_wait(self, value):
         if value is not None and not math.isfinite(value):

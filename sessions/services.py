@@ -238,11 +238,21 @@ def session_started(*, session_id: str, epoch: int, cwd: str, initializing_only:
         return commands_queued(session_id)
 
 
+# What a backend is given to run a command (the inbox message carries the same keys).
+COMMAND_RUN_FIELDS = ("id", "command", "timeout", "idle_timeout")
+
+
+def command_run_spec(row: dict) -> dict:
+    """A stored command as a backend takes it: COMMAND_RUN_FIELDS of ``row`` (a .values() row or a
+    Command's vars), the id as a string."""
+    return {**{f: row[f] for f in COMMAND_RUN_FIELDS}, "id": str(row["id"])}
+
+
 def commands_queued(session_id) -> list[dict]:
-    """A session's queued commands, oldest first, as a backend takes them ({id, command, timeout})."""
+    """A session's queued commands, oldest first, as a backend takes them (command_run_spec)."""
     rows = (Command.objects.filter(session_id=session_id, status=Command.Status.QUEUED)
-            .order_by("seq").values("id", "command", "timeout"))
-    return [{"id": str(c["id"]), "command": c["command"], "timeout": c["timeout"]} for c in rows]
+            .order_by("seq").values(*COMMAND_RUN_FIELDS))
+    return [command_run_spec(c) for c in rows]
 
 
 def session_terminate(session: TerminalSession, reason: str = "ended by its owner", *, by=None,
@@ -345,7 +355,8 @@ def session_recording_open(session: TerminalSession) -> None:
 # -- commands -------------------------------------------------------------------------
 
 
-def command_create(user, session_id, *, command: str, timeout: float | None = None, wait: float = 0,
+def command_create(user, session_id, *, command: str, timeout: float | None = None,
+                   idle_timeout: float | None = None, wait: float = 0,
                    remote_addr: str = "", via: str = "", command_id=None) -> tuple[Command, str | None]:
     """A user runs a command (REST or WebSocket): admitted, recorded, queued and audited in one transaction.
 
@@ -359,7 +370,7 @@ def command_create(user, session_id, *, command: str, timeout: float | None = No
     wait_id = command_admit(_command_budget_owner(user, session_id), user.pk, wait)  # the owner's budget
     try:
         with _writer_turn(), transaction.atomic():
-            cmd = _command_record(session_id, command=command, timeout=timeout,
+            cmd = _command_record(session_id, command=command, timeout=timeout, idle_timeout=idle_timeout,
                                   owner_id=None if user.is_staff else user.pk, command_id=command_id)
             detail = {**({"via": via} if via else {}), **audit.audit_command_detail(cmd.pk, cmd.command)}
             audit.audit_record(user, audit.COMMAND_RUN, session_id, remote_addr=remote_addr, detail=detail)
@@ -384,23 +395,26 @@ class CommandSubmitted:
     claim: IdempotencyClaim | None
 
 
-def command_submit(user, session_id, *, command: str, timeout: float | None = None, wait: float = 0,
-                   remote_addr: str = "", idempotency_key: str | None = None) -> CommandSubmitted:
+def command_submit(user, session_id, *, command: str, timeout: float | None = None,
+                   idle_timeout: float | None = None, wait: float = 0, remote_addr: str = "",
+                   idempotency_key: str | None = None) -> CommandSubmitted:
     """``POST …/commands/`` (both roads: sessions/api.py, sessions/command_route.py): command_create,
     with the request's Idempotency-Key, if any (sessions/idempotency.py). A repeat gets the command
     the first request made, as it is now (and waits for it as that one would), and runs nothing."""
     if idempotency_key is None:
-        cmd, wait_id = command_create(user, session_id, command=command, timeout=timeout, wait=wait,
-                                      remote_addr=remote_addr)
+        cmd, wait_id = command_create(user, session_id, command=command, timeout=timeout,
+                                      idle_timeout=idle_timeout, wait=wait, remote_addr=remote_addr)
         return CommandSubmitted(cmd, HTTP_201_CREATED, user.pk, wait_id, None)
-    request = {"session": str(session_id), "command": command, "timeout": timeout, "wait": wait}
+    request = {"session": str(session_id), "command": command, "timeout": timeout, "idle_timeout": idle_timeout,
+               "wait": wait}
     claim = idempotency_claim(user.pk, idempotency_key, idempotency_fingerprint("command", request), seconds=wait)
     try:
         made = idempotency_replay(claim, Command.objects.filter(session_id=session_id))
         if made is not None:
             return CommandSubmitted(made, claim.status, user.pk, None, claim)
-        cmd, wait_id = command_create(user, session_id, command=command, timeout=timeout, wait=wait,
-                                      remote_addr=remote_addr, command_id=claim.id)
+        cmd, wait_id = command_create(user, session_id, command=command, timeout=timeout,
+                                      idle_timeout=idle_timeout, wait=wait, remote_addr=remote_addr,
+                                      command_id=claim.id)
     except BaseException:
         idempotency_failed(claim, Command.objects.all())
         raise
@@ -442,8 +456,8 @@ def _command_budget_owner(user, session_id) -> int:
     return _session_owners[key]
 
 
-def _command_record(session_id, *, command: str, timeout: float | None, owner_id: int | None = None,
-                    command_id=None) -> Command:
+def _command_record(session_id, *, command: str, timeout: float | None, idle_timeout: float | None = None,
+                    owner_id: int | None = None, command_id=None) -> Command:
     """Inside a transaction: the row, and its sending to the backend once that commits."""
     # The update locks the session's row first, so placement read after it is current:
     # a migration either sees this command queued or happens before it (sessions/failover.py).
@@ -456,7 +470,7 @@ def _command_record(session_id, *, command: str, timeout: float | None, owner_id
     if not backend_id:
         raise ServiceUnavailable("The session has no backend at the moment.")
     cmd = Command.objects.create(session_id=session_id, seq=seq, command=command, timeout=timeout,
-                                 **({"id": command_id} if command_id else {}))
+                                 idle_timeout=idle_timeout, **({"id": command_id} if command_id else {}))
     if status in (TerminalSession.Status.ACTIVE, TerminalSession.Status.IDLE):
         # While the shell starts or moves, its backend takes the queued commands from the
         # database once it is up (session_started, failover.session_resumed).
@@ -493,7 +507,7 @@ def _command_send(cmd: Command, backend_id: str, epoch: int) -> None:
     """Queue a recorded command on its backend; if Redis is down it ends, not lingers."""
     try:
         push_to_backend(backend_id, "run", id=str(cmd.pk), session=str(cmd.session_id), epoch=epoch,
-                        command=cmd.command, timeout=cmd.timeout, seq=cmd.seq,
+                        command=cmd.command, timeout=cmd.timeout, idle_timeout=cmd.idle_timeout, seq=cmd.seq,
                         submitted_at=cmd.submitted_at.isoformat())
     except Exception as exc:
         Command.objects.filter(pk=cmd.pk, status=Command.Status.QUEUED).update(
@@ -542,7 +556,7 @@ def commands_finished(ends: list[dict]) -> list[dict | None]:
     Several at once when a backend's writer is behind: one commit for all of them (one WAL
     flush; on SQLite one turn of the write lock), then one Redis pipeline for their replies.
     Each end is _command_ended's arguments; ``known`` in it is what the backend was told of the
-    command when it was sent (session, seq, command, timeout, submitted_at), which spares
+    command when it was sent (session, seq, command, timeouts, submitted_at), which spares
     reading the row back. Returns each one's JSON, or None for an end that came after another
     (the first end stands)."""
     cmds = [_command_ended(**end) for end in ends]
@@ -582,7 +596,8 @@ def _command_ended(*, command_id: str, status: str, exit_code, output: str, outp
     if known is None:
         return None, ended, None
     cmd = Command(id=command_id, session_id=known["session"], seq=known["seq"], command=known["command"],
-                  timeout=known.get("timeout"), submitted_at=datetime.fromisoformat(known["submitted_at"]), **ended)
+                  timeout=known.get("timeout"), idle_timeout=known.get("idle_timeout"),
+                  submitted_at=datetime.fromisoformat(known["submitted_at"]), **ended)
     return cmd, ended, _ran_long(cmd)
 
 

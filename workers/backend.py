@@ -214,8 +214,7 @@ class BackendRuntime:
             self.driver.kill_shell(session_id)
             return {"ok": False, "error": "the session was placed elsewhere meanwhile"}
         for cmd in queued:  # submitted while the shell was starting
-            failover_runtime.queue_command(self, session_id, cmd["id"], cmd["command"], cmd["timeout"],
-                                           from_database=True)
+            failover_runtime.queue_command(self, session_id, cmd, from_database=True)
         return {"ok": True, "cwd": info.cwd}
 
     # -- driver listener (driver threads) ---------------------------------------

@@ -94,14 +94,14 @@ def reconcile(rt: BackendRuntime, *, restarted: bool, adopted: list[ShellInfo] |
         rt.ledger.claim(command_id)
         rt.driver.adopt_command(name, command_id, started)
     for name, cmd in plan.run:
-        queue_command(rt, name, cmd["id"], cmd["command"], cmd["timeout"], from_database=True)
+        queue_command(rt, name, cmd, from_database=True)
     for name, status, epoch, cwd in plan.finish:
         # Under the session's lock: a session_start still under way here finishes first (and this
         # then finds nothing to do), and inbox commands wait until the queued ones are given.
         with rt.session_lock(name):
             for cmd in failover.session_start_finish(session_id=name, status=status, epoch=epoch,
                                                      backend_id=rt.backend_id, cwd=cwd):
-                queue_command(rt, name, cmd["id"], cmd["command"], cmd["timeout"], from_database=True)
+                queue_command(rt, name, cmd, from_database=True)
     if plan.kill or plan.adopt or plan.run or plan.migrated or plan.finish:
         log.info("backend %s reconciled: %d killed, %d adopted, %d queued again, %d moved, %d marked up",
                  rt.backend_id, len(plan.kill), len(plan.adopt), len(plan.run), len(plan.migrated),
@@ -123,24 +123,24 @@ def stop_shell(rt: BackendRuntime, name: str, reason: str) -> None:
     rt.ledger.exited(name)
 
 
-def queue_command(rt: BackendRuntime, name: str, command_id: str, command: str, timeout: float | None,
-                  *, from_database: bool = False) -> None:
-    """Give a command to its shell once. ``from_database``: the database says it is still queued
-    for a shell rebuilt or adopted here, so it runs even if an earlier copy was taken (and lost
-    with the old shell); a task delivered later for it is still dropped."""
-    if rt.ledger.claim(command_id) or from_database:
-        rt.driver.run(name, command_id, command, timeout)
+def queue_command(rt: BackendRuntime, name: str, cmd: dict, *, from_database: bool = False) -> None:
+    """Give a command (services.command_run_spec) to its shell once. ``from_database``: the database
+    says it is still queued for a shell rebuilt or adopted here, so it runs even if an earlier copy
+    was taken (and lost with the old shell); a task delivered later for it is still dropped."""
+    if rt.ledger.claim(cmd["id"]) or from_database:
+        rt.driver.run(name, cmd["id"], cmd["command"], cmd.get("timeout"), idle_timeout=cmd.get("idle_timeout"))
 
 
-def command_run(rt: BackendRuntime, command_id: str, session_id: str, epoch: int, command: str,
-                timeout: float | None) -> None:
-    """A command from the inbox: refused when stale (fencing), dropped when already seen."""
+def command_run(rt: BackendRuntime, session_id: str, epoch: int, cmd: dict) -> None:
+    """A command from the inbox (its message: services.command_run_spec's keys): refused when stale
+    (fencing), dropped when already seen."""
+    command_id = cmd["id"]
     current = rt.ledger.epochs.get(session_id)
     if current is not None and epoch < current:
         log.info("command %s: stale epoch %d < %d, refused", command_id, epoch, current)
         return
     try:
-        queue_command(rt, session_id, command_id, command, timeout)
+        queue_command(rt, session_id, cmd)
     except ShellError as exc:
         if failover.session_placed_here(session_id=session_id, epoch=epoch, backend_id=rt.backend_id):
             rt.command_lost(session_id, command_id, str(exc))
@@ -184,7 +184,7 @@ def session_resume(rt: BackendRuntime, session_id: str, epoch: int, cwd: str, en
         stop_shell(rt, session_id, "the session was placed elsewhere meanwhile")
         return {"ok": False, "error": "the session was placed elsewhere meanwhile"}
     for cmd in queued:
-        queue_command(rt, session_id, cmd["id"], cmd["command"], cmd["timeout"], from_database=True)
+        queue_command(rt, session_id, cmd, from_database=True)
     return {"ok": True, "cwd": info.cwd}
 
 

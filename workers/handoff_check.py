@@ -52,7 +52,7 @@ class HandoffCheck(threading.Thread):
                 for cmd in failover.session_handoffs_lost(session_id=session_id, backend_id=rt.backend_id,
                                                           received=received):
                     try:
-                        failover_runtime.queue_command(rt, session_id, cmd["id"], cmd["command"], cmd["timeout"])
+                        failover_runtime.queue_command(rt, session_id, cmd)
                         ran += 1
                     except ShellError:
                         break  # no shell here: the reconcile moves the session, its commands with it

@@ -72,7 +72,7 @@ def _carry_out(rt: BackendRuntime, op: str, session_id: str, msg: dict) -> None:
     if op == "run":
         if "seq" in msg:
             rt.remember_command(msg)
-        failover_runtime.command_run(rt, msg["id"], session_id, msg["epoch"], msg["command"], msg.get("timeout"))
+        failover_runtime.command_run(rt, session_id, msg["epoch"], msg)
         return
     if op == "screen":
         post_reply(msg.get("reply_to"), screen_reply(rt, session_id, bool(msg.get("escapes"))))

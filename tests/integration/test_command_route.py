@@ -77,6 +77,10 @@ def test_commands_are_audited_either_way(stack, alice, session):
     b'{"command": ""}',
     b'{"command": "true", "wait": -1}',
     b'{"command": "true", "timeout": "soon"}',
+    b'{"command": "true", "idle_timeout": 0}',
+    b'{"command": "true", "idle_timeout": -2.5}',
+    b'{"command": "true", "idle_timeout": true}',
+    b'{"command": "true", "idle_timeout": 1e12}',
     b'{"command": "a\\u0000b"}',
     b'["true"]',
     b'{"command": NaN}',
@@ -87,6 +91,20 @@ def test_bad_bodies_get_the_same_400(alice, session, body):
     hot, slow = both(alice, f"/api/v1/sessions/{session['id']}/commands/", body)
     assert hot.status_code == 400
     assert_same(hot, slow)
+
+
+def test_idle_timeout_both_ways(alice, session):
+    path = f"/api/v1/sessions/{session['id']}/commands/"
+    hot, slow = both(alice, path, b'{"command": "true", "idle_timeout": 0}')
+    assert hot.status_code == 400 and "idle_timeout" in hot.json()
+    assert_same(hot, slow)
+    hot, slow = both(alice, path, b'{"command": "echo start; sleep 5", "idle_timeout": 0.5, "wait": 20}')
+    for r in (hot, slow):
+        assert r.status_code == 201
+        body = r.json()
+        assert (body["status"], body["reason"]) == ("timed_out", "no output for 0.5 s")
+        assert body["output"].startswith("start\n")
+        assert body["idle_timeout"] == 0.5
 
 
 def test_someone_elses_or_no_session_is_the_same_404(alice, bob, session):

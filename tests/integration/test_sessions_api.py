@@ -75,6 +75,10 @@ def test_bad_session_input_is_a_400_naming_the_field(alice, body, field):
     ({}, "command"),
     ({"command": "true", "timeout": -1}, "timeout"),
     ({"command": "true", "timeout": "soon"}, "timeout"),
+    ({"command": "true", "idle_timeout": 0}, "idle_timeout"),
+    ({"command": "true", "idle_timeout": -1}, "idle_timeout"),
+    ({"command": "true", "idle_timeout": "soon"}, "idle_timeout"),
+    ({"command": "true", "idle_timeout": 10**9}, "idle_timeout"),
     ({"command": "true", "wait": 10**9}, "wait"),
 ])
 def test_bad_command_is_a_400_and_the_session_carries_on(alice, session, body, field):

@@ -116,13 +116,16 @@ class _Command:
     id: str
     text: str
     timeout: float | None
+    idle_timeout: float | None = None  # seconds without output before it is stopped
     state: str = "queued"  # queued -> typed -> running
     raw: bytearray = field(default_factory=bytearray)
     truncated: bool = False
     started_mono: float | None = None
     started_wall: float | None = None
     deadline: float | None = None
+    last_output: float | None = None  # monotonic, while running
     stop_reason: str | None = None  # "timed_out" | "interrupted"
+    stop_note: str = ""  # why it was stopped, for its result's reason
     escalate_at: float | None = None
     incomplete: bool = False
     # The driver's own (capture_env): no listener hears of it, its output is not forwarded.
@@ -457,11 +460,13 @@ class TmuxDriver:
 
     # -- commands -------------------------------------------------------------
 
-    def run(self, name: str, command_id: str, text: str, timeout: float | None = None) -> None:
-        """Queue a command; the listener hears when it starts and when it ends."""
+    def run(self, name: str, command_id: str, text: str, timeout: float | None = None,
+            idle_timeout: float | None = None) -> None:
+        """Queue a command; the listener hears when it starts and when it ends. ``timeout``: seconds
+        it may run; ``idle_timeout``: seconds it may print nothing. Either then stops it (_stop_command)."""
         shell = self._get(name)
         with self._lock:
-            shell.queue.append(_Command(id=command_id, text=text, timeout=timeout))
+            shell.queue.append(_Command(id=command_id, text=text, timeout=timeout, idle_timeout=idle_timeout))
             self._start_next(shell)
 
     def interrupt(self, name: str, command_id: str | None = None) -> bool:
@@ -470,9 +475,7 @@ class TmuxDriver:
         with self._lock:
             cur = shell.current
             if cur is not None and (command_id is None or cur.id == command_id):
-                cur.stop_reason = cur.stop_reason or "interrupted"
-                cur.escalate_at = time.monotonic() + ESCALATE_AFTER
-                self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
+                self._stop_command(shell, cur, "interrupted", "interrupted")
                 return True
             for queued in list(shell.queue):
                 if queued.id == command_id:
@@ -484,6 +487,14 @@ class TmuxDriver:
             self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
             return True
         return False
+
+    def _stop_command(self, shell: _Shell, cmd: _Command, status: str, note: str) -> None:
+        """Ctrl-C the running command, which then ends ``status`` (the first stop's) with ``note`` as
+        its reason; if Ctrl-C is ignored the ticker kills the shell's children. Under the lock."""
+        cmd.stop_reason = cmd.stop_reason or status
+        cmd.stop_note = cmd.stop_note or note
+        cmd.escalate_at = time.monotonic() + ESCALATE_AFTER
+        self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
 
     def _start_next(self, shell: _Shell) -> None:
         # Called under the lock.
@@ -530,6 +541,7 @@ class TmuxDriver:
                 cur = shell.current
                 if piece.data and cur is not None and cur.state == "running" and not cur.hidden:
                     self._capture(cur, piece.data)
+                    cur.last_output = time.monotonic()
                 if kept is not None and not shell.muted and not prompt_after:
                     kept += piece.data
                 if piece.mark is not None:
@@ -619,7 +631,7 @@ class TmuxDriver:
             return
         duration = (now_mono - cmd.started_mono) * 1000 if cmd.started_mono else None
         if not reason and status in ("timed_out", "interrupted"):
-            reason = f"timed out after {cmd.timeout:g} s" if status == "timed_out" else "interrupted"
+            reason = cmd.stop_note or status.replace("_", " ")
         if exit_code == 137 and shell.box is not None and shell.box.sandboxed:
             reason = self._oom_reason(shell) or reason
         result = CommandResult(
@@ -669,10 +681,11 @@ class TmuxDriver:
                     cmd = shell.current
                     if cmd is None:
                         continue
-                    if cmd.deadline is not None and now >= cmd.deadline and cmd.stop_reason is None:
-                        cmd.stop_reason = "timed_out"
-                        cmd.escalate_at = now + ESCALATE_AFTER
-                        self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
+                    if cmd.stop_reason is None and cmd.deadline is not None and now >= cmd.deadline:
+                        self._stop_command(shell, cmd, "timed_out", f"timed out after {cmd.timeout:g} s")
+                    elif (cmd.stop_reason is None and cmd.idle_timeout and cmd.state == "running"
+                          and now - (cmd.last_output or cmd.started_mono) >= cmd.idle_timeout):
+                        self._stop_command(shell, cmd, "timed_out", f"no output for {cmd.idle_timeout:g} s")
                     elif cmd.escalate_at is not None and now >= cmd.escalate_at:
                         # Ctrl-C was ignored: end the shell's children, keep the shell.
                         cmd.escalate_at = now + ESCALATE_AFTER
