@@ -405,9 +405,9 @@ def command_submit(user, session_id, *, command: str, timeout: float | None = No
         cmd, wait_id = command_create(user, session_id, command=command, timeout=timeout,
                                       idle_timeout=idle_timeout, wait=wait, remote_addr=remote_addr)
         return CommandSubmitted(cmd, HTTP_201_CREATED, user.pk, wait_id, None)
-    request = {"session": str(session_id), "command": command, "timeout": timeout, "idle_timeout": idle_timeout,
-               "wait": wait}
-    claim = idempotency_claim(user.pk, idempotency_key, idempotency_fingerprint("command", request), seconds=wait)
+    fingerprint = command_fingerprint(session_id, command=command, timeout=timeout, idle_timeout=idle_timeout,
+                                      wait=wait)
+    claim = idempotency_claim(user.pk, idempotency_key, fingerprint, seconds=wait)
     try:
         made = idempotency_replay(claim, Command.objects.filter(session_id=session_id))
         if made is not None:
@@ -420,6 +420,13 @@ def command_submit(user, session_id, *, command: str, timeout: float | None = No
         raise
     idempotency_made(claim, HTTP_201_CREATED)
     return CommandSubmitted(cmd, HTTP_201_CREATED, user.pk, wait_id, claim)
+
+
+def command_fingerprint(session_id, *, command: str, timeout: float | None = None,
+                        idle_timeout: float | None = None, wait: float = 0) -> str:
+    """What makes two submissions of a command the same request (its Idempotency-Key's fingerprint)."""
+    return idempotency_fingerprint("command", {"session": str(session_id), "command": command, "timeout": timeout,
+                                               "idle_timeout": idle_timeout, "wait": wait})
 
 
 async def command_submit_end(submitted: CommandSubmitted) -> None:

@@ -231,9 +231,8 @@ def test_a_node_that_died_after_running_the_command_leaves_it_to_the_repeat(stac
 def test_a_node_that_died_before_running_the_command_leaves_the_key_to_the_repeat(stack, alice, session):
     key, body = str(uuid.uuid4()), {"command": f"echo {uuid.uuid4().hex}"}
     _die_holding(stack, alice, f"""
-        request = {{"session": {session['id']!r}, "command": {body['command']!r}, "timeout": None, "wait": 0}}
-        idempotency.idempotency_claim(user.pk, {key!r}, idempotency.idempotency_fingerprint("command", request),
-                                      seconds=3)
+        fingerprint = services.command_fingerprint({session['id']!r}, command={body['command']!r})
+        idempotency.idempotency_claim(user.pk, {key!r}, fingerprint, seconds=3)
     """)
     path = commands_path(session["id"])
     assert post(alice, path, body, key).status_code == 409  # still being handled, as far as anyone knows
