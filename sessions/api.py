@@ -87,7 +87,7 @@ class CommandListView(APIView):
         wait = data.get("wait") or 0
         cmd, wait_id = await sync_to_async(services.command_create)(
             request.user, session_id, command=data["command"], timeout=data.get("timeout"), wait=wait,
-            remote_addr=audit.request_addr(request))
+            notify_url=data.get("notify_url"), remote_addr=audit.request_addr(request))
         try:
             body = await services.command_wait(cmd, wait) if wait else services.command_json(cmd)
         finally:

@@ -95,7 +95,8 @@ class CommandRoute:
         if user is None:
             raise _NotServed  # DRF answers 401, with its headers
         cmd, wait_id = services.command_create(user, session_id, command=data["command"], timeout=data.get("timeout"),
-                                               wait=data.get("wait") or 0, remote_addr=remote_addr)
+                                               wait=data.get("wait") or 0, notify_url=data.get("notify_url"),
+                                               remote_addr=remote_addr)
         return cmd, user.pk, wait_id
 
     async def _error(self, exc: Exception, scope, send) -> tuple[int, int]:

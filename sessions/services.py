@@ -27,7 +27,7 @@ from rest_framework.exceptions import ValidationError
 
 from workers.routing import backend_queue
 
-from . import audit, metrics
+from . import audit, metrics, webhooks
 from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast, viewers_key
 from .circuit import breaker_open_ids, breaker_record_failure, breaker_record_success
@@ -262,8 +262,9 @@ def session_shell_exited(*, session_id: str, reason: str, backend_id: str | None
 
 def _commands_interrupt_unfinished(session: TerminalSession, reason: str) -> None:
     now = timezone.now()
-    Command.objects.filter(session=session).exclude(status__in=Command.FINAL).update(
-        status=Command.Status.INTERRUPTED, reason=reason[:500], finished_at=now)
+    if Command.objects.filter(session=session).exclude(status__in=Command.FINAL).update(
+            status=Command.Status.INTERRUPTED, reason=reason[:500], finished_at=now):
+        webhooks.deliveries_begin(Command.objects.filter(session=session, finished_at=now))
 
 
 def _session_require_live(session: TerminalSession) -> None:
@@ -324,7 +325,8 @@ def session_recording_open(session: TerminalSession) -> None:
 
 
 def command_create(user, session_id, *, command: str, timeout: float | None = None, wait: float = 0,
-                   remote_addr: str = "", via: str = "") -> tuple[Command, str | None]:
+                   notify_url: str | None = None, remote_addr: str = "",
+                   via: str = "") -> tuple[Command, str | None]:
     """A user runs a command (REST or WebSocket): admitted, recorded, queued and audited in one transaction.
 
     Admitted: it spends the owner's command budget and, with ``wait`` (seconds the caller will
@@ -332,11 +334,13 @@ def command_create(user, session_id, *, command: str, timeout: float | None = No
     call. Returns the command and the wait's id, for ``command_wait_end`` once the wait is over.
     404 when the session is not the user's (staff: not anyone's), 409 when it has ended.
     The session's row is read once, inside the transaction, where its placement is current.
+    ``notify_url``: POSTed the command once it has ended (sessions/webhooks.py); 400 if it may not be.
     """
+    webhooks.notify_url_check(notify_url)  # a DNS lookup: before the transaction, and before any spend
     wait_id = command_admit(_command_budget_owner(user, session_id), user.pk, wait)  # the owner's budget
     try:
         with _writer_turn(), transaction.atomic():
-            cmd = _command_record(session_id, command=command, timeout=timeout,
+            cmd = _command_record(session_id, command=command, timeout=timeout, notify_url=notify_url or "",
                                   owner_id=None if user.is_staff else user.pk)
             detail = {**({"via": via} if via else {}), **audit.audit_command_detail(cmd.pk, cmd.command)}
             audit.audit_record(user, audit.COMMAND_RUN, session_id, remote_addr=remote_addr, detail=detail)
@@ -378,7 +382,8 @@ def _command_budget_owner(user, session_id) -> int:
     return _session_owners[key]
 
 
-def _command_record(session_id, *, command: str, timeout: float | None, owner_id: int | None = None) -> Command:
+def _command_record(session_id, *, command: str, timeout: float | None, notify_url: str = "",
+                    owner_id: int | None = None) -> Command:
     """Inside a transaction: the row, and its sending to the backend once that commits."""
     # The update locks the session's row first, so placement read after it is current:
     # a migration either sees this command queued or happens before it (sessions/failover.py).
@@ -390,7 +395,8 @@ def _command_record(session_id, *, command: str, timeout: float | None, owner_id
         raise Conflict(f"The session is {status}.")
     if not backend_id:
         raise ServiceUnavailable("The session has no backend at the moment.")
-    cmd = Command.objects.create(session_id=session_id, seq=seq, command=command, timeout=timeout)
+    cmd = Command.objects.create(session_id=session_id, seq=seq, command=command, timeout=timeout,
+                                 notify_url=notify_url)
     if status in (TerminalSession.Status.ACTIVE, TerminalSession.Status.IDLE):
         # While the shell starts or moves, its backend takes the queued commands from the
         # database once it is up (session_started, failover.session_resumed).
@@ -428,11 +434,13 @@ def _command_send(cmd: Command, backend_id: str, epoch: int) -> None:
     try:
         push_to_backend(backend_id, "run", id=str(cmd.pk), session=str(cmd.session_id), epoch=epoch,
                         command=cmd.command, timeout=cmd.timeout, seq=cmd.seq,
-                        submitted_at=cmd.submitted_at.isoformat())
+                        submitted_at=cmd.submitted_at.isoformat(),
+                        **({"notify_url": cmd.notify_url} if cmd.notify_url else {}))  # back in its end's `known`
     except Exception as exc:
         Command.objects.filter(pk=cmd.pk, status=Command.Status.QUEUED).update(
             status=Command.Status.INTERRUPTED, finished_at=timezone.now(),
             reason=f"could not be queued: Redis is unavailable ({exc.__class__.__name__})")
+        webhooks.deliveries_begin(Command.objects.filter(pk=cmd.pk))
         raise ServiceUnavailable("The message broker (Redis) is unavailable; try again shortly.") from exc
 
 
@@ -485,6 +493,7 @@ def commands_finished(ends: list[dict]) -> list[dict | None]:
     alone = len(ends) == 1 and cmds[0][0] is not None and not cmds[0][2]
     with contextlib.nullcontext() if alone else transaction.atomic():
         stored = [_command_end_store(end["command_id"], *cmd) for end, cmd in zip(ends, cmds)]
+        webhooks.commands_ended(stored)
     pipe = sync_client().pipeline(transaction=False)
     replies = []
     for end, cmd in zip(ends, stored):
@@ -516,7 +525,8 @@ def _command_ended(*, command_id: str, status: str, exit_code, output: str, outp
     if known is None:
         return None, ended, None
     cmd = Command(id=command_id, session_id=known["session"], seq=known["seq"], command=known["command"],
-                  timeout=known.get("timeout"), submitted_at=datetime.fromisoformat(known["submitted_at"]), **ended)
+                  timeout=known.get("timeout"), submitted_at=datetime.fromisoformat(known["submitted_at"]),
+                  notify_url=known.get("notify_url", ""), **ended)
     return cmd, ended, _ran_long(cmd)
 
 
