@@ -137,8 +137,16 @@ class WebhookAttemptInline(admin.TabularInline):
     model = WebhookAttempt
     extra = 0
     can_delete = False
-    fields = readonly_fields = ["at", "address", "status_code", "error", "duration_ms"]
+    fields = readonly_fields = ["at_seconds", "address", "status_code", "error", "duration"]
     max_num = 0
+
+    @admin.display(description="at")
+    def at_seconds(self, obj):
+        return f"{obj.at:%Y-%m-%d %H:%M:%S} UTC" if obj.at else "-"
+
+    @admin.display(description="took")
+    def duration(self, obj):
+        return "-" if obj.duration_ms is None else f"{obj.duration_ms:.0f} ms"
 
 
 @admin.register(WebhookDelivery)

@@ -5,6 +5,10 @@ no schema can know a machine's directories: a path the generator makes up ("/0",
 schema-valid and rightly refused with a 400 naming `cwd`. So a case meant to be valid (positive)
 whose cwd does not exist here, where the test's backends run, gets one that does. Cases meant to
 be invalid are left as they are; so is every other field.
+
+A command's `notify_url` likewise: its host must resolve to a public address, which a generator cannot
+know, and a test must neither look names up nor call anything beyond loopback. Valid cases go without one
+(tests/integration/test_webhooks.py covers it); invalid ones keep theirs, refused before any lookup.
 """
 
 from __future__ import annotations
@@ -25,4 +29,8 @@ def map_case(ctx, case):
             and isinstance(body, dict) and isinstance(body.get("cwd"), str) and body["cwd"]
             and not os.path.isdir(body["cwd"])):
         case.body = {**body, "cwd": EXISTING_DIR}
+    if (case.operation.method.upper() == "POST" and case.operation.path == "/api/v1/sessions/{session_id}/commands/"
+            and case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE
+            and isinstance(body, dict) and "notify_url" in body):
+        case.body = {k: v for k, v in body.items() if k != "notify_url"}
     return case
