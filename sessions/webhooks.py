@@ -11,8 +11,9 @@ URL's host is listed in VTERM_WEBHOOK_ALLOWED_HOSTS.
 
 Deliveries: a WebhookDelivery row per command, a WebhookAttempt row per POST. The POSTs run on the
 control worker (its vterm.webhooks queue, never a backend's: they wait on other people's servers).
-A retry due within SHORT_DELAY is sent to Celery with a countdown; a later one, and any task that
-was lost, is handed out by the beat sweep ``deliveries_due``, from the database.
+A retry due within VTERM_WEBHOOK_COUNTDOWN_MAX (60 s) is sent to Celery with a countdown; a later one
+(a countdown that long would outlive the broker's visibility timeout), and any task that was lost, is
+handed out by the beat sweep ``deliveries_due``, from the database.
 """
 
 from __future__ import annotations
@@ -53,7 +54,6 @@ NOTIFY_URL_PATTERN = (rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:{_LABEL}(?:\.{_LABEL})*\.?|
 _NOTIFY_URL = re.compile(NOTIFY_URL_PATTERN[1:-1])
 
 DELIVER_TASK = "workers.tasks.webhook_deliver"
-SHORT_DELAY = 60.0  # seconds: retries due sooner go to Celery with a countdown, later ones to the sweep
 SWEEP_BATCH = 500
 USER_AGENT = "vterm-webhooks/1"
 _renderer = JSONRenderer()
@@ -272,7 +272,7 @@ def _delivery_after(delivery: WebhookDelivery, attempts: int, *, ok: bool, error
         rows.update(status=WebhookDelivery.Status.FAILED, **done)
         log.info("webhook %s for command %s failed: %s", delivery, delivery.command_id, done["last_error"])
         return "failed"
-    short = delay <= SHORT_DELAY
+    short = delay <= settings.VTERM["WEBHOOK_COUNTDOWN_MAX"]
     rows.update(next_attempt_at=due, last_error=error[:500],
                 claimed_until=due + _lease() if short else None)
     if short:

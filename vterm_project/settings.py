@@ -388,6 +388,9 @@ VTERM = {
     "WEBHOOK_RETRY_FACTOR": env_float("VTERM_WEBHOOK_RETRY_FACTOR", 3.0),
     "WEBHOOK_RETRY_MAX_DELAY": env_float("VTERM_WEBHOOK_RETRY_MAX_DELAY", 3 * 3600.0),
     "WEBHOOK_RETRY_FOR": env_float("VTERM_WEBHOOK_RETRY_FOR", 24 * 3600.0),
+    # Retries due sooner than this go to Celery with a countdown; later ones wait for the sweep (beat,
+    # every VTERM_WEBHOOK_SWEEP_INTERVAL): far below the broker's visibility timeout (an hour).
+    "WEBHOOK_COUNTDOWN_MAX": env_float("VTERM_WEBHOOK_COUNTDOWN_MAX", 60.0),
 }
 if VTERM["RETENTION_BATCH_SIZE"] < 1:
     raise ValueError(f"VTERM_RETENTION_BATCH_SIZE must be at least 1, not {VTERM['RETENTION_BATCH_SIZE']}")

@@ -4,8 +4,8 @@ own package, standardwebhooks), retried after failures, refused for addresses th
 and shown in the admin.
 
 Only loopback is ever called: the stack allows 127.0.0.1 (VTERM_WEBHOOK_ALLOWED_HOSTS) and 127.0.0.2
-stands for an address it does not allow. Retries are shortened here (VTERM_WEBHOOK_RETRY_FIRST/FACTOR);
-the default schedule is tests/unit/test_webhooks.py's.
+stands for an address it does not allow. Retries are shortened here (VTERM_WEBHOOK_RETRY_FIRST/FACTOR,
+and the sweep made to hand out the second one); the default schedule is tests/unit/test_webhooks.py's.
 """
 
 from __future__ import annotations
@@ -34,7 +34,9 @@ def hstack(redis_url, tmp_path_factory):
     st = make_stack(redis_url, tmp_path_factory.mktemp("webhook-stack"), backends=1, prefix=prefix,
                     VTERM_REDIS_PREFIX=f"{prefix}:", VTERM_AUTOSCALE_INTERVAL=3600,
                     VTERM_WEBHOOK_ALLOWED_HOSTS="127.0.0.1", VTERM_WEBHOOK_RETRY_FIRST=1,
-                    VTERM_WEBHOOK_RETRY_FACTOR=2, VTERM_WEBHOOK_SWEEP_INTERVAL=2)
+                    VTERM_WEBHOOK_RETRY_FACTOR=2, VTERM_WEBHOOK_SWEEP_INTERVAL=1,
+                    # The first retry (1 s) with a Celery countdown, the second (2 s) from beat's sweep.
+                    VTERM_WEBHOOK_COUNTDOWN_MAX=1.5)
     st.config.beat = True  # the control worker: it reads the webhooks queue
     st.config.scaler = False
     st.prefix = f"{prefix}:"
