@@ -229,7 +229,9 @@ def delivery_attempt(delivery_id: str, attempts: int) -> str | None:
                                           attempts=attempts).update(attempts=attempts + 1,
                                                                     claimed_until=now + _lease()):
         return None
-    delivery = WebhookDelivery.objects.select_related("command__session").get(pk=delivery_id)
+    delivery = WebhookDelivery.objects.select_related("command__session").filter(pk=delivery_id).first()
+    if delivery is None:
+        return None  # purged with its command meanwhile
     from .services import command_json  # services imports this module
 
     body = _renderer.render(command_json(delivery.command))
