@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import queue
+import signal
 import threading
 import time
 import uuid
@@ -205,3 +206,23 @@ def test_a_rotated_secret_signs_what_follows(carol, shell, receiver):
     assert Webhook(new).verify(body, headers)["output"] == "rotated\n"
     with pytest.raises(WebhookVerificationError):
         Webhook(old).verify(body, headers)
+
+
+def test_a_command_interrupted_by_its_backends_loss_is_posted(hstack, carol, receiver):
+    """Last here: it kills the stack's one backend (the session is lost: there is nowhere to move it),
+    then starts it again. The control worker's reconcile ends the command; its end is POSTed."""
+    secret = _secret(carol)
+    s = carol.create_session(name="hooks-lost")
+    running = carol.run(s["id"], "sleep 300", wait=0, notify_url=receiver.url)
+    deadline = time.monotonic() + WAIT
+    while _command(carol, s["id"], running["id"])["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.2)
+    backend = hstack.config.backend_ids()[0]
+    hstack.stop_process(backend, signal.SIGKILL)
+    try:
+        headers, body = receiver.next()
+        payload = Webhook(secret).verify(body, headers)
+        assert (payload["id"], payload["status"]) == (running["id"], "interrupted")
+        assert backend in payload["reason"], payload["reason"]
+    finally:
+        hstack.start_process(hstack.spec(backend))
