@@ -72,7 +72,7 @@ class Receiver:
         pending, posts = list(answers), self.posts
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self):  # noqa: N802 (http.server's name)
+            def do_POST(self):
                 body = self.rfile.read(int(self.headers.get("content-length", 0)))
                 posts.put(({k.lower(): v for k, v in self.headers.items()}, body))
                 self.send_response(pending.pop(0) if pending else 204)

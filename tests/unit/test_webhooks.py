@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from itertools import pairwise
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -23,7 +24,7 @@ HOOK = "http://127.0.0.2:9/hook"
 def test_the_default_schedule_retries_twice_within_a_minute_then_backs_off_for_a_day(settings):
     delays = [webhooks.retry_delay(n) for n in range(1, 30)]
     assert delays[0] >= 1 and delays[0] + delays[1] <= 60, "the first two retries within a minute"
-    assert all(b >= a for a, b in zip(delays, delays[1:])) and delays[2] > delays[1], "growing"
+    assert all(b >= a for a, b in pairwise(delays)) and delays[2] > delays[1], "growing"
     elapsed, attempts = 0.0, 1
     for d in delays:
         if elapsed + d > settings.VTERM["WEBHOOK_RETRY_FOR"]:
