@@ -50,7 +50,7 @@ _LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 # alike): http(s), a host name, IPv4 or [IPv6] address, a port, a path and query in printable ASCII
 # (percent-encode the rest); no user:password@, no #fragment.
 NOTIFY_URL_PATTERN = (rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])"
-                      r"(?::[0-9]{1,5})?(?:[/?][!\"$-~]*)?$")
+                      r'(?::[0-9]{1,5})?(?:[/?][!-"$-~]*)?$')  # printable ASCII but "#"
 _NOTIFY_URL = re.compile(NOTIFY_URL_PATTERN[1:-1])
 
 DELIVER_TASK = "workers.tasks.webhook_deliver"
