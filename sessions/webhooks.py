@@ -242,8 +242,13 @@ def delivery_attempt(delivery_id: str, attempts: int) -> str | None:
     address, code, error, final = "", None, "", False
     try:
         host, addresses = notify_url_resolve(delivery.url)
-        address = addresses[0]
-        code = _post(delivery.url, host, address, body, headers)
+        for i, address in enumerate(addresses):  # each address it resolves to, until one connects
+            try:
+                code = _post(delivery.url, host, address, body, headers)
+                break
+            except (httpx.ConnectError, httpx.ConnectTimeout):
+                if i == len(addresses) - 1:
+                    raise
         if not 200 <= code < 300:
             error = f"answered {code}"
     except AddressRefused as exc:
