@@ -5,7 +5,16 @@ from django.http import StreamingHttpResponse
 
 from . import failover, services
 from .audit import audit_export_lines, request_addr
-from .models import AuditEvent, Backend, Command, SessionEvent, ShellAccount, TerminalSession
+from .models import (
+    AuditEvent,
+    Backend,
+    Command,
+    SessionEvent,
+    ShellAccount,
+    TerminalSession,
+    WebhookAttempt,
+    WebhookDelivery,
+)
 from .resource_usage import human_bytes, usage_order
 from .sandbox import user_limits
 
@@ -122,6 +131,43 @@ class CommandAdmin(admin.ModelAdmin):
     @admin.display(description="command")
     def short_command(self, obj):
         return obj.command if len(obj.command) <= 60 else obj.command[:57] + "..."
+
+
+class WebhookAttemptInline(admin.TabularInline):
+    model = WebhookAttempt
+    extra = 0
+    can_delete = False
+    fields = readonly_fields = ["at_seconds", "address", "status_code", "error", "duration"]
+    max_num = 0
+
+    @admin.display(description="at")
+    def at_seconds(self, obj):
+        return f"{obj.at:%Y-%m-%d %H:%M:%S} UTC" if obj.at else "-"
+
+    @admin.display(description="took")
+    def duration(self, obj):
+        return "-" if obj.duration_ms is None else f"{obj.duration_ms:.0f} ms"
+
+
+@admin.register(WebhookDelivery)
+class WebhookDeliveryAdmin(admin.ModelAdmin):
+    """Completion webhooks (sessions/webhooks.py): each command's delivery and its attempts."""
+
+    list_display = ["webhook_id", "command", "url", "status", "attempts", "created_at", "next_attempt_at",
+                    "last_error"]
+    list_filter = ["status", "created_at"]
+    search_fields = ["id", "url", "command__id", "command__session__owner__username"]
+    list_select_related = ["command"]
+    fields = readonly_fields = ["webhook_id", "command", "url", "status", "attempts", "created_at",
+                                "next_attempt_at", "finished_at", "last_error"]
+    inlines = [WebhookAttemptInline]
+
+    def has_add_permission(self, request):
+        return False
+
+    @admin.display(description="webhook-id")
+    def webhook_id(self, obj):
+        return str(obj)
 
 
 @admin.register(AuditEvent)

@@ -95,8 +95,8 @@ class CommandListView(APIView):
         wait = data.get("wait") or 0
         sub = await sync_to_async(services.command_submit)(
             request.user, session_id, command=data["command"], timeout=data.get("timeout"),
-            idle_timeout=data.get("idle_timeout"), wait=wait, remote_addr=audit.request_addr(request),
-            idempotency_key=key)
+            idle_timeout=data.get("idle_timeout"), notify_url=data.get("notify_url"), wait=wait,
+            remote_addr=audit.request_addr(request), idempotency_key=key)
         try:
             body = await services.command_wait(sub.cmd, wait) if wait else services.command_json(sub.cmd)
         finally:

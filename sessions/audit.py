@@ -23,6 +23,7 @@ SESSION_RECORDING = "session.recording"  # its recording was downloaded
 COMMAND_RUN = "command.run"
 COMMAND_INTERRUPT = "command.interrupt"
 LOGIN_THROTTLED = "auth.login_throttled"
+WEBHOOK_SECRET_ROTATE = "webhook.secret_rotate"
 
 COMMAND_TEXT_KEPT = 4096  # characters of a command's text kept in its audit row
 

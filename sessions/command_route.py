@@ -98,8 +98,9 @@ class CommandRoute:
         if user is None:
             raise _NotServed  # DRF answers 401, with its headers
         return services.command_submit(user, session_id, command=data["command"], timeout=data.get("timeout"),
-                                       idle_timeout=data.get("idle_timeout"), wait=data.get("wait") or 0,
-                                       remote_addr=remote_addr, idempotency_key=idempotency_key_parse(idempotency))
+                                       idle_timeout=data.get("idle_timeout"), notify_url=data.get("notify_url"),
+                                       wait=data.get("wait") or 0, remote_addr=remote_addr,
+                                       idempotency_key=idempotency_key_parse(idempotency))
 
     async def _error(self, exc: Exception, scope, send) -> tuple[int, int]:
         response = exception_handler(exc, {"request": SimpleNamespace(path=scope["path"]), "view": None})

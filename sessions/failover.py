@@ -25,6 +25,7 @@ from django.db.models import F, Max
 from django.utils import timezone
 from redis.exceptions import LockError
 
+from . import webhooks
 from .circuit import breaker_record_failure
 from .models import Backend, Command, TerminalSession
 from .pool import backend_pick_least_loaded, backends_alive_cutoff
@@ -57,8 +58,12 @@ S = TerminalSession.Status
 
 
 def _commands_end(session_id, statuses, reason: str) -> int:
-    return Command.objects.filter(session_id=session_id, status__in=statuses).update(
-        status=Command.Status.INTERRUPTED, reason=reason[:500], finished_at=timezone.now())
+    now = timezone.now()
+    ended = Command.objects.filter(session_id=session_id, status__in=statuses).update(
+        status=Command.Status.INTERRUPTED, reason=reason[:500], finished_at=now)
+    if ended:
+        webhooks.deliveries_begin(Command.objects.filter(session_id=session_id, finished_at=now))
+    return ended
 
 
 def _last_cwd(session: TerminalSession) -> str:
@@ -364,8 +369,9 @@ def session_handoffs_lost(*, session_id: str, backend_id: str, received: Callabl
 
 
 def _command_end(cmd: Command, reason: str) -> None:
-    Command.objects.filter(pk=cmd.pk).exclude(status__in=Command.FINAL).update(
-        status=Command.Status.INTERRUPTED, reason=reason, finished_at=timezone.now())
+    if Command.objects.filter(pk=cmd.pk).exclude(status__in=Command.FINAL).update(
+            status=Command.Status.INTERRUPTED, reason=reason, finished_at=timezone.now()):
+        webhooks.deliveries_begin(Command.objects.filter(pk=cmd.pk))
 
 
 # -- the periodic reconcile (Celery beat) ---------------------------------------------------

@@ -138,10 +138,15 @@ class Command(models.Model):
     started_at = models.DateTimeField(null=True, blank=True)
     finished_at = models.DateTimeField(null=True, blank=True)
     duration_ms = models.FloatField(null=True, blank=True)
+    # Where its end is POSTed (sessions/webhooks.py); empty: nowhere.
+    notify_url = models.CharField(max_length=2048, blank=True, default="")
 
     class Meta:
         ordering = ["session", "seq"]
         constraints = [models.UniqueConstraint(fields=["session", "seq"], name="command_seq_unique")]
+        # The webhook sweep's look for ended commands with no delivery yet: the few with a notify_url.
+        indexes = [models.Index(fields=["finished_at"], condition=~models.Q(notify_url=""),
+                                name="command_notify_finished")]
 
     def __str__(self) -> str:
         return f"{self.session_id}#{self.seq}"
@@ -168,3 +173,59 @@ class AuditEvent(models.Model):
 
     def __str__(self) -> str:
         return f"{self.at:%Y-%m-%d %H:%M:%S} {self.username} {self.action} {self.session_id or ''}"
+
+
+class WebhookSecret(models.Model):
+    """A user's webhook signing secret, in the Standard Webhooks form ``whsec_<base64>``."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, primary_key=True, on_delete=models.CASCADE,
+                                related_name="webhook_secret")
+    secret = models.CharField(max_length=100)
+    created_at = models.DateTimeField()
+
+    def __str__(self) -> str:
+        return f"{self.user} (since {self.created_at:%Y-%m-%d %H:%M:%S})"
+
+
+class WebhookDelivery(models.Model):
+    """One command's end POSTed to its notify_url: tried until it is taken or given up (sessions/webhooks.py)."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        DELIVERED = "delivered"
+        FAILED = "failed"
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)  # webhook-id: msg_<hex>
+    command = models.OneToOneField(Command, on_delete=models.CASCADE, related_name="webhook_delivery")
+    url = models.CharField(max_length=2048)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
+    attempts = models.PositiveIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    # When the next attempt is due (null once delivered or failed), and until when one that was
+    # handed to Celery is its alone (a lost task is handed out again after that).
+    next_attempt_at = models.DateTimeField(null=True, blank=True)
+    claimed_until = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.CharField(max_length=500, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+        indexes = [models.Index(fields=["status", "next_attempt_at"])]
+        verbose_name_plural = "webhook deliveries"
+
+    def __str__(self) -> str:
+        return f"msg_{self.pk.hex}"
+
+
+class WebhookAttempt(models.Model):
+    """One POST of a delivery: its answer's status code, or the error that stopped it."""
+
+    delivery = models.ForeignKey(WebhookDelivery, on_delete=models.CASCADE, related_name="attempt_rows")
+    at = models.DateTimeField()
+    address = models.CharField(max_length=100, blank=True)  # the IP address connected to
+    status_code = models.PositiveIntegerField(null=True, blank=True)
+    error = models.CharField(max_length=500, blank=True)
+    duration_ms = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["at", "id"]

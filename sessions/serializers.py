@@ -12,6 +12,7 @@ from rest_framework import serializers
 from workers.tmux.protocol import KEY_NAME_PATTERN, valid_key
 
 from .models import Command, TerminalSession
+from .webhooks import NOTIFY_URL_MAX, NOTIFY_URL_PATTERN, notify_url_syntax_ok
 
 ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
 ENV_NAME = re.compile(ENV_NAME_PATTERN)
@@ -174,14 +175,21 @@ class SessionCreateSerializer(serializers.Serializer):
         return value
 
 
+class _NullIfBlank(serializers.CharField):
+    def to_representation(self, value):
+        return value or None
+
+
 class CommandSerializer(serializers.ModelSerializer):
     session = serializers.UUIDField(source="session_id", read_only=True)
+    notify_url = _NullIfBlank(read_only=True, allow_null=True,
+                              help_text="where its end is POSTed (docs/api.md, Webhooks); null: nowhere")
 
     class Meta:
         model = Command
         fields = ["id", "session", "seq", "command", "status", "reason", "exit_code", "output",
                   "output_truncated", "cwd", "timeout", "idle_timeout", "submitted_at", "started_at", "finished_at",
-                  "duration_ms"]
+                  "duration_ms", "notify_url"]
         read_only_fields = fields
 
 
@@ -195,6 +203,7 @@ class CommandCreateSerializer(serializers.Serializer):
     idle_timeout = _seconds("seconds without output; then it is stopped as by timeout", settings.VTERM["MAX_TIMEOUT"])
     wait = _seconds("seconds to wait for the command to end before answering (0: answer at once)",
                     settings.VTERM["MAX_WAIT"])
+    notify_url = StrictCharField(required=False, allow_null=True, trim_whitespace=False, max_length=NOTIFY_URL_MAX)
 
     openapi_schema: ClassVar[dict] = {"properties": {
         "command": {"minLength": 1, "maxLength": settings.VTERM["COMMAND_MAX_BYTES"], "pattern": COMMAND_PATTERN,
@@ -203,6 +212,11 @@ class CommandCreateSerializer(serializers.Serializer):
                                    "input endpoint)."},
         "timeout": {"minimum": None, "exclusiveMinimum": 0},  # validate_timeout: 0 is no timeout at all
         "idle_timeout": {"minimum": None, "exclusiveMinimum": 0},
+        "notify_url": {"pattern": NOTIFY_URL_PATTERN,
+                       "description": "http(s) URL POSTed the command's JSON once it has ended, signed "
+                                      "(Standard Webhooks; docs/api.md). Its host must resolve to public "
+                                      "addresses only (else 400 naming `notify_url`), unless the server "
+                                      "allows it (VTERM_WEBHOOK_ALLOWED_HOSTS)."},
     }}
 
     def validate_command(self, value: str) -> str:
@@ -226,6 +240,13 @@ class CommandCreateSerializer(serializers.Serializer):
         return value
 
     validate_idle_timeout = validate_timeout
+    def validate_notify_url(self, value):
+        # The shape only: whether its host may be called is services.command_create's (it looks it up).
+        if value is not None and not notify_url_syntax_ok(value):
+            raise serializers.ValidationError(
+                "Must be an http or https URL: a host name or IP address, an optional port, path and query in "
+                "printable ASCII; no user:password@, no #fragment.")
+        return value
 
     def validate_wait(self, value):
         if value is not None and not math.isfinite(value):

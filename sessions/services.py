@@ -29,7 +29,7 @@ from rest_framework.status import HTTP_201_CREATED
 
 from workers.routing import backend_queue
 
-from . import audit, metrics
+from . import audit, metrics, webhooks
 from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast, viewers_key
 from .circuit import breaker_record_failure, breaker_record_success
@@ -294,8 +294,9 @@ def session_shell_exited(*, session_id: str, reason: str, backend_id: str | None
 
 def _commands_interrupt_unfinished(session: TerminalSession, reason: str) -> None:
     now = timezone.now()
-    Command.objects.filter(session=session).exclude(status__in=Command.FINAL).update(
-        status=Command.Status.INTERRUPTED, reason=reason[:500], finished_at=now)
+    if Command.objects.filter(session=session).exclude(status__in=Command.FINAL).update(
+            status=Command.Status.INTERRUPTED, reason=reason[:500], finished_at=now):
+        webhooks.deliveries_begin(Command.objects.filter(session=session, finished_at=now))
 
 
 def _session_require_live(session: TerminalSession) -> None:
@@ -356,7 +357,7 @@ def session_recording_open(session: TerminalSession) -> None:
 
 
 def command_create(user, session_id, *, command: str, timeout: float | None = None,
-                   idle_timeout: float | None = None, wait: float = 0,
+                   idle_timeout: float | None = None, notify_url: str | None = None, wait: float = 0,
                    remote_addr: str = "", via: str = "", command_id=None) -> tuple[Command, str | None]:
     """A user runs a command (REST or WebSocket): admitted, recorded, queued and audited in one transaction.
 
@@ -366,12 +367,15 @@ def command_create(user, session_id, *, command: str, timeout: float | None = No
     404 when the session is not the user's (staff: not anyone's), 409 when it has ended.
     The session's row is read once, inside the transaction, where its placement is current.
     ``command_id``: the command's id, when the caller chose it (an Idempotency-Key's planned id).
+    ``notify_url``: POSTed the command once it has ended (sessions/webhooks.py); 400 if it may not be.
     """
+    webhooks.notify_url_check(notify_url)  # a DNS lookup: before the transaction, and before any spend
     wait_id = command_admit(_command_budget_owner(user, session_id), user.pk, wait)  # the owner's budget
     try:
         with _writer_turn(), transaction.atomic():
             cmd = _command_record(session_id, command=command, timeout=timeout, idle_timeout=idle_timeout,
-                                  owner_id=None if user.is_staff else user.pk, command_id=command_id)
+                                  notify_url=notify_url or "", owner_id=None if user.is_staff else user.pk,
+                                  command_id=command_id)
             detail = {**({"via": via} if via else {}), **audit.audit_command_detail(cmd.pk, cmd.command)}
             audit.audit_record(user, audit.COMMAND_RUN, session_id, remote_addr=remote_addr, detail=detail)
     except BaseException:
@@ -395,26 +399,23 @@ class CommandSubmitted:
     claim: IdempotencyClaim | None
 
 
-def command_submit(user, session_id, *, command: str, timeout: float | None = None,
-                   idle_timeout: float | None = None, wait: float = 0, remote_addr: str = "",
-                   idempotency_key: str | None = None) -> CommandSubmitted:
+def command_submit(user, session_id, *, command: str, wait: float = 0, remote_addr: str = "",
+                   idempotency_key: str | None = None, **options) -> CommandSubmitted:
     """``POST …/commands/`` (both roads: sessions/api.py, sessions/command_route.py): command_create,
     with the request's Idempotency-Key, if any (sessions/idempotency.py). A repeat gets the command
-    the first request made, as it is now (and waits for it as that one would), and runs nothing."""
+    the first request made, as it is now (and waits for it as that one would), and runs nothing.
+    ``options``: the command's own (``timeout``, ``idle_timeout``, ``notify_url``), as command_create takes them."""
     if idempotency_key is None:
-        cmd, wait_id = command_create(user, session_id, command=command, timeout=timeout,
-                                      idle_timeout=idle_timeout, wait=wait, remote_addr=remote_addr)
+        cmd, wait_id = command_create(user, session_id, command=command, wait=wait, remote_addr=remote_addr, **options)
         return CommandSubmitted(cmd, HTTP_201_CREATED, user.pk, wait_id, None)
-    fingerprint = command_fingerprint(session_id, command=command, timeout=timeout, idle_timeout=idle_timeout,
-                                      wait=wait)
+    fingerprint = command_fingerprint(session_id, command=command, wait=wait, **options)
     claim = idempotency_claim(user.pk, idempotency_key, fingerprint, seconds=wait)
     try:
         made = idempotency_replay(claim, Command.objects.filter(session_id=session_id))
         if made is not None:
             return CommandSubmitted(made, claim.status, user.pk, None, claim)
-        cmd, wait_id = command_create(user, session_id, command=command, timeout=timeout,
-                                      idle_timeout=idle_timeout, wait=wait, remote_addr=remote_addr,
-                                      command_id=claim.id)
+        cmd, wait_id = command_create(user, session_id, command=command, wait=wait, remote_addr=remote_addr,
+                                      command_id=claim.id, **options)
     except BaseException:
         idempotency_failed(claim, Command.objects.all())
         raise
@@ -422,11 +423,12 @@ def command_submit(user, session_id, *, command: str, timeout: float | None = No
     return CommandSubmitted(cmd, HTTP_201_CREATED, user.pk, wait_id, claim)
 
 
-def command_fingerprint(session_id, *, command: str, timeout: float | None = None,
-                        idle_timeout: float | None = None, wait: float = 0) -> str:
-    """What makes two submissions of a command the same request (its Idempotency-Key's fingerprint)."""
-    return idempotency_fingerprint("command", {"session": str(session_id), "command": command, "timeout": timeout,
-                                               "idle_timeout": idle_timeout, "wait": wait})
+def command_fingerprint(session_id, *, command: str, wait: float = 0, **options) -> str:
+    """What makes two submissions of a command the same request (its Idempotency-Key's fingerprint):
+    the session, the command, ``wait`` and the command's options given (none given = all null)."""
+    fields = {"timeout": None, "idle_timeout": None, "notify_url": None, **options}
+    return idempotency_fingerprint("command", {"session": str(session_id), "command": command, "wait": wait,
+                                               **fields})
 
 
 async def command_submit_end(submitted: CommandSubmitted) -> None:
@@ -464,7 +466,7 @@ def _command_budget_owner(user, session_id) -> int:
 
 
 def _command_record(session_id, *, command: str, timeout: float | None, idle_timeout: float | None = None,
-                    owner_id: int | None = None, command_id=None) -> Command:
+                    notify_url: str = "", owner_id: int | None = None, command_id=None) -> Command:
     """Inside a transaction: the row, and its sending to the backend once that commits."""
     # The update locks the session's row first, so placement read after it is current:
     # a migration either sees this command queued or happens before it (sessions/failover.py).
@@ -477,7 +479,8 @@ def _command_record(session_id, *, command: str, timeout: float | None, idle_tim
     if not backend_id:
         raise ServiceUnavailable("The session has no backend at the moment.")
     cmd = Command.objects.create(session_id=session_id, seq=seq, command=command, timeout=timeout,
-                                 idle_timeout=idle_timeout, **({"id": command_id} if command_id else {}))
+                                 idle_timeout=idle_timeout, notify_url=notify_url,
+                                 **({"id": command_id} if command_id else {}))
     if status in (TerminalSession.Status.ACTIVE, TerminalSession.Status.IDLE):
         # While the shell starts or moves, its backend takes the queued commands from the
         # database once it is up (session_started, failover.session_resumed).
@@ -515,11 +518,13 @@ def _command_send(cmd: Command, backend_id: str, epoch: int) -> None:
     try:
         push_to_backend(backend_id, "run", id=str(cmd.pk), session=str(cmd.session_id), epoch=epoch,
                         command=cmd.command, timeout=cmd.timeout, idle_timeout=cmd.idle_timeout, seq=cmd.seq,
-                        submitted_at=cmd.submitted_at.isoformat())
+                        submitted_at=cmd.submitted_at.isoformat(),
+                        **({"notify_url": cmd.notify_url} if cmd.notify_url else {}))  # back in its end's `known`
     except Exception as exc:
         Command.objects.filter(pk=cmd.pk, status=Command.Status.QUEUED).update(
             status=Command.Status.INTERRUPTED, finished_at=timezone.now(),
             reason=f"could not be queued: Redis is unavailable ({exc.__class__.__name__})")
+        webhooks.deliveries_begin(Command.objects.filter(pk=cmd.pk))
         raise ServiceUnavailable("The message broker (Redis) is unavailable; try again shortly.") from exc
 
 
@@ -572,6 +577,7 @@ def commands_finished(ends: list[dict]) -> list[dict | None]:
     alone = len(ends) == 1 and cmds[0][0] is not None and not cmds[0][2]
     with contextlib.nullcontext() if alone else transaction.atomic():
         stored = [_command_end_store(end["command_id"], *cmd) for end, cmd in zip(ends, cmds)]
+        webhooks.commands_ended(stored)
     pipe = sync_client().pipeline(transaction=False)
     replies = []
     for end, cmd in zip(ends, stored):
@@ -604,7 +610,8 @@ def _command_ended(*, command_id: str, status: str, exit_code, output: str, outp
         return None, ended, None
     cmd = Command(id=command_id, session_id=known["session"], seq=known["seq"], command=known["command"],
                   timeout=known.get("timeout"), idle_timeout=known.get("idle_timeout"),
-                  submitted_at=datetime.fromisoformat(known["submitted_at"]), **ended)
+                  submitted_at=datetime.fromisoformat(known["submitted_at"]),
+                  notify_url=known.get("notify_url", ""), **ended)
     return cmd, ended, _ran_long(cmd)
 
 

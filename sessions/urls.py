@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import api, pool_api
+from . import api, pool_api, webhook_api
 from .failover_api import BackendDrainView
 
 urlpatterns = [
@@ -19,5 +19,6 @@ urlpatterns = [
     path("sessions/<uuid:session_id>/screen/", api.SessionScreenView.as_view(), name="session-screen"),
     path("sessions/<uuid:session_id>/resize/", api.SessionResizeView.as_view(), name="session-resize"),
     path("backends/<str:backend_id>/drain/", BackendDrainView.as_view(), name="backend-drain"),
+    path("webhooks/secret/", webhook_api.WebhookSecretView.as_view(), name="webhook-secret"),
     path("sessions/<uuid:session_id>/recording.cast", api.SessionRecordingView.as_view(), name="session-recording"),
 ]

@@ -174,6 +174,12 @@ CELERY_BEAT_SCHEDULE: dict = {
                         "schedule": env_float("VTERM_RETENTION_INTERVAL", 60.0),
                         "options": {"queue": "vterm.maintenance",
                                     "expires": env_float("VTERM_RETENTION_INTERVAL", 60.0)}},
+    # Webhook deliveries due (a retry hours away, or a task lost), handed out on the webhooks queue
+    # that only the control worker reads (sessions/webhooks.py).
+    "webhooks-due": {"task": "workers.tasks.webhooks_due",
+                     "schedule": env_float("VTERM_WEBHOOK_SWEEP_INTERVAL", 10.0),
+                     "options": {"queue": "vterm.webhooks",
+                                 "expires": env_float("VTERM_WEBHOOK_SWEEP_INTERVAL", 10.0)}},
 }
 
 REST_FRAMEWORK = {
@@ -373,6 +379,20 @@ VTERM = {
     # Shell starts run on this many threads of a backend, each waiting at most for the new shell's
     # first prompt: a start that hangs holds one thread, not the backend (workers/backend.py).
     "START_THREADS": env_int("VTERM_START_THREADS", 8),
+    # Completion webhooks (sessions/webhooks.py, docs/api.md): hosts a notify_url may name although
+    # they resolve to a loopback, private or link-local address; one POST's time limit; and the retry
+    # schedule: FIRST seconds after the first attempt, each wait FACTOR times the one before, at most
+    # MAX_DELAY, until RETRY_FOR seconds after the first attempt.
+    "WEBHOOK_ALLOWED_HOSTS": [h.strip().lower().strip("[]") for h in
+                              os.environ.get("VTERM_WEBHOOK_ALLOWED_HOSTS", "").split(",") if h.strip()],
+    "WEBHOOK_TIMEOUT": env_float("VTERM_WEBHOOK_TIMEOUT", 10.0),
+    "WEBHOOK_RETRY_FIRST": env_float("VTERM_WEBHOOK_RETRY_FIRST", 5.0),
+    "WEBHOOK_RETRY_FACTOR": env_float("VTERM_WEBHOOK_RETRY_FACTOR", 3.0),
+    "WEBHOOK_RETRY_MAX_DELAY": env_float("VTERM_WEBHOOK_RETRY_MAX_DELAY", 3 * 3600.0),
+    "WEBHOOK_RETRY_FOR": env_float("VTERM_WEBHOOK_RETRY_FOR", 24 * 3600.0),
+    # Retries due sooner than this go to Celery with a countdown; later ones wait for the sweep (beat,
+    # every VTERM_WEBHOOK_SWEEP_INTERVAL): far below the broker's visibility timeout (an hour).
+    "WEBHOOK_COUNTDOWN_MAX": env_float("VTERM_WEBHOOK_COUNTDOWN_MAX", 60.0),
 }
 if VTERM["IDEMPOTENCY_TTL"] < 1:
     raise ValueError(f"VTERM_IDEMPOTENCY_TTL must be at least 1 s, not {VTERM['IDEMPOTENCY_TTL']}")

@@ -16,7 +16,7 @@ from celery.signals import beat_embedded_init, celeryd_after_setup, worker_ready
 
 from vterm_project.parent_death import die_with_parent
 
-from .routing import MAINTENANCE_QUEUE, backend_queue, local_backend_id
+from .routing import MAINTENANCE_QUEUE, WEBHOOK_QUEUE, backend_queue, local_backend_id
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,7 @@ def add_backend_queue(sender, instance, **kwargs):
         instance.app.amqp.queues.select_add(backend_queue(local_backend_id()))
     elif os.environ.get("VTERM_ROLE") == "control":
         instance.app.amqp.queues.select_add(MAINTENANCE_QUEUE)
+        instance.app.amqp.queues.select_add(WEBHOOK_QUEUE)
 
 
 @beat_embedded_init.connect

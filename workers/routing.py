@@ -6,6 +6,8 @@ import socket
 CONTROL_QUEUE = "vterm.control"
 # Slow housekeeping (the retention purge): read by the control worker alone, never by a backend.
 MAINTENANCE_QUEUE = "vterm.maintenance"
+# Webhook POSTs (sessions/webhooks.py), which wait on other people's servers: the control worker's too.
+WEBHOOK_QUEUE = "vterm.webhooks"
 
 
 def local_backend_id() -> str:

@@ -84,3 +84,19 @@ def retention_purge():
 
     report = purge()
     return report.as_dict() if report is not None else None
+
+
+@shared_task(name="workers.tasks.webhook_deliver", ignore_result=True)
+def webhook_deliver(delivery_id, attempts):
+    """On the control worker's webhooks queue: one POST of a completion webhook (sessions/webhooks.py)."""
+    from sessions.webhooks import delivery_attempt
+
+    return delivery_attempt(delivery_id, attempts)
+
+
+@shared_task(name="workers.tasks.webhooks_due", ignore_result=True)
+def webhooks_due():
+    """Celery beat, on the webhooks queue: hand out the deliveries that are due (sessions/webhooks.py)."""
+    from sessions.webhooks import deliveries_due
+
+    return deliveries_due()

@@ -9,6 +9,10 @@ be invalid are left as they are; so is every other field.
 Likewise an Idempotency-Key: a key the generator makes up ("0") is schema-valid, but the second
 request that carries it with another body is rightly a 422 (the key was used for another
 request), which no schema can foresee either. A positive case's key is made a fresh one.
+
+A command's `notify_url` likewise: its host must resolve to a public address, which a generator cannot
+know, and a test must neither look names up nor call anything beyond loopback. Valid cases go without one
+(tests/integration/test_webhooks.py covers it); invalid ones keep theirs, refused before any lookup.
 """
 
 from __future__ import annotations
@@ -34,4 +38,8 @@ def map_case(ctx, case):
         for name in case.headers:
             if name.lower() == "idempotency-key":
                 case.headers[name] = str(uuid.uuid4())
+    if (case.operation.method.upper() == "POST" and case.operation.path == "/api/v1/sessions/{session_id}/commands/"
+            and case.meta is not None and case.meta.generation.mode == GenerationMode.POSITIVE
+            and isinstance(body, dict) and "notify_url" in body):
+        case.body = {k: v for k, v in body.items() if k != "notify_url"}
     return case

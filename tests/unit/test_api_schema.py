@@ -73,8 +73,16 @@ def test_session_create(components, body):
     _agree(components, "SessionCreate", SessionCreateSerializer, body)
 
 
+notify_urls = st.one_of(
+    st.sampled_from(["http://127.0.0.1:8080/hook", "HTTPS://a.b/c?d=e", "http://[::1]/", "http://[zz]/", "ftp://a/",
+                     "http://u@a/", "http://a/#f", "http://a:123456/", "http://a.", "http://-a/", "http://a/ b",
+                     "http://a/\u00e9", "http://" + "a" * 63 + ".b/", "http://" + "a" * 64 + "/",
+                     "http://a/" + "x" * 2039, "http://a/" + "x" * 2040, "http://a\n", " http://a/", ""]),
+    texts.map(lambda t: "http://" + t), texts.map(lambda t: "https://a.b/" + t))
+
+
 @fast
-@given(body=_bodies(command=texts, timeout=numbers, wait=numbers))
+@given(body=_bodies(command=texts, timeout=numbers, wait=numbers, notify_url=notify_urls))
 def test_command_create(components, body):
     _agree(components, "CommandCreate", CommandCreateSerializer, body)
 
