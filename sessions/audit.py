@@ -22,6 +22,8 @@ SESSION_TERMINATE = "session.terminate"
 SESSION_RECORDING = "session.recording"  # its recording was downloaded
 COMMAND_RUN = "command.run"
 COMMAND_INTERRUPT = "command.interrupt"
+JOB_START = "job.start"
+JOB_KILL = "job.kill"
 LOGIN_THROTTLED = "auth.login_throttled"
 
 COMMAND_TEXT_KEPT = 4096  # characters of a command's text kept in its audit row

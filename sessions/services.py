@@ -31,6 +31,7 @@ from . import audit, metrics
 from .api_errors import Conflict, ServiceUnavailable
 from .broadcast import session_broadcast, viewers_key
 from .circuit import breaker_open_ids, breaker_record_failure, breaker_record_success
+from .jobs import jobs_end_unfinished
 from .models import Backend, Command, SessionEvent, TerminalSession
 from .ratelimit import (
     command_admit,
@@ -264,6 +265,7 @@ def _commands_interrupt_unfinished(session: TerminalSession, reason: str) -> Non
     now = timezone.now()
     Command.objects.filter(session=session).exclude(status__in=Command.FINAL).update(
         status=Command.Status.INTERRUPTED, reason=reason[:500], finished_at=now)
+    jobs_end_unfinished(session.pk, reason)  # its background jobs end with it
 
 
 def _session_require_live(session: TerminalSession) -> None:
