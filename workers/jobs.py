@@ -35,9 +35,9 @@ log = logging.getLogger(__name__)
 READ_SIZE = 64 * 1024
 PID_WAIT = 5.0  # seconds the job's shell may take to say its pid (nsenter and setpriv before it)
 DRAIN_AFTER_EXIT = 1.0  # seconds output is still read once the job and its group have ended
-# The job's shell says its pid on fd 3 first (inside a sandbox, the pid the session sees), then
-# runs the command; ``eval`` keeps it one process.
-JOB_SCRIPT = 'printf "%s\\n" "$$" >&3; exec 3>&-; eval -- "$1"'
+# The job's shell says its pid on the given fd first (inside a sandbox, the pid the session sees),
+# then runs the command; ``eval`` keeps it one process.
+JOB_SCRIPT = 'printf "%s\\n" "$$" >&{fd}; exec {fd}>&-; eval -- "$1"'
 
 
 class JobError(RuntimeError):
@@ -93,20 +93,27 @@ class JobRunner:
               env: dict[str, str], timeout: float | None = None) -> int | None:
         """Start a job; its pid as the session sees it (None: it ended before saying it)."""
         dirs: list[str] = []
-        inner = [self.bash if not box.sandboxed else "/bin/bash", "-c", JOB_SCRIPT, "vterm-job", command]
+        pid_r, pid_w = os.pipe()
+        script = JOB_SCRIPT.format(fd=pid_w)
+        inner = [self.bash if not box.sandboxed else "/bin/bash", "-c", script, "vterm-job", command]
         if box.sandboxed:
-            if not shell_pid:
-                raise JobError("the session's shell is not running")
             try:
+                if not shell_pid:
+                    raise JobError("the session's shell is not running")
                 dirs = self.sandbox.job_create(session, job_id)
-            except OSError as exc:
+            except (OSError, JobError) as exc:
+                os.close(pid_r)
+                os.close(pid_w)
+                if isinstance(exc, JobError):
+                    raise
                 raise JobError(f"the job's group could not be made: {exc}") from exc
             argv, popen_cwd = box.job_argv(inner, cwd, shell_pid=shell_pid, cgroup_dirs=dirs), "/"
         else:
             argv, popen_cwd = inner, cwd if os.path.isdir(cwd) else None
             if popen_cwd is None:
+                os.close(pid_r)
+                os.close(pid_w)
                 raise JobError(f"cwd: no such directory on the backend: {cwd}")
-        pid_r, pid_w = os.pipe()
         try:
             # A session of its own: the backend's signals (a terminal's Ctrl-C) do not reach it.
             proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
