@@ -295,3 +295,39 @@ def test_no_job_processes_are_left_on_the_host(alice, session):
     wait_job(alice, sid, job["id"])
     for root, dirs, _ in os.walk("/sys/fs/cgroup/pids"):
         assert not any(d == f"job-{job['id']}" for d in dirs), root
+
+
+def test_cli_jobs_start_ls_logs_kill(stack, alice, session, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    vterm = str(Path(sys.executable).parent / "vterm")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("VTERM_", "XDG_CONFIG"))}
+    env = {**base, "HOME": str(tmp_path), "VTERM_URL": stack.url, "VTERM_TOKEN": alice.token}
+
+    def cli(*args, timeout=60):
+        return subprocess.run([vterm, *args], check=False, env=env, capture_output=True, text=True, timeout=timeout)
+
+    sid = session["id"]
+    r = cli("jobs", "start", sid, "--", "for i in 1 2 3; do echo tick $i; sleep 0.3; done; exit 4")
+    assert r.returncode == 0, r.stderr
+    jid = r.stdout.strip()
+    follow = cli("jobs", "logs", "-f", sid, jid[:8])
+    assert follow.stdout == "tick 1\ntick 2\ntick 3\n" and follow.returncode == 4, (follow.stdout, follow.stderr)
+    assert "job failed" in follow.stderr
+    assert cli("jobs", "logs", sid, jid).stdout == "tick 1\ntick 2\ntick 3\n"
+    listing = cli("jobs", "ls", sid)
+    assert listing.returncode == 0 and listing.stdout.splitlines()[0].split()[:3] == ["ID", "STATUS", "EXIT"]
+    assert any(line.startswith(jid) and " failed " in line for line in listing.stdout.splitlines()), listing.stdout
+
+    r = cli("--json", "jobs", "start", "--timeout", "60", sid, "--", "sleep", "50")
+    long = json.loads(r.stdout)
+    assert (long["status"], long["timeout"]) == ("running", 60)
+    killed = cli("jobs", "kill", sid, long["id"])
+    assert killed.returncode == 0 and killed.stdout.strip() == f"{long['id']} killed", killed
+    again = cli("jobs", "kill", sid, long["id"])
+    assert again.returncode == 1 and "already ended" in again.stderr, again.stderr
+    assert cli("jobs", "logs", "-f", sid, long["id"]).returncode == 137
+    missing = cli("jobs", "logs", sid, "ffffffff")
+    assert missing.returncode == 1 and "not found" in missing.stderr
