@@ -331,3 +331,57 @@ def test_cli_jobs_start_ls_logs_kill(stack, alice, session, tmp_path):
     assert cli("jobs", "logs", "-f", sid, long["id"]).returncode == 137
     missing = cli("jobs", "logs", sid, "ffffffff")
     assert missing.returncode == 1 and "not found" in missing.stderr
+
+
+# -- a lost backend, a restarted worker: a stack of its own, at quick failover timings ----------
+
+
+@pytest.fixture(scope="module")
+def fs(redis_url, tmp_path_factory):
+    from tests.faults.harness import FaultStack
+
+    with FaultStack(redis_url, tmp_path_factory.mktemp("jobs-faults"), prefix="fj") as st:
+        yield st
+
+
+def test_a_job_whose_backend_is_lost_ends_interrupted_with_a_reason(fs):
+    import signal
+
+    b = fs.backend_ids()[0]
+    sid = fs.session_on(b)["id"]
+    job = start(fs.api, sid, "echo before the loss; sleep 300")
+    assert wait_until(lambda: output_all_now(fs.api, sid, job["id"]) == "before the loss\n")
+    fs.stack.stop_process(b, signal.SIGKILL)
+    fs.kill_tmux(b)
+    try:
+        moved = fs.wait_session_active(sid, timeout=60, not_on=b)
+        done = wait_job(fs.api, sid, job["id"], timeout=30)
+        assert done["status"] == "interrupted", done
+        assert f"backend {b} was lost" in done["reason"] and "no heartbeat" in done["reason"], done["reason"]
+        assert output_all(fs.api, sid, job["id"])[0] == "before the loss\n"  # what it printed is kept
+        # The session goes on where it moved, jobs included.
+        again = start(fs.api, sid, "echo on $HOSTNAME")
+        assert wait_job(fs.api, sid, again["id"])["status"] == "succeeded" and moved["backend"] != b
+    finally:
+        fs.restart_worker(b)
+
+
+def test_a_restarted_worker_ends_the_jobs_it_ran_before(fs):
+    import signal
+
+    b = fs.backend_ids()[1]
+    sid = fs.session_on(b)["id"]
+    uid = int(fs.api.run(sid, "id -u")["output"])
+    a = mark()
+    job = start(fs.api, sid, f"setsid sleep {a} >/dev/null 2>&1 < /dev/null & sleep {a}")
+    assert wait_until(lambda: len(sleepers(uid, a)) == 2)
+    fs.stack.stop_process(b, signal.SIGKILL)  # the worker only: its tmux server and shells live on
+    fs.restart_worker(b)
+    done = wait_job(fs.api, sid, job["id"], timeout=30)
+    assert done["status"] == "interrupted" and f"worker ({b}) restarted" in done["reason"], done
+    assert wait_until(lambda: not sleepers(uid, a), 10), [cmdline(p) for p in sleepers(uid, a)]
+    assert fs.api.run(sid, "echo adopted")["output"] == "adopted\n"  # the shell itself was kept
+
+
+def output_all_now(api: Api, sid: str, jid: str) -> str:
+    return api.http.get(job_url(sid, jid, "output/")).json()["output"]
