@@ -5,7 +5,7 @@ from django.http import StreamingHttpResponse
 
 from . import failover, services
 from .audit import audit_export_lines, request_addr
-from .models import AuditEvent, Backend, Command, SessionEvent, ShellAccount, TerminalSession
+from .models import AuditEvent, Backend, Command, Job, SessionEvent, ShellAccount, TerminalSession
 from .resource_usage import human_bytes, usage_order
 from .sandbox import user_limits
 
@@ -118,6 +118,23 @@ class CommandAdmin(admin.ModelAdmin):
     list_select_related = ["session"]
     exclude = ["output_raw"]
     readonly_fields = [f.name for f in Command._meta.fields if f.name != "output_raw"]
+
+    @admin.display(description="command")
+    def short_command(self, obj):
+        return obj.command if len(obj.command) <= 60 else obj.command[:57] + "..."
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    """Background jobs, read-only (their output: GET …/jobs/{id}/output/)."""
+
+    list_display = ["id", "session", "short_command", "status", "exit_code", "pid", "backend", "started_at",
+                    "ended_at"]
+    list_filter = ["status", "created_at"]
+    search_fields = ["id", "command", "session__id", "session__owner__username"]
+    list_select_related = ["session"]
+    exclude = ["output"]
+    readonly_fields = [f.name for f in Job._meta.fields if f.name != "output"]
 
     @admin.display(description="command")
     def short_command(self, obj):

@@ -25,6 +25,7 @@ from django.http import Http404
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 
+from workers.jobs import session_end_reason
 from workers.routing import backend_queue
 
 from . import audit, metrics
@@ -265,7 +266,7 @@ def _commands_interrupt_unfinished(session: TerminalSession, reason: str) -> Non
     now = timezone.now()
     Command.objects.filter(session=session).exclude(status__in=Command.FINAL).update(
         status=Command.Status.INTERRUPTED, reason=reason[:500], finished_at=now)
-    jobs_end_unfinished(session.pk, reason)  # its background jobs end with it
+    jobs_end_unfinished(session.pk, session_end_reason(reason))  # its background jobs end with it
 
 
 def _session_require_live(session: TerminalSession) -> None:

@@ -36,8 +36,9 @@ READ_SIZE = 64 * 1024
 PID_WAIT = 5.0  # seconds the job's shell may take to say its pid (nsenter and setpriv before it)
 DRAIN_AFTER_EXIT = 1.0  # seconds output is still read once the job and its group have ended
 # The job's shell says its pid on the given fd first (inside a sandbox, the pid the session sees),
-# then runs the command; ``eval`` keeps it one process.
-JOB_SCRIPT = 'printf "%s\\n" "$$" >&{fd}; exec {fd}>&-; eval -- "$1"'
+# enters the cwd as the session's user (not as root, before the drop), then runs the command;
+# ``eval`` keeps it one process.
+JOB_SCRIPT = 'printf "%s\\n" "$$" >&{fd}; exec {fd}>&-; cd -- "$2" || exit 1; eval -- "$1"'
 
 
 class JobError(RuntimeError):
@@ -68,6 +69,7 @@ class _Job:
     box: Box
     timeout: float | None
     deadline: float | None
+    shell_pid: int | None = None  # the session's bash, whose PID namespace the job lives in
     stop: tuple[str, str] | None = None  # (status, reason) once it was asked to end
     size: int = 0
     truncated: bool = False
@@ -95,7 +97,7 @@ class JobRunner:
         dirs: list[str] = []
         pid_r, pid_w = os.pipe()
         script = JOB_SCRIPT.format(fd=pid_w)
-        inner = [self.bash if not box.sandboxed else "/bin/bash", "-c", script, "vterm-job", command]
+        inner = [self.bash if not box.sandboxed else "/bin/bash", "-c", script, "vterm-job", command, cwd]
         if box.sandboxed:
             try:
                 if not shell_pid:
@@ -107,7 +109,7 @@ class JobRunner:
                 if isinstance(exc, JobError):
                     raise
                 raise JobError(f"the job's group could not be made: {exc}") from exc
-            argv, popen_cwd = box.job_argv(inner, cwd, shell_pid=shell_pid, cgroup_dirs=dirs), "/"
+            argv, popen_cwd = box.job_argv(inner, shell_pid=shell_pid, cgroup_dirs=dirs), "/"
         else:
             argv, popen_cwd = inner, cwd if os.path.isdir(cwd) else None
             if popen_cwd is None:
@@ -127,7 +129,7 @@ class JobRunner:
             os.close(pid_w)
         now = time.monotonic()
         job = _Job(id=job_id, session=session, proc=proc, box=box, timeout=timeout,
-                   deadline=now + timeout if timeout else None)
+                   deadline=now + timeout if timeout else None, shell_pid=shell_pid if box.sandboxed else None)
         with self._lock:
             self._jobs[job_id] = job
         pid = _read_pid(pid_r, PID_WAIT)
@@ -152,7 +154,7 @@ class JobRunner:
         with self._lock:
             jobs = [j for j in self._jobs.values() if j.session == session]
         for job in jobs:
-            self.kill(job.id, "interrupted", f"the session ended ({reason})" if reason else "the session ended")
+            self.kill(job.id, "interrupted", session_end_reason(reason))
 
     def running(self) -> list[str]:
         with self._lock:
@@ -226,6 +228,10 @@ class JobRunner:
         with self._lock:
             self._jobs.pop(job.id, None)
         exit_code = 128 - code if code < 0 else code  # killed by a signal: as a shell says it
+        if job.stop is None and code < 0 and job.shell_pid and not _running(job.shell_pid):
+            # Its shell's PID namespace ended (the session did) and the kernel killed it, before
+            # the backend heard of the shell's end.
+            job.stop = ("interrupted", session_end_reason(""))
         if job.stop is not None:
             status, reason = job.stop
         else:
@@ -243,6 +249,18 @@ class JobRunner:
                 due = [j for j in self._jobs.values() if j.deadline is not None and now >= j.deadline and j.stop is None]
             for job in due:
                 self.kill(job.id, "timed_out", f"timed out after {job.timeout:g} s")
+
+
+def session_end_reason(reason: str) -> str:
+    """Why a job ended with its session (``reason``: the session's own, if any)."""
+    return "the session ended" if reason in ("", "the session ended") else f"the session ended ({reason})"
+
+
+def _running(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
 
 
 def _read_pid(fd: int, timeout: float) -> int | None:

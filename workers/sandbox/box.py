@@ -139,15 +139,16 @@ class Box:
                 + self._bwrap + ["--chdir", cwd, "--", *self._setpriv(), *inner])
 
 
-    def job_argv(self, inner: list[str], cwd: str, *, shell_pid: int, cgroup_dirs: list[str]) -> list[str]:
+    def job_argv(self, inner: list[str], *, shell_pid: int, cgroup_dirs: list[str]) -> list[str]:
         """A job beside the shell: in the shell's namespaces (entered through ``shell_pid``, its
-        bash), as its user, in the job's own ``cgroup_dirs`` (children of the session's)."""
+        bash), as its user, in the job's own ``cgroup_dirs`` (children of the session's). It starts
+        at the sandbox's root: ``inner`` enters its directory once it runs as the user."""
         if not self.sandboxed:
             return inner
         namespaces = ["--pid", "--mount", "--ipc", "--uts"] + (["--net"] if "--unshare-net" in self._bwrap else [])
         # nsenter forks (a PID namespace holds only its children) and waits: its exit code is the job's.
         return (["/bin/sh", "-c", JOIN_CGROUPS, "vterm-job", *cgroup_dirs, "--",
-                 NSENTER, f"--target={shell_pid}", *namespaces, "--root", f"--wdns={cwd}", "--",
+                 NSENTER, f"--target={shell_pid}", *namespaces, "--root", "--wdns=/", "--",
                  *self._setpriv(), *inner])
 
     def _setpriv(self) -> list[str]:
