@@ -47,13 +47,14 @@ async def job_create(user, session_id, *, command: str, timeout: float | None = 
                                            remote_addr=remote_addr, via=via)
     reply = await call_backend(backend_queue(job.backend), T + "job_start", str(job.pk),
                                timeout=settings.VTERM["RPC_TIMEOUT"])
-    if reply is None or not reply.get("ok"):
-        error = "its backend did not start it in time" if reply is None else reply.get("error", "not started")
-        abandoned = await sync_to_async(_job_abandon)(job.pk, error)
-        if abandoned:
-            if reply is None:
-                raise ServiceUnavailable("The session's backend did not start the job in time.")
-            raise Conflict(f"The job could not be started: {error}")
+    if reply is None:
+        if await sync_to_async(_job_abandon)(job.pk, "its backend did not start it in time"):
+            raise ServiceUnavailable("The session's backend did not start the job in time.")
+        # Started just as the wait ran out: it runs.
+    elif not reply.get("ok"):
+        error = reply.get("error") or "not started"
+        await sync_to_async(_job_abandon)(job.pk, error)  # unless its backend has ended it already
+        raise Conflict(f"The job could not be started: {error}")
     return await Job.objects.aget(pk=job.pk)
 
 

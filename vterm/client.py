@@ -456,6 +456,52 @@ class AsyncClient:
         return CommandResult.from_json(await self._request(
             "POST", f"{API}/sessions/{_sid(session)}/commands/{_cid(command)}/interrupt/"))
 
+    async def start_job(self, session: str | Session, command: str, *, timeout: float | None = None) -> Job:
+        body: dict[str, Any] = {"command": command, **({"timeout": timeout} if timeout is not None else {})}
+        return Job.from_json(await self._request("POST", f"{API}/sessions/{_sid(session)}/jobs/", json=body))
+
+    async def list_jobs(self, session: str | Session) -> list[Job]:
+        return [Job.from_json(d) for d in await self._pages(f"{API}/sessions/{_sid(session)}/jobs/")]
+
+    async def get_job(self, session: str | Session, job: str | Job) -> Job:
+        return Job.from_json(await self._request("GET", f"{API}/sessions/{_sid(session)}/jobs/{_jid(job)}/"))
+
+    async def job_output(self, session: str | Session, job: str | Job, offset: int = 0) -> JobOutput:
+        return JobOutput.from_json(await self._request(
+            "GET", f"{API}/sessions/{_sid(session)}/jobs/{_jid(job)}/output/", params={"offset": offset}))
+
+    async def follow_job_output(self, session: str | Session, job: str | Job, offset: int = 0) -> AsyncIterator[str]:
+        import asyncio
+
+        pause = POLL_MIN
+        while True:
+            piece = await self.job_output(session, job, offset)
+            if piece.output:
+                yield piece.output
+                pause = POLL_MIN
+            if piece.eof:
+                return
+            offset = piece.next_offset
+            if not piece.output:
+                await asyncio.sleep(pause)
+                pause = min(POLL_MAX, pause * 1.5)
+
+    async def kill_job(self, session: str | Session, job: str | Job) -> Job:
+        return Job.from_json(await self._request("POST", f"{API}/sessions/{_sid(session)}/jobs/{_jid(job)}/kill/"))
+
+    async def wait_job(self, session: str | Session, job: str | Job, *, wait: float | None = None) -> Job:
+        import asyncio
+
+        deadline = _Remaining(wait)
+        pause = POLL_MIN
+        while True:
+            got = await self.get_job(session, job)
+            if got.done or deadline.over():
+                return got
+            left = deadline.left()
+            await asyncio.sleep(pause if left is None else min(pause, left))
+            pause = min(POLL_MAX, pause * 1.5)
+
     async def send_input(self, session: str | Session, data: str) -> None:
         await self._request("POST", f"{API}/sessions/{_sid(session)}/input/", json={"data": data})
 

@@ -403,3 +403,25 @@ def test_a_restarted_worker_ends_the_jobs_it_ran_before(fs):
 
 def output_all_now(api: Api, sid: str, jid: str) -> str:
     return api.http.get(job_url(sid, jid, "output/")).json()["output"]
+
+
+def test_the_async_client_starts_follows_and_kills_jobs(stack, alice, session):
+    import asyncio
+
+    from vterm.client import AsyncClient
+
+    sid = session["id"]
+
+    async def go():
+        async with AsyncClient(stack.url, alice.token) as vt:
+            job = await vt.start_job(sid, "echo one; sleep 0.3; echo two")
+            text = "".join([t async for t in vt.follow_job_output(sid, job)])
+            done = await vt.wait_job(sid, job)
+            long = await vt.start_job(sid, "sleep 30", timeout=60)
+            await vt.kill_job(sid, long)
+            killed = await vt.wait_job(sid, long, wait=20)
+            return text, done, killed, [j.id for j in await vt.list_jobs(sid)]
+
+    text, done, killed, listed = asyncio.run(go())
+    assert text == "one\ntwo\n" and (done.status, done.exit_code, done.done) == ("succeeded", 0, True)
+    assert killed.status == "killed" and listed[-2:] == [done.id, killed.id]
