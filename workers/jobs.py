@@ -167,11 +167,14 @@ class JobRunner:
             if not self.sandbox.job_destroy(job.session, job.id):
                 log.warning("job %s: processes left after the kill", job.id)
             return
-        # Its process group, and the tree below its main process (children that made groups of their own).
-        try:
-            tree = psutil.Process(job.proc.pid).children(recursive=True)
-        except psutil.Error:
-            tree = []
+        # Its process group, and the tree below its main process (children that made groups of their
+        # own), while that pid is still its own (not yet reaped: a reaped pid may be another's).
+        tree = []
+        if job.proc.returncode is None:
+            try:
+                tree = psutil.Process(job.proc.pid).children(recursive=True)
+            except psutil.Error:
+                pass
         try:
             os.killpg(job.proc.pid, signal.SIGKILL)
         except (ProcessLookupError, PermissionError):
