@@ -354,7 +354,9 @@ def fs(redis_url, tmp_path_factory):
     from tests.faults.harness import FaultStack
 
     # A heartbeat TTL long enough for a worker's restart on a busy machine (the restart test).
-    with FaultStack(redis_url, tmp_path_factory.mktemp("jobs-faults"), prefix="fj", VTERM_HEARTBEAT_TTL=10) as st:
+    # A command budget small enough to spend in a test (per user: each test here has its own user).
+    with FaultStack(redis_url, tmp_path_factory.mktemp("jobs-faults"), prefix="fj", VTERM_HEARTBEAT_TTL=10,
+                    VTERM_COMMAND_RATE=0.1, VTERM_COMMAND_BURST=12) as st:
         yield st
 
 
@@ -399,6 +401,31 @@ def test_a_restarted_worker_ends_the_jobs_it_ran_before(fs):
         assert f"backend {b} was lost" in done["reason"], done
     assert wait_until(lambda: not sleepers(uid, a), 10), [cmdline(p) for p in sleepers(uid, a)]
     assert fs.api.run(sid, "echo adopted")["output"] == "adopted\n"  # the shell itself was kept
+
+
+def test_jobs_spend_the_owners_command_budget(fs):
+    api = Api(fs.stack.url, fs.stack.token("jobs-rate"))
+    sid = api.create_session()["id"]
+    codes = [api.http.post(f"/api/v1/sessions/{sid}/jobs/", json={"command": "true"}).status_code
+             for _ in range(12)]
+    assert codes == [201] * 12, codes
+    over = api.http.post(f"/api/v1/sessions/{sid}/jobs/", json={"command": "true"})
+    assert over.status_code == 429 and int(over.headers["Retry-After"]) >= 1, over.text
+    # One budget with commands.
+    assert api.http.post(f"/api/v1/sessions/{sid}/commands/", json={"command": "true"}).status_code == 429
+
+
+def test_a_drain_ends_its_jobs_interrupted_and_the_session_moves(fs):
+    b = fs.backend_ids()[0]
+    assert wait_until(fs.backends_healthy, 60)  # the tests before restarted a worker
+    sid = fs.session_on(b)["id"]
+    job = start(fs.api, sid, "echo draining soon; sleep 300")
+    assert wait_until(lambda: output_all_now(fs.api, sid, job["id"]) == "draining soon\n")
+    assert fs.staff.http.post(f"/api/v1/backends/{b}/drain/").status_code == 202
+    fs.wait_session_active(sid, timeout=60, not_on=b)
+    done = wait_job(fs.api, sid, job["id"], timeout=30)
+    assert done["status"] == "interrupted" and f"backend {b} is draining" in done["reason"], done
+    assert output_all(fs.api, sid, job["id"])[0] == "draining soon\n"
 
 
 def output_all_now(api: Api, sid: str, jid: str) -> str:
