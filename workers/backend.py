@@ -29,8 +29,8 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.db import connection as db_connection
 
-from sessions import sandbox as sandbox_services
 from sessions import jobs as job_services
+from sessions import sandbox as sandbox_services
 from sessions import services
 from sessions.broadcast import install_submitter, session_broadcast, viewers_key
 from sessions.metrics import record_output_bytes
