@@ -9,6 +9,7 @@ from .models import (
     AuditEvent,
     Backend,
     Command,
+    Job,
     SessionEvent,
     ShellAccount,
     TerminalSession,
@@ -168,6 +169,23 @@ class WebhookDeliveryAdmin(admin.ModelAdmin):
     @admin.display(description="webhook-id")
     def webhook_id(self, obj):
         return str(obj)
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    """Background jobs, read-only (their output: GET …/jobs/{id}/output/)."""
+
+    list_display = ["id", "session", "short_command", "status", "exit_code", "pid", "backend", "started_at",
+                    "ended_at"]
+    list_filter = ["status", "created_at"]
+    search_fields = ["id", "command", "session__id", "session__owner__username"]
+    list_select_related = ["session"]
+    exclude = ["output"]
+    readonly_fields = [f.name for f in Job._meta.fields if f.name != "output"]
+
+    @admin.display(description="command")
+    def short_command(self, obj):
+        return obj.command if len(obj.command) <= 60 else obj.command[:57] + "..."
 
 
 @admin.register(AuditEvent)

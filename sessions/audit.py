@@ -22,6 +22,8 @@ SESSION_TERMINATE = "session.terminate"
 SESSION_RECORDING = "session.recording"  # its recording was downloaded
 COMMAND_RUN = "command.run"
 COMMAND_INTERRUPT = "command.interrupt"
+JOB_START = "job.start"
+JOB_KILL = "job.kill"
 LOGIN_THROTTLED = "auth.login_throttled"
 WEBHOOK_SECRET_ROTATE = "webhook.secret_rotate"
 

@@ -27,6 +27,7 @@ from redis.exceptions import LockError
 
 from . import webhooks
 from .circuit import breaker_record_failure
+from .jobs import jobs_end_unfinished
 from .models import Backend, Command, TerminalSession
 from .pool import backend_pick_least_loaded, backends_alive_cutoff
 from .redis_state import (
@@ -58,6 +59,9 @@ S = TerminalSession.Status
 
 
 def _commands_end(session_id, statuses, reason: str) -> int:
+    """End the session's commands in ``statuses``; its running background jobs end with the same
+    reason (they ran on the backend it leaves, or that was lost)."""
+    jobs_end_unfinished(session_id, reason)
     now = timezone.now()
     ended = Command.objects.filter(session_id=session_id, status__in=statuses).update(
         status=Command.Status.INTERRUPTED, reason=reason[:500], finished_at=now)

@@ -229,3 +229,50 @@ class WebhookAttempt(models.Model):
 
     class Meta:
         ordering = ["at", "id"]
+
+
+class Job(models.Model):
+    """A background process of a session (sessions/jobs.py): it runs beside the shell, not in it.
+
+    Its output is in Redis while it runs (the web may be on another machine than the backend) and
+    here once it has ended."""
+
+    class Status(models.TextChoices):
+        RUNNING = "running"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        TIMED_OUT = "timed_out"
+        KILLED = "killed"
+        INTERRUPTED = "interrupted"
+
+    FINAL = (Status.SUCCEEDED, Status.FAILED, Status.TIMED_OUT, Status.KILLED, Status.INTERRUPTED)
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    session = models.ForeignKey(TerminalSession, on_delete=models.CASCADE, related_name="jobs")
+    command = models.TextField()
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.RUNNING, db_index=True)
+    reason = models.CharField(max_length=500, blank=True)
+    # As the session sees it (inside its sandbox's PID namespace); null until started, or when it
+    # ended before saying it.
+    pid = models.IntegerField(null=True, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    timeout = models.FloatField(null=True, blank=True)
+    cwd = models.TextField(blank=True)
+    backend = models.CharField(max_length=100, blank=True)
+    epoch = models.PositiveIntegerField(default=0)  # the session's placement it runs under
+    output = models.BinaryField(blank=True, default=b"")  # UTF-8, at most VTERM_OUTPUT_LIMIT bytes
+    output_truncated = models.BooleanField(default=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    started_at = models.DateTimeField(null=True, blank=True)  # null until its backend has started it
+    ended_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["created_at", "id"]
+        indexes = [models.Index(fields=["session", "status"])]
+
+    def __str__(self) -> str:
+        return f"{self.session_id} job {self.pk}"
+
+    @property
+    def is_final(self) -> bool:
+        return self.status in self.FINAL

@@ -27,6 +27,11 @@ def command_done_key(command_id: str) -> str:
     return f"{_p()}cmd:{command_id}:done"
 
 
+def job_output_key(job_id: str) -> str:
+    """A background job's output so far (a string, appended to by its backend; sessions/jobs.py)."""
+    return f"{_p()}job:{job_id}:out"
+
+
 def reply_key(token: str) -> str:
     return f"{_p()}reply:{token}"
 

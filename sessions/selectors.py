@@ -5,7 +5,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 from django.http import Http404
 
-from .models import Command, TerminalSession
+from .models import Command, Job, TerminalSession
 
 
 def session_list_for_user(user) -> QuerySet[TerminalSession]:
@@ -29,3 +29,14 @@ def command_get(session: TerminalSession, command_id) -> Command:
         return Command.objects.get(session=session, pk=command_id)
     except (Command.DoesNotExist, ValueError, TypeError):
         raise Http404("No such command.") from None
+
+
+def job_list(session: TerminalSession) -> QuerySet[Job]:
+    return Job.objects.filter(session=session).defer("output").order_by("created_at", "id")
+
+
+def job_get(session: TerminalSession, job_id) -> Job:
+    try:
+        return Job.objects.defer("output").select_related("session").get(session=session, pk=job_id)
+    except (Job.DoesNotExist, ValueError, TypeError):
+        raise Http404("No such job.") from None

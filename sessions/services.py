@@ -27,6 +27,7 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 from rest_framework.status import HTTP_201_CREATED
 
+from workers.jobs import session_end_reason
 from workers.routing import backend_queue
 
 from . import audit, metrics, webhooks
@@ -42,6 +43,7 @@ from .idempotency import (
     idempotency_release,
     idempotency_replay,
 )
+from .jobs import jobs_end_unfinished
 from .models import Backend, Command, SessionEvent, TerminalSession
 from .pool import backend_pick_least_loaded
 from .ratelimit import (
@@ -297,6 +299,7 @@ def _commands_interrupt_unfinished(session: TerminalSession, reason: str) -> Non
     if Command.objects.filter(session=session).exclude(status__in=Command.FINAL).update(
             status=Command.Status.INTERRUPTED, reason=reason[:500], finished_at=now):
         webhooks.deliveries_begin(Command.objects.filter(session=session, finished_at=now))
+    jobs_end_unfinished(session.pk, session_end_reason(reason))  # its background jobs end with it
 
 
 def _session_require_live(session: TerminalSession) -> None:

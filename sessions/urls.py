@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import api, pool_api, webhook_api
+from . import api, jobs_api, pool_api, webhook_api
 from .failover_api import BackendDrainView
 
 urlpatterns = [
@@ -20,5 +20,9 @@ urlpatterns = [
     path("sessions/<uuid:session_id>/resize/", api.SessionResizeView.as_view(), name="session-resize"),
     path("backends/<str:backend_id>/drain/", BackendDrainView.as_view(), name="backend-drain"),
     path("webhooks/secret/", webhook_api.WebhookSecretView.as_view(), name="webhook-secret"),
+    path("sessions/<uuid:session_id>/jobs/", jobs_api.JobListView.as_view(), name="job-list"),
+    path("sessions/<uuid:session_id>/jobs/<uuid:job_id>/", jobs_api.JobDetailView.as_view(), name="job-detail"),
+    path("sessions/<uuid:session_id>/jobs/<uuid:job_id>/output/", jobs_api.JobOutputView.as_view(), name="job-output"),
+    path("sessions/<uuid:session_id>/jobs/<uuid:job_id>/kill/", jobs_api.JobKillView.as_view(), name="job-kill"),
     path("sessions/<uuid:session_id>/recording.cast", api.SessionRecordingView.as_view(), name="session-recording"),
 ]

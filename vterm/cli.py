@@ -5,6 +5,8 @@
     vterm run build -- make test                     # its output; exits with its exit code
     vterm attach build                               # the terminal; Ctrl-] detaches
     vterm history build
+    vterm jobs start build -- make serve             # beside the shell; prints the job's id
+    vterm jobs logs -f build 3f2a                    # its output as it comes
 
 URL and token: --url/--token, else VTERM_URL/VTERM_TOKEN, else the saved login.
 A session is named by its id, its name, or a unique prefix of either.
@@ -26,7 +28,7 @@ from typing import Any
 from . import config
 from .client import AsyncClient, Client
 from .errors import AuthError, BadRequest, ConnectionFailed, NotFound, VtermError
-from .types import CommandResult, Session
+from .types import CommandResult, Job, Session
 
 EXIT_TIMED_OUT = 124
 EXIT_VTERM_FAILED = 125
@@ -239,6 +241,81 @@ def cmd_history(args: argparse.Namespace, client: Client) -> int:
     return 0
 
 
+def resolve_job(client: Client, session: Session, ref: str) -> Job:
+    """A job of the session by id or unique prefix of its id."""
+    try:
+        uuid.UUID(ref)
+        return client.get_job(session, ref)
+    except ValueError:
+        pass
+    found = [j for j in client.list_jobs(session) if j.id.startswith(ref)]
+    if len(found) > 1:
+        raise CliError(f"vterm: {ref!r} matches {len(found)} jobs; give more of the id")
+    if not found:
+        raise NotFound(f"no job with id or prefix {ref!r} in session {session.name or session.id}", 404)
+    return found[0]
+
+
+def _job_exit_code(job: Job) -> int:
+    """As `run` exits for a command; a killed job as a shell says SIGKILL (137)."""
+    special = {"succeeded": 0, "timed_out": EXIT_TIMED_OUT, "interrupted": EXIT_INTERRUPTED, "killed": 137}
+    if job.status in special:
+        return special[job.status]
+    code = job.exit_code if job.exit_code is not None else 1
+    return code if 0 < code < 256 else 1
+
+
+def cmd_jobs_start(args: argparse.Namespace, client: Client) -> int:
+    words = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not words:
+        raise CliError("vterm: no command given (vterm jobs start SESSION -- COMMAND...)")
+    job = client.start_job(resolve_session(client, args.session), " ".join(words), timeout=args.timeout)
+    if args.json:
+        _print_json(job.raw)
+    else:
+        print(job.id)
+    return 0
+
+
+def cmd_jobs_list(args: argparse.Namespace, client: Client) -> int:
+    jobs = client.list_jobs(resolve_session(client, args.session))
+    if args.json:
+        _print_json([j.raw for j in jobs])
+        return 0
+    rows = [[j.id, j.status, "-" if j.exit_code is None else str(j.exit_code), "-" if j.pid is None else str(j.pid),
+             f"{j.started_at:%Y-%m-%d %H:%M:%S}" if j.started_at else "-", j.command] for j in jobs]
+    print(_table(rows, ["ID", "STATUS", "EXIT", "PID", "STARTED", "COMMAND"]))
+    return 0
+
+
+def cmd_jobs_logs(args: argparse.Namespace, client: Client) -> int:
+    """The job's output; with -f, as it comes until the job ends, then exit as `run` does."""
+    session = resolve_session(client, args.session)
+    job = resolve_job(client, session, args.job)
+    if not args.follow:
+        sys.stdout.write(client.job_output(session, job).output)
+        sys.stdout.flush()
+        return 0
+    for text in client.follow_job_output(session, job):
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    job = client.get_job(session, job)
+    if job.status != "succeeded":
+        print(f"vterm: job {job.status}{': ' + job.reason if job.reason else ''}", file=sys.stderr)
+    return _job_exit_code(job)
+
+
+def cmd_jobs_kill(args: argparse.Namespace, client: Client) -> int:
+    session = resolve_session(client, args.session)
+    job = client.kill_job(session, resolve_job(client, session, args.job))
+    job = client.wait_job(session, job, wait=10)
+    if args.json:
+        _print_json(job.raw)
+    else:
+        print(f"{job.id} {job.status}")
+    return 0
+
+
 def cmd_screen(args: argparse.Namespace, client: Client) -> int:
     session = resolve_session(client, args.session)
     screen = client.screen(session)
@@ -323,6 +400,27 @@ def build_parser() -> argparse.ArgumentParser:
     hist.add_argument("session", metavar="SESSION")
     hist.add_argument("--output", "-o", action="store_true", help="with each command's output")
     hist.set_defaults(func=cmd_history)
+
+    jp = sub.add_parser("jobs", parents=[common], help="background jobs of a session (start, ls, logs, kill)")
+    jsub = jp.add_subparsers(dest="jobs_cmd", metavar="ACTION", required=True)
+    js = jsub.add_parser("start", parents=[common], help="start a job beside the shell; prints its id",
+                         usage="vterm jobs start [--timeout S] SESSION -- COMMAND...")
+    js.add_argument("--timeout", type=float, help="the server kills the job after S seconds (timed_out)")
+    js.add_argument("session", metavar="SESSION")
+    js.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
+    js.set_defaults(func=cmd_jobs_start)
+    jl = jsub.add_parser("ls", aliases=["list"], parents=[common], help="the session's jobs, oldest first")
+    jl.add_argument("session", metavar="SESSION")
+    jl.set_defaults(func=cmd_jobs_list)
+    jg = jsub.add_parser("logs", parents=[common], help="a job's output (-f: follow it, exit with its code)")
+    jg.add_argument("--follow", "-f", action="store_true", help="until the job ends")
+    jg.add_argument("session", metavar="SESSION")
+    jg.add_argument("job", metavar="JOB", help="its id or a unique prefix of it")
+    jg.set_defaults(func=cmd_jobs_logs)
+    jk = jsub.add_parser("kill", parents=[common], help="end a job and everything it started")
+    jk.add_argument("session", metavar="SESSION")
+    jk.add_argument("job", metavar="JOB", help="its id or a unique prefix of it")
+    jk.set_defaults(func=cmd_jobs_kill)
 
     scr = sub.add_parser("screen", parents=[common], help="what the session's terminal shows now")
     scr.add_argument("session", metavar="SESSION")

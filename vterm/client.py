@@ -37,7 +37,7 @@ from .errors import (
     error_for_response,
 )
 from .stream import AsyncTerminal, Terminal, ws_url
-from .types import CommandResult, Frame, ResourceUsage, Screen, Session
+from .types import CommandResult, Frame, Job, JobOutput, ResourceUsage, Screen, Session
 
 __all__ = [
     "AsyncClient",
@@ -49,6 +49,8 @@ __all__ = [
     "Conflict",
     "ConnectionFailed",
     "Frame",
+    "Job",
+    "JobOutput",
     "NotFound",
     "RateLimited",
     "ResourceUsage",
@@ -71,6 +73,10 @@ def _sid(session: str | Session) -> str:
 
 def _cid(command: str | CommandResult) -> str:
     return command.id if isinstance(command, CommandResult) else str(command)
+
+
+def _jid(job: str | Job) -> str:
+    return job.id if isinstance(job, Job) else str(job)
 
 
 def _session_body(name: str | None, cwd: str | None, env: dict[str, str] | None, cols: int | None,
@@ -249,6 +255,56 @@ class Client:
         return CommandResult.from_json(self._request(
             "POST", f"{API}/sessions/{_sid(session)}/commands/{_cid(command)}/interrupt/"))
 
+    # -- background jobs --------------------------------------------------------
+
+    def start_job(self, session: str | Session, command: str, *, timeout: float | None = None) -> Job:
+        """Start ``command`` beside the session's shell (its cwd and environment, not its foreground)."""
+        body: dict[str, Any] = {"command": command, **({"timeout": timeout} if timeout is not None else {})}
+        return Job.from_json(self._request("POST", f"{API}/sessions/{_sid(session)}/jobs/", json=body))
+
+    def list_jobs(self, session: str | Session) -> list[Job]:
+        """The session's jobs, oldest first."""
+        return [Job.from_json(d) for d in self._pages(f"{API}/sessions/{_sid(session)}/jobs/")]
+
+    def get_job(self, session: str | Session, job: str | Job) -> Job:
+        return Job.from_json(self._request("GET", f"{API}/sessions/{_sid(session)}/jobs/{_jid(job)}/"))
+
+    def job_output(self, session: str | Session, job: str | Job, offset: int = 0) -> JobOutput:
+        """The job's output from byte ``offset`` on (what has come so far; ``eof`` once it has ended)."""
+        return JobOutput.from_json(self._request("GET", f"{API}/sessions/{_sid(session)}/jobs/{_jid(job)}/output/",
+                                                 params={"offset": offset}))
+
+    def follow_job_output(self, session: str | Session, job: str | Job, offset: int = 0) -> Iterator[str]:
+        """The job's output as it comes, until the job has ended and all of it was read."""
+        pause = POLL_MIN
+        while True:
+            piece = self.job_output(session, job, offset)
+            if piece.output:
+                yield piece.output
+                pause = POLL_MIN
+            if piece.eof:
+                return
+            offset = piece.next_offset
+            if not piece.output:
+                time.sleep(pause)
+                pause = min(POLL_MAX, pause * 1.5)
+
+    def kill_job(self, session: str | Session, job: str | Job) -> Job:
+        """End the job and its whole process tree (409 Conflict once it has ended)."""
+        return Job.from_json(self._request("POST", f"{API}/sessions/{_sid(session)}/jobs/{_jid(job)}/kill/"))
+
+    def wait_job(self, session: str | Session, job: str | Job, *, wait: float | None = None) -> Job:
+        """Poll a job until it has ended, or ``wait`` seconds have passed."""
+        deadline = _Remaining(wait)
+        pause = POLL_MIN
+        while True:
+            got = self.get_job(session, job)
+            if got.done or deadline.over():
+                return got
+            left = deadline.left()
+            time.sleep(pause if left is None else min(pause, left))
+            pause = min(POLL_MAX, pause * 1.5)
+
     # -- the terminal -----------------------------------------------------------
 
     def send_input(self, session: str | Session, data: str) -> None:
@@ -399,6 +455,52 @@ class AsyncClient:
     async def interrupt(self, session: str | Session, command: str | CommandResult) -> CommandResult:
         return CommandResult.from_json(await self._request(
             "POST", f"{API}/sessions/{_sid(session)}/commands/{_cid(command)}/interrupt/"))
+
+    async def start_job(self, session: str | Session, command: str, *, timeout: float | None = None) -> Job:
+        body: dict[str, Any] = {"command": command, **({"timeout": timeout} if timeout is not None else {})}
+        return Job.from_json(await self._request("POST", f"{API}/sessions/{_sid(session)}/jobs/", json=body))
+
+    async def list_jobs(self, session: str | Session) -> list[Job]:
+        return [Job.from_json(d) for d in await self._pages(f"{API}/sessions/{_sid(session)}/jobs/")]
+
+    async def get_job(self, session: str | Session, job: str | Job) -> Job:
+        return Job.from_json(await self._request("GET", f"{API}/sessions/{_sid(session)}/jobs/{_jid(job)}/"))
+
+    async def job_output(self, session: str | Session, job: str | Job, offset: int = 0) -> JobOutput:
+        return JobOutput.from_json(await self._request(
+            "GET", f"{API}/sessions/{_sid(session)}/jobs/{_jid(job)}/output/", params={"offset": offset}))
+
+    async def follow_job_output(self, session: str | Session, job: str | Job, offset: int = 0) -> AsyncIterator[str]:
+        import asyncio
+
+        pause = POLL_MIN
+        while True:
+            piece = await self.job_output(session, job, offset)
+            if piece.output:
+                yield piece.output
+                pause = POLL_MIN
+            if piece.eof:
+                return
+            offset = piece.next_offset
+            if not piece.output:
+                await asyncio.sleep(pause)
+                pause = min(POLL_MAX, pause * 1.5)
+
+    async def kill_job(self, session: str | Session, job: str | Job) -> Job:
+        return Job.from_json(await self._request("POST", f"{API}/sessions/{_sid(session)}/jobs/{_jid(job)}/kill/"))
+
+    async def wait_job(self, session: str | Session, job: str | Job, *, wait: float | None = None) -> Job:
+        import asyncio
+
+        deadline = _Remaining(wait)
+        pause = POLL_MIN
+        while True:
+            got = await self.get_job(session, job)
+            if got.done or deadline.over():
+                return got
+            left = deadline.left()
+            await asyncio.sleep(pause if left is None else min(pause, left))
+            pause = min(POLL_MAX, pause * 1.5)
 
     async def send_input(self, session: str | Session, data: str) -> None:
         await self._request("POST", f"{API}/sessions/{_sid(session)}/input/", json={"data": data})

@@ -117,6 +117,53 @@ class CommandResult:
                    reason=d.get("reason") or "", raw=d)
 
 
+JOB_FINAL_STATUSES = ("succeeded", "failed", "timed_out", "killed", "interrupted")
+
+
+@dataclass(frozen=True)
+class Job:
+    """A background job of a session (API.md "Jobs"): it runs beside the shell, not in it."""
+
+    id: str
+    session: str
+    command: str
+    status: str
+    exit_code: int | None
+    pid: int | None
+    cwd: str
+    started_at: datetime | None
+    ended_at: datetime | None
+    reason: str = ""
+    timeout: float | None = None
+    output_truncated: bool = False
+    raw: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def done(self) -> bool:
+        return self.status in JOB_FINAL_STATUSES
+
+    @classmethod
+    def from_json(cls, d: dict) -> Job:
+        return cls(id=d["id"], session=str(d.get("session", "")), command=d.get("command", ""), status=d["status"],
+                   exit_code=d.get("exit_code"), pid=d.get("pid"), cwd=d.get("cwd") or "",
+                   started_at=_dt(d.get("started_at")), ended_at=_dt(d.get("ended_at")), reason=d.get("reason") or "",
+                   timeout=d.get("timeout"), output_truncated=bool(d.get("output_truncated")), raw=d)
+
+
+@dataclass(frozen=True)
+class JobOutput:
+    """A piece of a job's output: from byte ``offset`` of its UTF-8 to ``next_offset``."""
+
+    output: str
+    offset: int
+    next_offset: int
+    eof: bool
+
+    @classmethod
+    def from_json(cls, d: dict) -> JobOutput:
+        return cls(output=d.get("output") or "", offset=d["offset"], next_offset=d["next_offset"], eof=bool(d["eof"]))
+
+
 @dataclass(frozen=True)
 class Screen:
     """What the session's terminal shows now."""

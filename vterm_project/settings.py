@@ -289,6 +289,8 @@ VTERM = {
     # Keystrokes also spend a bucket of bytes (UTF-8 of `data`): requests alone let 64 KiB frames through.
     "INPUT_BYTES_RATE": env_float("VTERM_INPUT_BYTES_RATE", 1024 * 1024.0),
     "INPUT_BYTES_BURST": env_float("VTERM_INPUT_BYTES_BURST", 4 * 1024 * 1024.0),
+    # Background jobs running at once in one session (sessions/jobs.py; one more: 429). 0: no cap.
+    "MAX_JOBS_PER_SESSION": env_int("VTERM_MAX_JOBS_PER_SESSION", 10),
     # Results a user may be awaiting at once (REST `wait`, WebSocket `run`), on all web nodes together.
     # How long an Idempotency-Key is kept, per user (sessions/idempotency.py; docs/api.md).
     "IDEMPOTENCY_TTL": env_int("VTERM_IDEMPOTENCY_TTL", 24 * 3600),

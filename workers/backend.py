@@ -29,6 +29,7 @@ from django.conf import settings
 from django.db import close_old_connections
 from django.db import connection as db_connection
 
+from sessions import jobs as job_services
 from sessions import sandbox as sandbox_services
 from sessions import services
 from sessions.broadcast import install_submitter, session_broadcast, viewers_key
@@ -36,6 +37,7 @@ from sessions.metrics import record_output_bytes
 from sessions.redis_state import backend_stats_key, output_stream_key, sync_client
 
 from . import failover_runtime
+from .backend_jobs import BackendJobs
 from .backend_stats import StatsSampler
 from .env_tracker import EnvTracker
 from .handoff_check import HandoffCheck
@@ -107,6 +109,7 @@ class BackendRuntime:
         # that blocks) delays no other session's start, stop or move.
         self._starts = ThreadPoolExecutor(max_workers=settings.VTERM["START_THREADS"], thread_name_prefix="vterm-start")
         self.env_tracker = EnvTracker(self, self._stop)
+        self.jobs = BackendJobs(self)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -155,6 +158,10 @@ class BackendRuntime:
         adopted = self.driver.start()
         services.backend_register(backend_id=self.backend_id, hostname=socket.gethostname(),
                                   capacity=settings.VTERM["BACKEND_CAPACITY"], sandbox=self.driver.sandbox.mode)
+        # Jobs of a worker before this one ended with it (their output pipes were its own).
+        for info in adopted:
+            self.driver.sandbox.jobs_sweep(info.name)
+        job_services.jobs_end_on_backend(self.backend_id, f"its backend worker ({self.backend_id}) restarted")
         # Adopted shells are matched with the database before any task runs (sessions/failover.py).
         failover_runtime.reconcile(self, restarted=True, adopted=adopted)
         for t in (InboxThread(self, self._stop), self.env_tracker, HandoffCheck(self, self._stop)):
@@ -166,6 +173,7 @@ class BackendRuntime:
     def stop(self) -> None:
         self.stopping = True
         self._stop.set()
+        self.jobs.runner.close()
         self.driver.close()
         self._writes.put(None)
         for t in self._threads:
@@ -263,6 +271,7 @@ class BackendRuntime:
         )))
 
     def shell_exited(self, name: str, reason: str) -> None:
+        self.jobs.runner.session_ended(name, reason)  # before its sandbox goes: they end as interrupted
         epoch = self.ledger.epochs.get(name)
         self.ledger.exited(name)
         # Per-session output state would otherwise grow with every session this backend ever had;

@@ -38,6 +38,18 @@ def session_stop(session_id, reason=""):
     runtime().driver.kill_shell(session_id)
 
 
+@shared_task(name="workers.tasks.job_start")
+def job_start(job_id, reply_to=None):
+    """Start a background job beside its session's shell (sessions/jobs.py); answered with its pid."""
+    rt = runtime()
+    rt.start_in_background(lambda: post_reply(reply_to, rt.jobs.start(job_id)))
+
+
+@shared_task(name="workers.tasks.job_kill")
+def job_kill(job_id):
+    runtime().jobs.kill(job_id)
+
+
 @shared_task(name="workers.tasks.inbox_message")
 def inbox_message(msg):
     """A hot call sent through Celery (VTERM_HOT_CALLS=celery); by default they come on the inbox list."""

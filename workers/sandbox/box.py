@@ -34,6 +34,7 @@ from .cgroups import CgroupError, Cgroups, Limits, Usage
 log = logging.getLogger(__name__)
 
 SETPRIV = "/usr/bin/setpriv"
+NSENTER = "/usr/bin/nsenter"
 # Directories every sandbox has, made fresh for each shell.
 SANDBOX_DIRS = ("/", "/home", "/tmp", "/var", "/var/tmp", "/dev", "/dev/shm", "/proc", "/run")
 RUN_DIR = "/run/vterm"
@@ -134,11 +135,26 @@ class Box:
     def argv(self, inner: list[str], cwd: str) -> list[str]:
         if not self.sandboxed:
             return inner
-        s = self.spec
-        setpriv = [SETPRIV, f"--reuid={s.uid}", f"--regid={s.gid}", "--clear-groups",
-                   "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
         return (["/bin/sh", "-c", JOIN_CGROUPS, "vterm-sandbox", *self.cgroup_dirs, "--"]
-                + self._bwrap + ["--chdir", cwd, "--", *setpriv, *inner])
+                + self._bwrap + ["--chdir", cwd, "--", *self._setpriv(), *inner])
+
+
+    def job_argv(self, inner: list[str], *, shell_pid: int, cgroup_dirs: list[str]) -> list[str]:
+        """A job beside the shell: in the shell's namespaces (entered through ``shell_pid``, its
+        bash), as its user, in the job's own ``cgroup_dirs`` (children of the session's). It starts
+        at the sandbox's root: ``inner`` enters its directory once it runs as the user."""
+        if not self.sandboxed:
+            return inner
+        namespaces = ["--pid", "--mount", "--ipc", "--uts"] + (["--net"] if "--unshare-net" in self._bwrap else [])
+        # nsenter forks (a PID namespace holds only its children) and waits: its exit code is the job's.
+        return (["/bin/sh", "-c", JOIN_CGROUPS, "vterm-job", *cgroup_dirs, "--",
+                 NSENTER, f"--target={shell_pid}", *namespaces, "--root", "--wdns=/", "--",
+                 *self._setpriv(), *inner])
+
+    def _setpriv(self) -> list[str]:
+        s = self.spec
+        return [SETPRIV, f"--reuid={s.uid}", f"--regid={s.gid}", "--clear-groups",
+                "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", "--"]
 
 
 class NoSandbox:
@@ -175,6 +191,15 @@ class NoSandbox:
     def pids(self, name: str) -> list[int]:
         return []
 
+    def job_create(self, name: str, job: str) -> list[str]:
+        return []
+
+    def job_destroy(self, name: str, job: str) -> bool:
+        return True
+
+    def jobs_sweep(self, name: str) -> None:
+        pass
+
 
 class Sandbox:
     """The sandboxes of one backend's shells. State per shell lives in ``state_dir/<name>/``
@@ -206,7 +231,8 @@ class Sandbox:
     def check(self) -> None:
         """Raise SandboxUnavailable naming what this host lacks (the backend then refuses to start)."""
         missing = []
-        for tool, path, pkg in (("bwrap", self.bwrap, "bubblewrap"), ("setpriv", SETPRIV, "util-linux")):
+        for tool, path, pkg in (("bwrap", self.bwrap, "bubblewrap"), ("setpriv", SETPRIV, "util-linux"),
+                                ("nsenter", NSENTER, "util-linux")):
             if not os.access(path, os.X_OK):
                 missing.append(f"{tool} at {path} (Debian package {pkg})")
         if os.geteuid() != 0:
@@ -302,6 +328,19 @@ class Sandbox:
 
     def pids(self, name: str) -> list[int]:
         return self.cgroups.pids(name)
+
+    def job_create(self, name: str, job: str) -> list[str]:
+        """A job's own group inside the session's (workers/jobs.py): its directories."""
+        return self.cgroups.job_create(name, job)
+
+    def job_destroy(self, name: str, job: str) -> bool:
+        """End every process of the job (however it detached) and remove its group."""
+        return self.cgroups.job_destroy(name, job)
+
+    def jobs_sweep(self, name: str) -> None:
+        """End the jobs a worker before this one left in the shell's group."""
+        for job in self.cgroups.job_names(name):
+            self.cgroups.job_destroy(name, job)
 
     def _bwrap_args(self, host_dir: str, spec: SandboxSpec) -> list[str]:
         home = f"/home/{login_name(spec.username, spec.uid)}"

@@ -202,10 +202,36 @@ class Cgroups:
         return dirs
 
     def pids(self, name: str) -> list[int]:
+        """Every process of the session's group, its jobs' groups included."""
+        out = []
+        for d in _tree(self.dirs(name)[0]):
+            try:
+                out += [int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()]
+            except FileNotFoundError:
+                pass
+        return out
+
+    # -- a job's group: a child of its session's, so that the session's limits hold it and a kill
+    # -- of the job ends its whole tree (however it detached), and no more ----------------------
+
+    def job_dirs(self, name: str, job: str) -> list[str]:
+        return [os.path.join(d, f"job-{job}") for d in self.dirs(name)]
+
+    def job_create(self, name: str, job: str) -> list[str]:
+        dirs = self.job_dirs(name, job)
+        for d in dirs:
+            os.mkdir(d)
+        return dirs
+
+    def job_names(self, name: str) -> list[str]:
         try:
-            return [int(p) for p in _read(os.path.join(self.dirs(name)[0], "cgroup.procs")).split()]
+            return [d[4:] for d in os.listdir(self.dirs(name)[0]) if d.startswith("job-")]
         except FileNotFoundError:
             return []
+
+    def job_destroy(self, name: str, job: str, timeout: float = 5.0) -> bool:
+        """Kill every process of the job's group and remove it. True when nothing is left."""
+        return _kill_and_remove(self.job_dirs(name, job), self.version, timeout)
 
     def usage(self, name: str) -> Usage | None:
         dirs = self.dirs(name)
@@ -232,30 +258,49 @@ class Cgroups:
                      process_limit_hits=hits)
 
     def destroy(self, name: str, timeout: float = 5.0) -> bool:
-        """Kill every process in the session's group, then remove it. True when nothing is left."""
-        dirs = self.dirs(name)
-        if not any(os.path.isdir(d) for d in dirs):
-            return True
-        deadline = time.monotonic() + timeout
-        if self.version == 2 and os.path.exists(f"{dirs[0]}/cgroup.kill"):
+        """Kill every process in the session's group (its jobs' too), then remove it. True when nothing is left."""
+        return _kill_and_remove(self.dirs(name), self.version, timeout)
+
+
+def _tree(top: str) -> list[str]:
+    """``top`` and the groups below it, deepest first (the order they can be removed in)."""
+    out = []
+    for root, subdirs, _ in os.walk(top, topdown=False):
+        out.append(root)
+    return out
+
+
+def _kill_and_remove(dirs: list[str], version: int, timeout: float) -> bool:
+    """Kill every process in the groups ``dirs`` (one per hierarchy) and their child groups, then
+    remove them all. True when nothing is left."""
+    if not any(os.path.isdir(d) for d in dirs):
+        return True
+    deadline = time.monotonic() + timeout
+    if version == 2 and os.path.exists(f"{dirs[0]}/cgroup.kill"):
+        try:
+            _write(f"{dirs[0]}/cgroup.kill", "1")
+        except OSError:
+            pass
+    while True:
+        pids = []
+        for d in _tree(dirs[0]):
             try:
-                _write(f"{dirs[0]}/cgroup.kill", "1")
-            except OSError:
+                pids += [int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()]
+            except FileNotFoundError:
                 pass
-        while True:
-            pids = self.pids(name)
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-            if not pids:
-                break
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        ok = True
-        for d in dirs:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if not pids:
+            break
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    ok = True
+    for top in dirs:
+        for d in _tree(top):
             while True:
                 try:
                     os.rmdir(d)
@@ -268,4 +313,4 @@ class Cgroups:
                         ok = False
                         break
                     time.sleep(0.01)
-        return ok
+    return ok

@@ -411,6 +411,16 @@ class TmuxDriver:
         out = self._call(f"display-message -p -t {shell.pane_id} '#{{pane_current_path}}'")
         return out[0] if out and out[0] else shell.cwd
 
+    def job_context(self, name: str) -> tuple[Box, int | None, str]:
+        """What a job beside the shell needs of it: its sandbox, its bash's pid (to enter its
+        namespaces) and its cwd as the shell sees it (from its last prompt)."""
+        shell = self._get(name)
+        pid = None
+        out = self._call(f"display-message -p -t {shell.pane_id} '#{{pane_pid}}'")
+        if out and out[0].isdigit():
+            pid = _bash_below(int(out[0]))  # in a sandbox, bash runs under bwrap
+        return shell.box or self.sandbox.find(name), pid, shell.cwd
+
     def capture_env(self, names: list[str], timeout: float = ENV_CAPTURE_TIMEOUT) -> dict[str, dict[str, str] | None]:
         """The exported environment of idle shells, as their user left it (a session moving away).
 
