@@ -178,13 +178,14 @@ def _exit_code_of(result: CommandResult) -> int:
     return code if 0 < code < 256 else 1
 
 
-def _run_and_wait(client: Client, session: Session, command: str, timeout: float | None) -> CommandResult:
+def _run_and_wait(client: Client, session: Session, command: str, timeout: float | None,
+                  idle_timeout: float | None = None) -> CommandResult:
     """Submit, then wait however long it takes; the first Ctrl-C interrupts the remote command.
 
     No server-side ``wait`` on the submit: a Ctrl-C during a long POST would leave us without
     the command's id to interrupt. Polling starts at 50 ms, so quick commands return quickly.
     """
-    cmd = client.submit(session, command, timeout=timeout)
+    cmd = client.submit(session, command, timeout=timeout, idle_timeout=idle_timeout)
     interrupted = False
     while not cmd.done:
         try:
@@ -209,7 +210,7 @@ def cmd_run(args: argparse.Namespace, client: Client) -> int:
         raise CliError("vterm: no command given (vterm run SESSION -- COMMAND...)")
     command = " ".join(words)
     session = resolve_session(client, args.session)
-    result = _run_and_wait(client, session, command, args.timeout)
+    result = _run_and_wait(client, session, command, args.timeout, args.idle_timeout)
     if args.json:
         _print_json(result.raw)
     else:
@@ -386,6 +387,8 @@ def build_parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", parents=[common], help="run a command, print its output, exit with its code",
                          usage="vterm run [--timeout S] SESSION -- COMMAND...")
     run.add_argument("--timeout", type=float, help="the server ends the command after S seconds (exit 124)")
+    run.add_argument("--idle-timeout", type=float, metavar="S",
+                     help="the server ends the command when it prints nothing for S seconds (exit 124)")
     run.add_argument("session", metavar="SESSION")
     run.add_argument("command", nargs=argparse.REMAINDER, metavar="COMMAND")
     run.set_defaults(func=cmd_run, vterm_error_exit=EXIT_VTERM_FAILED)

@@ -85,10 +85,9 @@ def _session_body(name: str | None, cwd: str | None, env: dict[str, str] | None,
     return {k: v for k, v in body.items() if v is not None}
 
 
-def _command_body(command: str, timeout: float | None, wait: float | None) -> dict[str, Any]:
-    body: dict[str, Any] = {"command": command}
-    if timeout is not None:
-        body["timeout"] = timeout
+def _command_body(command: str, wait: float | None, **options: Any) -> dict[str, Any]:
+    """``options``: ``timeout``, ``idle_timeout``, ``notify_url`` (docs/api.md), left out when None."""
+    body: dict[str, Any] = {"command": command, **{k: v for k, v in options.items() if v is not None}}
     if wait:
         body["wait"] = wait
     return body
@@ -193,29 +192,34 @@ class Client:
     # -- commands ---------------------------------------------------------------
 
     def submit(self, session: str | Session, command: str, *, timeout: float | None = None,
-               wait: float | None = None) -> CommandResult:
+               wait: float | None = None, idle_timeout: float | None = None,
+               notify_url: str | None = None) -> CommandResult:
         """Queue a command; with ``wait`` (≤ the server's limit) the answer waits for it to end."""
+        body = _command_body(command, wait, timeout=timeout, idle_timeout=idle_timeout, notify_url=notify_url)
         return CommandResult.from_json(self._request(
-            "POST", f"{API}/sessions/{_sid(session)}/commands/", json=_command_body(command, timeout, wait),
-            extra_time=wait or 0.0))
+            "POST", f"{API}/sessions/{_sid(session)}/commands/", json=body, extra_time=wait or 0.0))
 
     def run(self, session: str | Session, command: str, *, timeout: float | None = None,
-            wait: float | None = None) -> CommandResult:
+            wait: float | None = None, idle_timeout: float | None = None,
+            notify_url: str | None = None) -> CommandResult:
         """Run ``command`` in the session and return its result once it has ended.
 
-        ``timeout``: the server ends the command (``timed_out``) after this many seconds.
+        ``timeout``: the server ends the command (``timed_out``) after this many seconds;
+        ``idle_timeout``: after this many seconds without output. ``notify_url``: POSTed the
+        result once it has ended (a completion webhook, docs/api.md).
         ``wait``: give up waiting after this long and return the command as it stands
         (check ``.done``); ``None`` waits as long as the command runs. Non-zero exit codes
         raise nothing: see ``.ok`` / ``.exit_code``.
         """
         deadline = _Remaining(wait)
         try:
-            cmd = self.submit(session, command, timeout=timeout, wait=deadline.server_wait())
+            cmd = self.submit(session, command, timeout=timeout, wait=deadline.server_wait(),
+                              idle_timeout=idle_timeout, notify_url=notify_url)
         except BadRequest as exc:
             if "wait" not in exc.errors:
                 raise
             # This server allows a shorter wait (VTERM_MAX_WAIT): nothing was queued; poll instead.
-            cmd = self.submit(session, command, timeout=timeout)
+            cmd = self.submit(session, command, timeout=timeout, idle_timeout=idle_timeout, notify_url=notify_url)
         if cmd.done or deadline.over():
             return cmd
         return self.wait_command(session, cmd, wait=deadline.left())
@@ -412,21 +416,25 @@ class AsyncClient:
         await self._request("DELETE", f"{API}/sessions/{_sid(session)}/")
 
     async def submit(self, session: str | Session, command: str, *, timeout: float | None = None,
-                     wait: float | None = None) -> CommandResult:
+                     wait: float | None = None, idle_timeout: float | None = None,
+                     notify_url: str | None = None) -> CommandResult:
+        body = _command_body(command, wait, timeout=timeout, idle_timeout=idle_timeout, notify_url=notify_url)
         return CommandResult.from_json(await self._request(
-            "POST", f"{API}/sessions/{_sid(session)}/commands/", json=_command_body(command, timeout, wait),
-            extra_time=wait or 0.0))
+            "POST", f"{API}/sessions/{_sid(session)}/commands/", json=body, extra_time=wait or 0.0))
 
     async def run(self, session: str | Session, command: str, *, timeout: float | None = None,
-                  wait: float | None = None) -> CommandResult:
+                  wait: float | None = None, idle_timeout: float | None = None,
+                  notify_url: str | None = None) -> CommandResult:
         """See ``Client.run``."""
         deadline = _Remaining(wait)
         try:
-            cmd = await self.submit(session, command, timeout=timeout, wait=deadline.server_wait())
+            cmd = await self.submit(session, command, timeout=timeout, wait=deadline.server_wait(),
+                                    idle_timeout=idle_timeout, notify_url=notify_url)
         except BadRequest as exc:
             if "wait" not in exc.errors:
                 raise
-            cmd = await self.submit(session, command, timeout=timeout)
+            cmd = await self.submit(session, command, timeout=timeout, idle_timeout=idle_timeout,
+                                    notify_url=notify_url)
         if cmd.done or deadline.over():
             return cmd
         return await self.wait_command(session, cmd, wait=deadline.left())

@@ -265,7 +265,7 @@ class BackendRuntime:
 
         self._writes.put(_CommandEnd(dict(
             command_id=result.command_id, status=result.status, exit_code=result.exit_code,
-            output=clean_output(result.raw), output_raw=result.raw, truncated=result.truncated,
+            output=clean_output(result.raw, result.stopped_at), output_raw=result.raw, truncated=result.truncated,
             cwd=result.cwd, started_at=_dt(result.started_at), finished_at=_dt(result.finished_at),
             duration_ms=result.duration_ms, reason=result.reason, known=known,
         )))

@@ -94,6 +94,8 @@ def test_run_timed_out_and_interrupted(env, named, alice):
     name, sid = named
     r = vterm(env, "run", "--timeout", "0.5", name, "--", "sleep", "20")
     assert r.returncode == 124 and "timed out" in r.stderr
+    r = vterm(env, "run", "--idle-timeout", "1", name, "--", "echo begun; sleep 20")
+    assert (r.returncode, r.stdout) == (124, "begun\n") and "no output for 1 s" in r.stderr, r.stderr
     proc = subprocess.Popen([VTERM, "run", name, "--", "sleep 30"], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 20

@@ -87,6 +87,8 @@ def test_run_outlasting_the_server_wait_polls_until_done(vt, sess, monkeypatch):
 def test_timeout_and_interrupt(vt, sess):
     r = vt.run(sess, "sleep 20", timeout=0.5)
     assert (r.status, r.ok, r.done) == ("timed_out", False, True)
+    r = vt.run(sess, "echo begun; sleep 20", idle_timeout=1)
+    assert (r.status, r.reason) == ("timed_out", "no output for 1 s") and r.output.startswith("begun\n"), r
     cmd = vt.submit(sess, "sleep 30")
     assert _until(lambda: vt.get_command(sess, cmd).status == "running")
     vt.interrupt(sess, cmd)

@@ -76,3 +76,13 @@ def test_clean_output_removes_escapes_and_folds_crlf():
     raw = b"\x1b[1;31mred\x1b[0m\r\n\x1b]0;title\x07line\r\nx\ry\n"
     assert clean_output(raw) == "red\nline\nx\ry\n"
     assert clean_output(b"\xff ok") == "\ufffd ok"
+
+
+def test_a_stops_traces_are_not_the_commands_output():
+    # After the point vterm stopped it: the Ctrl-C's echo, bash's newline and "Killed" go; before it,
+    # and without a stop, the same bytes are the command's own.
+    assert clean_output(b"stubborn\r\n^CKilled\r\n", stopped_at=10) == "stubborn\n"
+    assert clean_output(b"a\r\n^C\r\nKilled\r\n", stopped_at=3) == "a\n"
+    assert clean_output(b"abc^C\r\n", stopped_at=3) == "abc"
+    assert clean_output(b"^C is a caret\r\n^C\r\n", stopped_at=15) == "^C is a caret\n"
+    assert clean_output(b"^C\r\nKilled\r\n") == "^C\nKilled\n"

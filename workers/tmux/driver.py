@@ -79,6 +79,7 @@ class CommandResult:
     finished_at: float
     duration_ms: float | None
     reason: str = ""
+    stopped_at: int | None = None  # len(raw) when vterm stopped it (Ctrl-C): its traces follow
 
 
 @dataclass
@@ -127,6 +128,7 @@ class _Command:
     stop_reason: str | None = None  # "timed_out" | "interrupted"
     stop_note: str = ""  # why it was stopped, for its result's reason
     escalate_at: float | None = None
+    stopped_at: int | None = None  # len(raw) at the first stop
     incomplete: bool = False
     # The driver's own (capture_env): no listener hears of it, its output is not forwarded.
     hidden: bool = False
@@ -503,6 +505,8 @@ class TmuxDriver:
         its reason; if Ctrl-C is ignored the ticker kills the shell's children. Under the lock."""
         cmd.stop_reason = cmd.stop_reason or status
         cmd.stop_note = cmd.stop_note or note
+        if cmd.stopped_at is None:
+            cmd.stopped_at = len(cmd.raw)
         cmd.escalate_at = time.monotonic() + ESCALATE_AFTER
         self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
 
@@ -648,6 +652,7 @@ class TmuxDriver:
             command_id=cmd.id, status=status, exit_code=exit_code, raw=bytes(cmd.raw),
             truncated=cmd.truncated, cwd=cwd, started_at=cmd.started_wall, finished_at=now,
             duration_ms=round(duration, 3) if duration is not None else None, reason=reason,
+            stopped_at=cmd.stopped_at,
         )
         self.listener.command_finished(shell.name, result)
 

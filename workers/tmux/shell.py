@@ -191,8 +191,17 @@ _ANSI_RE = re.compile(
 )
 
 
-def clean_output(raw: bytes) -> str:
-    """What the API calls a command's output: text, CRLF as LF, escapes removed."""
+# What the terminal shows of a stop vterm made (a Ctrl-C, then a kill if it was ignored): the
+# Ctrl-C's echo and the newline bash then prints, bash's "Killed".
+_STOP_TRACES = re.compile(rb"(?m:\^C|^)(?:\r?\n)?Killed\r?\n|\^C(?:\r?\n)?")
+
+
+def clean_output(raw: bytes, stopped_at: int | None = None) -> str:
+    """What the API calls a command's output: text, CRLF as LF, escapes removed. ``stopped_at``:
+    where the output was when vterm stopped the command; the stop's traces after it are not the
+    command's output (the raw bytes keep them)."""
+    if stopped_at is not None:
+        raw = raw[:stopped_at] + _STOP_TRACES.sub(b"", raw[stopped_at:])
     text = raw.decode("utf-8", "replace")
     text = _ANSI_RE.sub("", text)
     return text.replace("\r\n", "\n")
