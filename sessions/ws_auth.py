@@ -23,27 +23,24 @@ from django.utils.http import is_same_domain
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
 
-from .auth import BearerTokenAuthentication
+from .auth import bearer_token, token_user
 
 
-def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, if there is one."""
+def _handshake_token(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The Bearer token of the handshake; "" when an Authorization header is there but holds none
+    (another scheme, or malformed): that means nobody, not the cookie's user."""
     for name, value in headers:
         if name.lower() == b"authorization":
-            parts = value.decode("latin-1").split()
-            if len(parts) == 2 and parts[0].lower() == "bearer":
-                return parts[1]
-            return ""  # present but malformed: not authenticated
+            try:
+                return bearer_token(value) or ""
+            except AuthenticationFailed:
+                return ""
     return None
 
 
 @database_sync_to_async
 def _user_for_token(key: str):
-    try:
-        user, _ = BearerTokenAuthentication().authenticate_credentials(key)
-    except AuthenticationFailed:
-        return AnonymousUser()
-    return user
+    return token_user(key) or AnonymousUser()
 
 
 class BearerTokenAuthMiddleware(BaseMiddleware):
@@ -53,7 +50,7 @@ class BearerTokenAuthMiddleware(BaseMiddleware):
     closed when that token is deleted (``credentials_revoked``)."""
 
     async def __call__(self, scope, receive, send):
-        token = bearer_token(scope.get("headers", []))
+        token = _handshake_token(scope.get("headers", []))
         if token is not None:
             scope = dict(scope, user=await _user_for_token(token) if token else AnonymousUser(), auth_token=token)
         return await super().__call__(scope, receive, send)
