@@ -63,7 +63,8 @@ class CommandRoute:
             return await self.app(scope, receive, send)
         headers = dict(scope["headers"])
         try:
-            token = bearer_token(headers.get(b"authorization", b""))
+            # Repeated headers joined as Django joins them, so that DRF would read the same value.
+            token = bearer_token(b",".join(v for k, v in scope["headers"] if k == b"authorization"))
         except AuthenticationFailed:
             token = None  # DRF answers 401, with its words
         if token is None or headers.get(b"content-type", b"").strip().lower() != b"application/json":

@@ -18,7 +18,8 @@ from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth.models import AnonymousUser
-from django.http.request import split_domain_port, validate_host
+from django.core.exceptions import DisallowedHost
+from django.http import HttpRequest
 from django.utils.http import is_same_domain
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
@@ -78,9 +79,7 @@ def websocket_origin_allowed(scope) -> bool:
         return True
     origin = origin.strip().lower()
     host = (_header(scope, b"host") or "").strip().lower()
-    allowed_hosts = settings.ALLOWED_HOSTS or (["localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
-    domain, _ = split_domain_port(host)
-    if domain and validate_host(domain, allowed_hosts):
+    if _host_allowed(host):
         secure = scope.get("scheme") in ("wss", "https") or (
             (_header(scope, b"x-forwarded-proto") or "").strip().lower() == "https")
         if origin == f"{'https' if secure else 'http'}://{host}":
@@ -94,6 +93,17 @@ def websocket_origin_allowed(scope) -> bool:
         return False
     return any(is_same_domain(parsed.netloc, t.netloc.lstrip("*"))
                for t in map(urlsplit, trusted) if "*" in t.netloc and t.scheme == parsed.scheme)
+
+
+def _host_allowed(host: str) -> bool:
+    """Django's own ALLOWED_HOSTS check (HttpRequest.get_host, as CommonMiddleware applies it to REST)."""
+    request = HttpRequest()
+    request.META["HTTP_HOST"] = host
+    try:
+        request.get_host()
+    except DisallowedHost:
+        return False
+    return True
 
 
 class SameOriginValidator(BaseMiddleware):

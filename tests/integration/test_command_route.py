@@ -120,6 +120,16 @@ def test_bad_tokens_get_the_same_401(stack, session):
         assert_same(hot, slow)
 
 
+def test_two_authorization_headers_get_the_same_401(alice, session):
+    """Both roads read the header joined as Django joins repeated headers: never the last one alone."""
+    path = f"/api/v1/sessions/{session['id']}/commands/"
+    two = [("Authorization", "Bearer nope"), ("Authorization", f"Bearer {alice.token}")]
+    hot = alice.http.post(path, content=b'{"command": "true"}', headers=[*HOT.items(), *two])
+    slow = alice.http.post(path, content=b'{"command": "true"}', headers=[*VIA_DJANGO.items(), *two])
+    assert hot.status_code == 401
+    assert_same(hot, slow)
+
+
 def _ws_close_code(stack, sid: str, token: str) -> int:
     with connect(ws_url(stack.url, sid), additional_headers={"Authorization": f"Bearer {token}"},
                  open_timeout=30) as ws:
