@@ -18,32 +18,30 @@ from channels.security.websocket import WebsocketDenier
 from django.conf import settings
 from django.contrib import auth
 from django.contrib.auth.models import AnonymousUser
-from django.http.request import split_domain_port, validate_host
+from django.core.exceptions import DisallowedHost
+from django.http import HttpRequest
 from django.utils.http import is_same_domain
 from rest_framework.authtoken.models import Token
 from rest_framework.exceptions import AuthenticationFailed
 
-from .auth import BearerTokenAuthentication
+from .auth import bearer_token, token_user
 
 
-def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, if there is one."""
+def _handshake_token(headers: list[tuple[bytes, bytes]]) -> str | None:
+    """The Bearer token of the handshake; "" when an Authorization header is there but holds none
+    (another scheme, or malformed): that means nobody, not the cookie's user."""
     for name, value in headers:
         if name.lower() == b"authorization":
-            parts = value.decode("latin-1").split()
-            if len(parts) == 2 and parts[0].lower() == "bearer":
-                return parts[1]
-            return ""  # present but malformed: not authenticated
+            try:
+                return bearer_token(value) or ""
+            except AuthenticationFailed:
+                return ""
     return None
 
 
 @database_sync_to_async
 def _user_for_token(key: str):
-    try:
-        user, _ = BearerTokenAuthentication().authenticate_credentials(key)
-    except AuthenticationFailed:
-        return AnonymousUser()
-    return user
+    return token_user(key) or AnonymousUser()
 
 
 class BearerTokenAuthMiddleware(BaseMiddleware):
@@ -53,7 +51,7 @@ class BearerTokenAuthMiddleware(BaseMiddleware):
     closed when that token is deleted (``credentials_revoked``)."""
 
     async def __call__(self, scope, receive, send):
-        token = bearer_token(scope.get("headers", []))
+        token = _handshake_token(scope.get("headers", []))
         if token is not None:
             scope = dict(scope, user=await _user_for_token(token) if token else AnonymousUser(), auth_token=token)
         return await super().__call__(scope, receive, send)
@@ -81,9 +79,7 @@ def websocket_origin_allowed(scope) -> bool:
         return True
     origin = origin.strip().lower()
     host = (_header(scope, b"host") or "").strip().lower()
-    allowed_hosts = settings.ALLOWED_HOSTS or (["localhost", "127.0.0.1", "[::1]"] if settings.DEBUG else [])
-    domain, _ = split_domain_port(host)
-    if domain and validate_host(domain, allowed_hosts):
+    if _host_allowed(host):
         secure = scope.get("scheme") in ("wss", "https") or (
             (_header(scope, b"x-forwarded-proto") or "").strip().lower() == "https")
         if origin == f"{'https' if secure else 'http'}://{host}":
@@ -97,6 +93,17 @@ def websocket_origin_allowed(scope) -> bool:
         return False
     return any(is_same_domain(parsed.netloc, t.netloc.lstrip("*"))
                for t in map(urlsplit, trusted) if "*" in t.netloc and t.scheme == parsed.scheme)
+
+
+def _host_allowed(host: str) -> bool:
+    """Django's own ALLOWED_HOSTS check (HttpRequest.get_host, as CommonMiddleware applies it to REST)."""
+    request = HttpRequest()
+    request.META["HTTP_HOST"] = host
+    try:
+        request.get_host()
+    except DisallowedHost:
+        return False
+    return True
 
 
 class SameOriginValidator(BaseMiddleware):

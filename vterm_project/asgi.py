@@ -10,6 +10,7 @@ django_asgi_app = get_asgi_application()  # sets Django up
 
 from channels.auth import AuthMiddlewareStack
 from channels.routing import ProtocolTypeRouter, URLRouter
+from django.conf import settings
 
 from sessions.command_route import CommandRoute
 from sessions.ws_auth import BearerTokenAuthMiddleware, SameOriginValidator
@@ -18,14 +19,13 @@ from vterm_project.asgi_handler import PooledSyncThreadASGIHandler
 from vterm_project.body_limit import RequestBodyLimit
 from vterm_project.static_files import StaticFilesHandler
 
-# Long-lived sync threads instead of one per request (see asgi_handler.py); 0 turns it off.
-if os.environ.get("VTERM_WEB_SYNC_THREADS", "8") != "0":
-    django_asgi_app = PooledSyncThreadASGIHandler()
+# Long-lived sync threads instead of one per request (asgi_handler.py, sync_threads.py).
+django_asgi_app = PooledSyncThreadASGIHandler()
 
 http_app = StaticFilesHandler(django_asgi_app)
 # POST …/commands/ with a Bearer token, served without Django's request cycle (sessions/command_route.py);
 # VTERM_COMMAND_ROUTE=0 leaves it to the DRF view, for comparison.
-if os.environ.get("VTERM_COMMAND_ROUTE", "1") != "0":
+if settings.VTERM["COMMAND_ROUTE"]:
     http_app = CommandRoute(http_app)
 
 # Everything loaded so far lives as long as the process: out of the garbage collector's scans, whose

@@ -248,8 +248,12 @@ VTERM = {
     # session at a time); and the keystrokes one session may have waiting there (characters).
     "INBOX_THREADS": env_int("VTERM_INBOX_THREADS", 4),
     "INBOX_SESSION_MAX_CHARS": env_int("VTERM_INBOX_SESSION_MAX_CHARS", 8 * 1024 * 1024),
-    # How long the hot command route trusts a token it has looked up (sessions/auth.py).
-    "TOKEN_CACHE_SECONDS": env_float("VTERM_TOKEN_CACHE_SECONDS", 5.0),
+    # The web process's threads for sync work, shared by Django's handler and the hot command route
+    # (vterm_project/sync_threads.py).
+    "WEB_SYNC_THREADS": env_int("VTERM_WEB_SYNC_THREADS", 8),
+    # POST …/commands/ with a Bearer token served in front of Django's request cycle
+    # (sessions/command_route.py); off: the DRF view serves it, for comparison.
+    "COMMAND_ROUTE": env_bool("VTERM_COMMAND_ROUTE", True),
     "STREAM_MAXLEN": env_int("VTERM_STREAM_MAXLEN", 10000),
     # Seconds an ended session's output stream (its replay and its recording) is kept; 0: for ever.
     "STREAM_RETENTION": env_int("VTERM_STREAM_RETENTION", 7 * 24 * 3600),
@@ -398,6 +402,8 @@ VTERM = {
 }
 if VTERM["IDEMPOTENCY_TTL"] < 1:
     raise ValueError(f"VTERM_IDEMPOTENCY_TTL must be at least 1 s, not {VTERM['IDEMPOTENCY_TTL']}")
+if VTERM["WEB_SYNC_THREADS"] < 1:
+    raise ValueError(f"VTERM_WEB_SYNC_THREADS must be at least 1, not {VTERM['WEB_SYNC_THREADS']}")
 if VTERM["RETENTION_BATCH_SIZE"] < 1:
     raise ValueError(f"VTERM_RETENTION_BATCH_SIZE must be at least 1, not {VTERM['RETENTION_BATCH_SIZE']}")
 if VTERM["HOT_CALLS"] not in ("redis", "celery"):

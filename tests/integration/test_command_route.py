@@ -12,9 +12,12 @@ import uuid
 
 import httpx
 import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
 
 from tests.conftest import Api
 from tests.prom import scrape, value
+from tests.ws_viewer import ws_url
 
 pytestmark = pytest.mark.integration
 
@@ -135,18 +138,47 @@ def test_bad_tokens_get_the_same_401(stack, session):
         assert_same(hot, slow)
 
 
-def test_a_deleted_token_stops_working_within_the_cache_time(stack):
-    api = Api(stack.url, stack.token(f"revoked-{uuid.uuid4().hex[:8]}"))
+def test_two_authorization_headers_get_the_same_401(alice, session):
+    """Both roads read the header joined as Django joins repeated headers: never the last one alone."""
+    path = f"/api/v1/sessions/{session['id']}/commands/"
+    two = [("Authorization", "Bearer nope"), ("Authorization", f"Bearer {alice.token}")]
+    hot = alice.http.post(path, content=b'{"command": "true"}', headers=[*HOT.items(), *two])
+    slow = alice.http.post(path, content=b'{"command": "true"}', headers=[*VIA_DJANGO.items(), *two])
+    assert hot.status_code == 401
+    assert_same(hot, slow)
+
+
+def _ws_close_code(stack, sid: str, token: str) -> int:
+    with connect(ws_url(stack.url, sid), additional_headers={"Authorization": f"Bearer {token}"},
+                 open_timeout=30) as ws:
+        try:
+            frame = ws.recv(timeout=30)
+        except ConnectionClosed as exc:
+            return exc.rcvd.code if exc.rcvd else -1
+    raise AssertionError(f"expected a close, got a frame: {frame[:200]}")
+
+
+@pytest.mark.parametrize("revoke", [
+    "from rest_framework.authtoken.models import Token; Token.objects.filter(key='{token}').delete()",
+    "from django.contrib.auth import get_user_model as g; g().objects.filter(username='{user}').update(is_active=False)",
+], ids=["deleted token", "deactivated user"])
+def test_revoked_credentials_are_refused_at_once_on_every_road(stack, revoke):
+    """No web process remembers a token (sessions/auth.py): the call right after the revocation is
+    refused on the hot route, through DRF, and on a WebSocket handshake."""
+    user = f"revoked-{uuid.uuid4().hex[:8]}"
+    api = Api(stack.url, stack.token(user))
     sid = api.create_session()["id"]
     path = f"/api/v1/sessions/{sid}/commands/"
+    # Each road has just let the token in (a cache, if there were one, would hold it now).
     assert post(api, path, b'{"command": "true", "wait": 10}', HOT).status_code == 201
-    stack.config.manage("shell", "-c", f"from rest_framework.authtoken.models import Token; "
-                                       f"Token.objects.filter(key='{api.token}').delete()")
-    deadline = time.monotonic() + 5 + 10  # VTERM_TOKEN_CACHE_SECONDS (5) and slack
-    while (r := post(api, path, b'{"command": "true"}', HOT)).status_code != 401:
-        assert r.status_code == 201
-        assert time.monotonic() < deadline, "a deleted token still works"
-        time.sleep(0.5)
+    assert post(api, path, b'{"command": "true", "wait": 10}', VIA_DJANGO).status_code == 201
+    assert api.http.get("/api/v1/sessions/").status_code == 200
+    stack.config.manage("shell", "-c", revoke.format(token=api.token, user=user))
+    hot, slow = both(api, path, b'{"command": "true"}')
+    assert hot.status_code == 401, hot.text
+    assert_same(hot, slow)
+    assert api.http.get("/api/v1/sessions/").status_code == 401
+    assert _ws_close_code(stack, sid, api.token) == 4401
 
 
 def test_a_chunked_body_is_served(alice, session):
@@ -157,15 +189,37 @@ def test_a_chunked_body_is_served(alice, session):
     assert r.status_code == 201 and r.json()["output"] == "chunked\n"
 
 
-def test_a_disallowed_host_is_left_to_django(alice, session):
-    r = alice.http.post(f"/api/v1/sessions/{session['id']}/commands/", content=b'{"command": "true"}',
-                        headers={**HOT, "Host": "evil.example"})
-    assert r.status_code == 400
+def test_a_disallowed_host_gets_djangos_400_both_ways(alice, session):
+    """ALLOWED_HOSTS is Django's CommonMiddleware's check on both roads (vterm_project/middleware_run.py)."""
+    path = f"/api/v1/sessions/{session['id']}/commands/"
+    hot = post(alice, path, b'{"command": "echo hi"}', {**HOT, "Host": "evil.example"})
+    slow = post(alice, path, b'{"command": "echo hi"}', {**VIA_DJANGO, "Host": "evil.example"})
+    assert hot.status_code == 400
+    assert_same(hot, slow)
+    # Nothing ran.
+    commands = alice.http.get(f"/api/v1/sessions/{session['id']}/commands/").json()["results"]
+    assert not any(c["command"] == "echo hi" for c in commands)
+
+
+def test_the_same_headers_both_ways(alice, session):
+    """The security headers come from Django's SecurityMiddleware and XFrameOptionsMiddleware on
+    both roads: the same header names and values, for an answer and for an error."""
+    path = f"/api/v1/sessions/{session['id']}/commands/"
+    for body, status in ((b'{"command": "true", "wait": 10}', 201), (b'{"command": "true"}', None)):
+        hot, slow = both(alice, path if status else f"/api/v1/sessions/{uuid.uuid4()}/commands/", body)
+        assert hot.status_code == slow.status_code == (status or 404)
+        assert hot.headers["x-frame-options"] == "DENY"
+        assert hot.headers["x-content-type-options"] == "nosniff"
+        assert hot.headers["referrer-policy"] == "same-origin"
+        assert hot.headers["cross-origin-opener-policy"] == "same-origin"
+        varying = {"date", "server", "content-length"}
+        assert {k: v for k, v in hot.headers.items() if k not in varying} \
+            == {k: v for k, v in slow.headers.items() if k not in varying}
 
 
 def test_both_ways_are_counted_in_django_prometheus_request_series(stack, alice, session):
-    """The hot route bypasses Django's middleware, so it counts itself in the same series
-    (sessions/http_metrics.py): one command each way adds the same to each."""
+    """django-prometheus' middleware counts both roads (the hot route runs it: vterm_project/middleware_run.py):
+    one command each way adds the same to each series."""
     path = f"/api/v1/sessions/{session['id']}/commands/"
     route = {"view": "command-list", "method": "POST"}
     counted = [("django_http_requests_total_by_view_transport_method_total", {**route, "transport": "http"}),
