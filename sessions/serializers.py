@@ -66,6 +66,10 @@ class WholeNumberField(serializers.IntegerField):
     def to_internal_value(self, data):
         if isinstance(data, bool) or not isinstance(data, (int, float)):
             self.fail("invalid")
+        if isinstance(data, float):
+            if not data.is_integer():  # also inf and nan
+                self.fail("invalid")
+            data = int(data)  # 1e16: DRF would parse str(data), "1e+16", and refuse it
         return super().to_internal_value(data)
 
 
