@@ -263,7 +263,8 @@ class ReconcilePlan:
     """What the backend must do to its shells so that they match the database."""
 
     kill: list[str] = field(default_factory=list)  # shells of sessions that moved or ended
-    adopt: list[tuple[str, str, float | None]] = field(default_factory=list)  # (shell, command id, started)
+    # (shell, command id, started, its timeout, its idle timeout)
+    adopt: list[tuple[str, str, float | None, float | None, float | None]] = field(default_factory=list)
     run: list[tuple[str, dict]] = field(default_factory=list)  # (shell, command) to queue, in order
     # Shells up whose start or move was not marked done: (shell, status, epoch, cwd). The backend
     # finishes each under the session's lock (session_start_finish), so that a start still under
@@ -321,7 +322,7 @@ def _settle_commands(session: TerminalSession, sh: ShellState, plan: ReconcilePl
                     Command.objects.filter(pk=cmd.pk).update(status=Command.Status.RUNNING,
                                                              started_at=timezone.now())
                 started = cmd.started_at.timestamp() if cmd.started_at else None
-                plan.adopt.append((sh.name, str(cmd.pk), started))
+                plan.adopt.append((sh.name, str(cmd.pk), started, cmd.timeout, cmd.idle_timeout))
             else:
                 _command_end(cmd, WORKER_DOWN)
         elif cmd.status == Command.Status.RUNNING:

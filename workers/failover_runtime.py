@@ -90,9 +90,9 @@ def reconcile(rt: BackendRuntime, *, restarted: bool, adopted: list[ShellInfo] |
     for name in plan.kill:
         log.info("killing shell %s: its session moved or ended", name)
         stop_shell(rt, name, "the session moved to another backend")
-    for name, command_id, started in plan.adopt:
+    for name, command_id, started, timeout, idle_timeout in plan.adopt:
         rt.ledger.claim(command_id)
-        rt.driver.adopt_command(name, command_id, started)
+        rt.driver.adopt_command(name, command_id, started, timeout=timeout, idle_timeout=idle_timeout)
     for name, cmd in plan.run:
         queue_command(rt, name, cmd, from_database=True)
     for name, status, epoch, cwd in plan.finish:

@@ -6,6 +6,7 @@ Heartbeat TTL is long here, so the restart is a restart, not a backend loss.
 from __future__ import annotations
 
 import os
+import signal
 
 import pytest
 
@@ -36,6 +37,24 @@ def test_worker_kill9_mid_command_adopts_and_runs_what_was_queued(fs):
     assert (pwd["status"], pwd["output"]) == ("succeeded", "/tmp\n"), pwd
     assert after["started_at"] >= first["finished_at"] and pwd["started_at"] >= after["finished_at"]
     assert out.lost == 0 and out.recovered == 1
+
+
+def test_an_adopted_command_keeps_its_timeouts(fs):
+    """A command running when the worker dies keeps its timeout (counted from its start) and its idle
+    timeout (from the adoption) under the worker that adopts it."""
+    b = fs.backend_ids()[0]
+    sids = [fs.session_on(b)["id"] for _ in range(2)]
+    walled = fs.submit(sids[0], "echo walled; sleep 120", timeout=8)
+    silent = fs.submit(sids[1], "echo silent; sleep 120", idle_timeout=6)
+    for sid, cmd in zip(sids, (walled, silent)):
+        fs.wait_running(sid, cmd["id"])
+    fs.stack.stop_process(b, signal.SIGKILL)
+    fs.restart_worker(b)
+    walled, silent = fs.settle([walled, silent])
+    assert (walled["status"], walled["reason"]) == ("timed_out", "timed out after 8 s"), walled
+    assert (silent["status"], silent["reason"]) == ("timed_out", "no output for 6 s"), silent
+    for sid in sids:
+        assert fs.api.run(sid, "echo usable")["output"] == "usable\n"
 
 
 def test_tmux_server_killed_rebuilds_the_shell_with_cwd_and_env(fs):

@@ -357,17 +357,26 @@ class TmuxDriver:
                 self._finish(shell, cmd, "interrupted", None, cwd=None)
         return [c.id for c in dropped if not c.hidden]
 
-    def adopt_command(self, name: str, command_id: str, started_at: float | None) -> None:
+    def adopt_command(self, name: str, command_id: str, started_at: float | None, *, timeout: float | None = None,
+                      idle_timeout: float | None = None) -> None:
         """Take a command that is still running in an adopted shell as the current one.
 
-        Its end mark then finishes it; output from before the adoption is not captured.
+        Its end mark then finishes it; output from before the adoption is not captured. Its
+        ``timeout`` counts from when it started; its ``idle_timeout`` from now (what it printed
+        while no worker was watching is not known).
         """
         shell = self._get(name)
         with self._lock:
             if shell.current is not None:
                 raise ShellError(f"shell {name} already has a current command")
-            shell.current = _Command(id=command_id, text="", timeout=None, state="running",
-                                     started_mono=time.monotonic(), started_wall=started_at or time.time())
+            now, wall = time.monotonic(), time.time()
+            started_wall = started_at or wall
+            cmd = _Command(id=command_id, text="", timeout=timeout, idle_timeout=idle_timeout, state="running",
+                           started_mono=now - max(0.0, wall - started_wall), started_wall=started_wall,
+                           last_output=now)
+            if timeout:
+                cmd.deadline = cmd.started_mono + timeout
+            shell.current = cmd
             shell.ready.clear()
 
     def resize(self, name: str, cols: int, rows: int) -> None:
