@@ -269,7 +269,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         def submit() -> tuple[dict, str | None]:
             cmd, wait_id = services.command_create(self.user, self.session_id, command=data["command"],
                                                    timeout=data.get("timeout"),
-                                                   idle_timeout=data.get("idle_timeout"), wait=RESULT_WAIT,
+                                                   idle_timeout=data.get("idle_timeout"),
+                                                   notify_url=data.get("notify_url"), wait=RESULT_WAIT,
                                                    remote_addr=str(client[0]), via="websocket")
             return services.command_json(cmd), wait_id
         body, wait_id = await sync_to_async(submit)()

@@ -19,7 +19,8 @@ class StrictIntegerField(serializers.IntegerField):
 
 
 class RunFrameSerializer(CommandCreateSerializer):
-    """`{"type": "run", "command", "ref"?, "timeout"?, "idle_timeout"?}`: the REST command body plus the client's ref."""
+    """`{"type": "run", "command", "ref"?, "timeout"?, "idle_timeout"?, "notify_url"?}`: the REST command body
+    plus the client's ref."""
 
     ref = StrictCharField(required=False, max_length=200, allow_blank=True, trim_whitespace=False)
 

@@ -23,6 +23,7 @@ import redis
 from standardwebhooks import Webhook, WebhookVerificationError
 
 from tests.conftest import Api, admin_browser, make_stack
+from tests.ws_viewer import Viewer
 
 pytestmark = pytest.mark.integration
 
@@ -131,6 +132,17 @@ def test_an_ended_command_is_posted_signed_as_its_get_answers_it(carol, shell, r
     headers2, body2 = receiver.next()
     assert Webhook(secret).verify(body2, headers2) == r.json() and r.json()["status"] == "failed"
     assert headers2["webhook-id"] != headers["webhook-id"]
+    # The WebSocket's run frame takes it too.
+    viewer = Viewer(str(carol.http.base_url).rstrip("/"), shell["id"], token=carol.token)
+    try:
+        viewer.send(type="run", command="echo by-websocket", ref="w1", notify_url=receiver.url)
+        ran = viewer.until(lambda f: f["type"] == "command" and f.get("ref") == "w1"
+                           and f["command"]["status"] not in ("queued", "running"))["command"]
+    finally:
+        viewer.ws.close()
+    headers3, body3 = receiver.next()
+    assert Webhook(secret).verify(body3, headers3) == _command(carol, shell["id"], ran["id"])
+    assert ran["output"] == "by-websocket\n" and ran["notify_url"] == receiver.url
 
 
 def test_every_end_is_posted_timed_out_and_interrupted_too(carol, receiver):
