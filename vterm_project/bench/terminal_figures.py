@@ -7,8 +7,7 @@ use the same client library (websockets, synchronous), so the client costs the s
 
 - keystroke echo: one character typed at an idle bash prompt, timed until the output that echoes it;
 - output rate: ``cat`` of a large text file, typed at the prompt and followed by a marker the echo of
-  the typed line cannot contain; MB of output received per second, from the first output after the
-  line to the marker. The vterm viewer acknowledges every frame (flow control) and checks the seq.
+  the typed line cannot contain; MB of output received per second, from typing the line to the marker. The vterm viewer acknowledges every frame (flow control) and checks the seq.
 """
 
 from __future__ import annotations
@@ -150,11 +149,11 @@ def keystroke_echo(term: Terminal, n: int) -> list[float]:
 
 
 def output_rate(term: Terminal, path: str, timeout: float = 600) -> dict:
-    """`cat path` typed at the prompt; MB/s of output from its first output to the end marker."""
+    """`cat path` typed at the prompt; MB/s of output (the line's echo included, a few dozen bytes) from
+    typing it to the end marker."""
     settle(term)
-    term.type(f"cat {path}; {END_COMMAND}\r")
-    term.output(timeout)  # the echo of the typed line
     t0 = time.perf_counter()
+    term.type(f"cat {path}; {END_COMMAND}\r")
     received = until_mark(term, timeout)
     elapsed = time.perf_counter() - t0
     settle(term)
