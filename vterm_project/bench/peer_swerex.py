@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+from typing import Self
 
 
 class SweRexServer:
@@ -26,7 +27,7 @@ class SweRexServer:
         self.proc: subprocess.Popen | None = None
         self.log = os.path.join(cwd, "swerex.log")
 
-    def __enter__(self) -> SweRexServer:
+    def __enter__(self) -> Self:
         exe = shutil.which("swerex-remote", path=os.path.dirname(sys.executable)) or shutil.which("swerex-remote")
         if exe is None:
             raise RuntimeError("swerex-remote is not installed (pip install -e '.[bench]')")

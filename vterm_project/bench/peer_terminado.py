@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+from typing import Self
 
 from .terminal_figures import TerminadoTerminal
 
@@ -43,7 +44,7 @@ class TerminadoServer:
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.port}/websocket"
 
-    def __enter__(self) -> TerminadoServer:
+    def __enter__(self) -> Self:
         with open(self.log, "ab") as log:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "vterm_project.bench.peer_terminado", str(self.port)],

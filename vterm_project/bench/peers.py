@@ -55,7 +55,7 @@ def _side(out: dict, name: str, run: Callable[[], None]) -> None:
         run()
     except ImportError as exc:
         out["errors"][name] = f"not installed ({exc.name}): pip install -e '.[bench]'"
-    except Exception as exc:  # noqa: BLE001 (a peer that fails must not take the other figures with it)
+    except Exception as exc:  # a peer that fails must not take the other figures with it
         log.exception("peer %s failed", name)
         out["errors"][name] = f"{type(exc).__name__}: {exc}"
 
@@ -121,7 +121,7 @@ def render(p: dict) -> str:
         ratio = _times(v["p50"], o["p50"], True) + " at p50" if v and o else "-"
         lines.append(f"{label:<34}{vs:>18}  {peer:<11}{ps:>18}  {ratio}")
 
-    lat("command", f"`true` in a session, p50 / p99 ms", "swe-rex")
+    lat("command", "`true` in a session, p50 / p99 ms", "swe-rex")
     lat("echo", "keystroke echo, p50 / p99 ms", "terminado")
     v, o = p["output"].get("vterm"), p["output"].get("terminado")
     vs = f"{v['mb_per_s']:.1f}" if v else "-"
