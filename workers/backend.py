@@ -31,7 +31,7 @@ from django.db import connection as db_connection
 
 from sessions import sandbox as sandbox_services
 from sessions import services
-from sessions.broadcast import install_submitter, session_broadcast, viewers_key
+from sessions.broadcast import ViewerSender, install_submitter, session_broadcast
 from sessions.metrics import record_output_bytes
 from sessions.redis_state import backend_stats_key, output_stream_key, sync_client
 
@@ -353,6 +353,7 @@ class BackendRuntime:
         sent piece by piece as tmux hands it over would cost one set per few KB."""
         interval = settings.VTERM["OUTPUT_FLUSH_INTERVAL"]
         r = sync_client()
+        viewers = ViewerSender(r)
         sent_at = -interval  # when the last send began
         while not self._stop.is_set():
             now = time.monotonic()
@@ -374,9 +375,9 @@ class BackendRuntime:
                 self._wake.clear()  # output that comes after this wakes the loop again
                 batch, self._out = self._out, defaultdict(bytearray)
             sent_at = time.monotonic()
-            self._send_output(r, batch)
+            self._send_output(r, viewers, batch)
 
-    def _send_output(self, r, batch: dict[str, bytearray]) -> None:
+    def _send_output(self, r, viewers: ViewerSender, batch: dict[str, bytearray]) -> None:
         """One batch of output: to the sessions' streams, then to the viewers of those watched."""
         maxlen = settings.VTERM["STREAM_MAXLEN"]
         frame_max = settings.VTERM["OUTPUT_FRAME_MAX"]
@@ -400,12 +401,12 @@ class BackendRuntime:
             record_output_bytes(self.backend_id, sum(len(d) for d in batch.values()), pipe=pipe)
             # Asked after the stream is written: see sessions/broadcast.py.
             for name in batch:
-                pipe.exists(viewers_key(name))
+                viewers.ask(pipe, name)
             replies = pipe.execute()
-            watched = {name for name, n in zip(batch, replies[len(replies) - len(batch):]) if n}
-            for name, seq, text in frames:
-                if name in watched:
-                    session_broadcast(name, {"type": "output.frame", "seq": seq, "data": text})
+            watching = {name: channels for name, channels in zip(batch, replies[len(replies) - len(batch):])
+                        if channels}
+            viewers.send([(name, watching[name], {"type": "output.frame", "seq": seq, "data": text})
+                          for name, seq, text in frames if name in watching])
         except Exception:
             log.exception("output flush failed")
 
