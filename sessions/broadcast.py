@@ -27,6 +27,7 @@ from typing import Any
 
 from asgiref.sync import async_to_sync
 from channels.layers import get_channel_layer
+from redis.exceptions import NoScriptError
 
 from .redis_state import session_group
 
@@ -85,7 +86,7 @@ class ViewerSender:
 
     def __init__(self, client) -> None:
         self.client = client
-        self._script = client.register_script(_SEND_LUA)
+        self._sha: str | None = None
         self._score = 0.0
 
     @staticmethod
@@ -101,13 +102,26 @@ class ViewerSender:
             for session_id, _, message in sends:
                 session_broadcast(session_id, message)
             return
-        pipe = self.client.pipeline(transaction=False)
+        calls = []
         for _, channels, message in sends:
             _, payloads, capacities = layer._map_channel_keys_to_connection(
                 [c.decode() if isinstance(c, bytes) else c for c in channels], message)
             keys = list(payloads)
             # The channel is a sorted set read lowest score first: frames sent together must not tie.
             self._score = max(time.time(), self._score + 1e-6)
-            self._script(keys=keys, args=[payloads[k] for k in keys] + [capacities[k] for k in keys]
-                         + [repr(self._score), layer.expiry], client=pipe)
+            calls.append((len(keys), *keys, *(payloads[k] for k in keys), *(capacities[k] for k in keys),
+                          repr(self._score), layer.expiry))
+        try:
+            self._run(calls)
+        except NoScriptError:  # Redis restarted or its scripts were flushed: no call ran, all run again
+            self._sha = None
+            self._run(calls)
+
+    def _run(self, calls: list[tuple]) -> None:
+        # EVALSHA by hand: a pipeline given a registered Script asks SCRIPT EXISTS first, every time.
+        if self._sha is None:
+            self._sha = self.client.script_load(_SEND_LUA)
+        pipe = self.client.pipeline(transaction=False)
+        for args in calls:
+            pipe.evalsha(self._sha, *args)
         pipe.execute()

@@ -130,7 +130,8 @@ def render(p: dict) -> str:
                  + (_times(v["mb_per_s"], o["mb_per_s"], False) if v and o else "-"))
     if v:
         lines.append(f"   vterm: {v['mb']:.1f} MB of output frames in {v['seconds']:.2f} s, every frame "
-                     f"acknowledged, seq breaks {v['seq_breaks']}")
+                     f"acknowledged, seq breaks {v['seq_breaks']}, snapshots {v['snapshots']} (each one: frames "
+                     "skipped because the viewer fell behind)")
     n = {k: s["n"] for k, s in p["command"].items()}
     lines.append(f"   samples: commands {n}, keystrokes { {k: s['n'] for k, s in p['echo'].items()} }")
     for side, err in p["errors"].items():

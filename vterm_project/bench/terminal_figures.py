@@ -42,6 +42,7 @@ class VtermTerminal:
                           **SYNC_CONNECT_EXTRA)
         self.position: int | None = None
         self.seq_breaks = 0
+        self.snapshots = 0  # screens sent in place of frames the viewer fell too far behind for
         while True:  # hello, then the screen
             frame = json.loads(self.ws.recv(timeout=60))
             if frame["type"] in ("hello", "snapshot"):
@@ -62,6 +63,7 @@ class VtermTerminal:
             kind = frame["type"]
             if kind == "snapshot":
                 self.position = frame["seq"]
+                self.snapshots += 1
             elif kind == "output":
                 if self.position is not None and frame["seq"] != self.position + 1:
                     self.seq_breaks += 1
@@ -79,7 +81,7 @@ class VtermTerminal:
 class TerminadoTerminal:
     """A terminado terminal's WebSocket: ["stdin", text] in, ["stdout", text] out."""
 
-    seq_breaks = 0  # terminado frames carry no seq
+    seq_breaks = snapshots = 0  # terminado frames carry no seq; it sends everything
 
     def __init__(self, url: str) -> None:
         self.ws = connect(url, max_size=None, open_timeout=30, close_timeout=5, ping_interval=None,
@@ -152,13 +154,14 @@ def output_rate(term: Terminal, path: str, timeout: float = 600) -> dict:
     """`cat path` typed at the prompt; MB/s of output (the line's echo included, a few dozen bytes) from
     typing it to the end marker."""
     settle(term)
+    snapshots = term.snapshots
     t0 = time.perf_counter()
     term.type(f"cat {path}; {END_COMMAND}\r")
     received = until_mark(term, timeout)
     elapsed = time.perf_counter() - t0
     settle(term)
     return {"mb": received / 1e6, "seconds": elapsed, "mb_per_s": received / 1e6 / elapsed,
-            "seq_breaks": term.seq_breaks}
+            "seq_breaks": term.seq_breaks, "snapshots": term.snapshots - snapshots}
 
 
 def make_file_command(path: str, mb: float) -> str:
