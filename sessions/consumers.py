@@ -248,9 +248,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     async def on_input(self, frame: dict) -> None:
         data = self._valid(InputSerializer, frame)
-        # Off the shared sync thread: keystrokes wait on no one's database work.
-        await sync_to_async(services.session_input, thread_sensitive=False)(
-            self.session, data=data.get("data"), keys=data.get("keys"), touch=False)
+        # On the loop, no thread: keystrokes wait on no one's database work.
+        await services.session_input_ws(self.session, data=data.get("data"), keys=data.get("keys"))
         now = time.monotonic()
         if now - self._touched_at > TOUCH_EVERY:
             self._touched_at = now

@@ -140,13 +140,28 @@ def ratelimit_check(user_id, kind: str, cost: float = 1.0) -> None:
 def ratelimit_check_input(user_id, nbytes: int) -> None:
     """Keystrokes spend two buckets in one round trip: one request ("input") and their bytes
     ("input_bytes"). Raise 429 when either is empty (the request is spent either way)."""
-    spends = [(kind, args) for kind, args in (("input", _bucket_args("input", 1.0)),
-                                             ("input_bytes", _bucket_args("input_bytes", float(nbytes))))
-              if args is not None and args[2] > 0]
-    if not spends:
-        return
-    got = _bucket_script()(keys=[bucket_key(user_id, kind) for kind, _ in spends],
-                           args=[a for _, args in spends for a in args])
+    spends = _input_spends(nbytes)
+    if spends:
+        _input_verdict(spends, _bucket_script()(keys=[bucket_key(user_id, kind) for kind, _ in spends],
+                                                args=[a for _, args in spends for a in args]))
+
+
+async def ratelimit_check_input_async(user_id, nbytes: int) -> None:
+    """``ratelimit_check_input`` from the event loop (a WebSocket's keystrokes), with no thread between."""
+    spends = _input_spends(nbytes)
+    if spends:
+        _input_verdict(spends, await async_client().eval(
+            _TOKEN_BUCKET, len(spends), *[bucket_key(user_id, kind) for kind, _ in spends],
+            *[a for _, args in spends for a in args]))
+
+
+def _input_spends(nbytes: int) -> list[tuple[str, list[float]]]:
+    return [(kind, args) for kind, args in (("input", _bucket_args("input", 1.0)),
+                                            ("input_bytes", _bucket_args("input_bytes", float(nbytes))))
+            if args is not None and args[2] > 0]
+
+
+def _input_verdict(spends: list[tuple[str, list[float]]], got: list) -> None:
     for n, (kind, _) in enumerate(spends):
         if not int(got[2 * n]):
             _raise_if_over(kind, float(got[2 * n + 1]))

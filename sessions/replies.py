@@ -47,6 +47,15 @@ def push_to_backend(backend_id: str, op: str, **fields) -> None:
         sync_client().rpush(backend_inbox_key(backend_id), json.dumps(msg))
 
 
+async def push_to_backend_async(backend_id: str, op: str, **fields) -> None:
+    """``push_to_backend`` from the event loop (a WebSocket's keystrokes), with no thread between."""
+    msg = {"op": op, **fields}
+    if settings.VTERM["HOT_CALLS"] == "celery":
+        send_to_backend(backend_queue(backend_id), "workers.tasks.inbox_message", msg)
+    else:
+        await async_client().rpush(backend_inbox_key(backend_id), json.dumps(msg))
+
+
 async def ask_backend(backend_id: str, op: str, *, timeout: float, **fields) -> dict | None:
     """A hot call that is answered (a screen): on the backend's inbox, served in its session's turn,
     not behind the backend's Celery work (session starts, reconciles); its reply, or None after
