@@ -19,9 +19,9 @@ from typing import ClassVar
 from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
+from channels.consumer import get_handler_name
 from channels.db import aclose_old_connections
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.utils import get_handler_name
 from django.conf import settings
 from django.http import Http404
 from redis.exceptions import RedisError
