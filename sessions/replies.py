@@ -47,13 +47,12 @@ def push_to_backend(backend_id: str, op: str, **fields) -> None:
         sync_client().rpush(backend_inbox_key(backend_id), json.dumps(msg))
 
 
-async def push_to_backend_async(backend_id: str, op: str, **fields) -> None:
-    """``push_to_backend`` from the event loop (a WebSocket's keystrokes), with no thread between."""
-    msg = {"op": op, **fields}
+def inbox_push(backend_id: str, op: str, **fields) -> tuple[str, str] | None:
+    """The (list, message) that puts one hot call on the backend's inbox, for a caller that pushes it
+    itself (in a script of its own); None with VTERM_HOT_CALLS=celery: then ``push_to_backend``."""
     if settings.VTERM["HOT_CALLS"] == "celery":
-        send_to_backend(backend_queue(backend_id), "workers.tasks.inbox_message", msg)
-    else:
-        await async_client().rpush(backend_inbox_key(backend_id), json.dumps(msg))
+        return None
+    return backend_inbox_key(backend_id), json.dumps({"op": op, **fields})
 
 
 async def ask_backend(backend_id: str, op: str, *, timeout: float, **fields) -> dict | None:
