@@ -6,28 +6,31 @@ VENV := .venv
 PY := $(VENV)/bin/python
 RUN_STAMP := $(VENV)/.installed-run
 DEV_STAMP := $(VENV)/.installed-dev
+BENCH_STAMP := $(VENV)/.installed-bench
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Waits for another apt run (another checkout's make, unattended upgrades) rather than failing.
 APT := $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get -o DPkg::Lock::Timeout=600
 APT_INSTALL := $(APT) update -qq && $(APT) install -y -qq
 
-.PHONY: run test test-faults bench venv venv-dev system-deps test-deps vendor lint clean kill-shells
+.PHONY: run test test-faults bench venv venv-dev venv-bench system-deps test-deps vendor lint clean kill-shells
 
 run: venv system-deps vendor
 	$(PY) -m vterm_project.devstack
 
-test: venv-dev system-deps test-deps vendor
+test: venv-bench system-deps test-deps vendor
 	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
 
 test-faults: venv-dev system-deps
 	$(PY) -m pytest tests/faults -m slow $(PYTEST_ARGS)
 
-bench: venv-dev system-deps
-	$(PY) manage.py vterm_bench $(BENCH_ARGS)
+# The load run, then vterm beside SWE-ReX and terminado (the bench extra) on this machine.
+bench: venv-bench system-deps
+	$(PY) manage.py vterm_bench --peers $(BENCH_ARGS)
 
 # `make run` needs only the project; the tests also need the dev extras (browser driver, Helm renderer...).
 venv: $(RUN_STAMP)
 venv-dev: $(DEV_STAMP)
+venv-bench: $(BENCH_STAMP)
 
 $(RUN_STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -37,6 +40,10 @@ $(RUN_STAMP): pyproject.toml
 
 $(DEV_STAMP): $(RUN_STAMP)
 	$(PY) -m pip install -q -e ".[dev]"
+	touch $@
+
+$(BENCH_STAMP): $(DEV_STAMP)
+	$(PY) -m pip install -q -e ".[dev,bench]"
 	touch $@
 
 # Debian/Ubuntu packages, installed only when a command is missing.

@@ -19,6 +19,8 @@ from typing import ClassVar
 from urllib.parse import parse_qs
 
 from asgiref.sync import sync_to_async
+from channels.consumer import get_handler_name
+from channels.db import aclose_old_connections
 from channels.generic.websocket import AsyncWebsocketConsumer
 from django.conf import settings
 from django.http import Http404
@@ -50,6 +52,8 @@ TOUCH_EVERY = 10.0  # seconds between last_activity writes while someone types
 # long; after that (or for commands others ran) it comes with the session's command events.
 RESULT_WAIT = 60.0
 FINAL_KEEP = 1000  # command ids whose final frame went out, to drop the later copy of it
+# Client frames handled with no database work (on_input's occasional touch makes its own check).
+NO_DATABASE_FRAMES = frozenset({"input", "ack", "ping"})
 
 
 def _errors_text(detail) -> str:
@@ -195,6 +199,15 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     async def send_error(self, code: str, message: str) -> None:
         await self.send_json({"type": "error", "code": code, "message": message})
 
+    async def dispatch(self, message: dict) -> None:
+        """Channels closes stale database connections before every message, a hop to the sync thread
+        and back (about a third of what the web added to a keystroke's echo). Keystrokes, acks and
+        output frames touch no database: for them it is done only where a frame does (``receive``)."""
+        if message["type"] in ("websocket.receive", "output.frame"):
+            await getattr(self, get_handler_name(message))(message)
+        else:
+            await super().dispatch(message)
+
     # -- client frames ----------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
@@ -220,6 +233,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
             await self.send_error("bad_frame", 'A frame is a JSON object with a string "type".')
             return
         kind = frame["type"]
+        if kind not in NO_DATABASE_FRAMES:
+            await aclose_old_connections()
         handler = self.FRAME_HANDLERS.get(kind)
         if handler is None:
             await self.send_error("unknown_type", f"Unknown frame type {kind[:40]!r}; expected one of "
@@ -248,12 +263,12 @@ class TerminalConsumer(AsyncWebsocketConsumer):
 
     async def on_input(self, frame: dict) -> None:
         data = self._valid(InputSerializer, frame)
-        # Off the shared sync thread: keystrokes wait on no one's database work.
-        await sync_to_async(services.session_input, thread_sensitive=False)(
-            self.session, data=data.get("data"), keys=data.get("keys"), touch=False)
+        # On the loop, no thread: keystrokes wait on no one's database work.
+        await services.session_input_ws(self.session, data=data.get("data"), keys=data.get("keys"))
         now = time.monotonic()
         if now - self._touched_at > TOUCH_EVERY:
             self._touched_at = now
+            await aclose_old_connections()
             await sync_to_async(services.session_touch)(self.session)
 
     async def on_resize(self, frame: dict) -> None:

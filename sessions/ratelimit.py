@@ -91,6 +91,26 @@ end
 return {1, '0', 0}
 """
 
+# Keystrokes from a WebSocket: _TOKEN_BUCKET's spends, then, only when every bucket allowed them,
+# RPUSH of ARGV[#ARGV] to KEYS[#KEYS] (the backend's inbox): admission and delivery in one round trip.
+_INPUT_ADMIT = _BUCKET_SPEND + """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local out = {}
+local all = 1
+for i = 1, #KEYS - 1 do
+  local allowed, wait = bucket_spend(KEYS[i], tonumber(ARGV[3 * i - 2]), tonumber(ARGV[3 * i - 1]),
+                                     tonumber(ARGV[3 * i]), now)
+  out[#out + 1] = allowed
+  out[#out + 1] = tostring(wait)
+  if allowed == 0 then all = 0 end
+end
+if all == 1 then
+  redis.call('RPUSH', KEYS[#KEYS], ARGV[#ARGV])
+end
+return out
+"""
+
 _scripts: dict[str, object] = {}
 
 
@@ -140,13 +160,34 @@ def ratelimit_check(user_id, kind: str, cost: float = 1.0) -> None:
 def ratelimit_check_input(user_id, nbytes: int) -> None:
     """Keystrokes spend two buckets in one round trip: one request ("input") and their bytes
     ("input_bytes"). Raise 429 when either is empty (the request is spent either way)."""
-    spends = [(kind, args) for kind, args in (("input", _bucket_args("input", 1.0)),
-                                             ("input_bytes", _bucket_args("input_bytes", float(nbytes))))
-              if args is not None and args[2] > 0]
-    if not spends:
+    spends = _input_spends(nbytes)
+    if spends:
+        _input_verdict(spends, _bucket_script()(keys=[bucket_key(user_id, kind) for kind, _ in spends],
+                                                args=[a for _, args in spends for a in args]))
+
+
+async def ratelimit_check_input_async(user_id, nbytes: int, push: tuple[str, str] | None = None) -> None:
+    """``ratelimit_check_input`` from the event loop (a WebSocket's keystrokes), with no thread between.
+    ``push``: (list, message) to RPUSH in the same round trip when the keystrokes are admitted."""
+    spends = _input_spends(nbytes)
+    keys = [bucket_key(user_id, kind) for kind, _ in spends]
+    args = [a for _, args in spends for a in args]
+    if push is not None:
+        got = await async_client().eval(_INPUT_ADMIT, len(keys) + 1, *keys, push[0], *args, push[1])
+    elif spends:
+        got = await async_client().eval(_TOKEN_BUCKET, len(keys), *keys, *args)
+    else:
         return
-    got = _bucket_script()(keys=[bucket_key(user_id, kind) for kind, _ in spends],
-                           args=[a for _, args in spends for a in args])
+    _input_verdict(spends, got)
+
+
+def _input_spends(nbytes: int) -> list[tuple[str, list[float]]]:
+    return [(kind, args) for kind, args in (("input", _bucket_args("input", 1.0)),
+                                            ("input_bytes", _bucket_args("input_bytes", float(nbytes))))
+            if args is not None and args[2] > 0]
+
+
+def _input_verdict(spends: list[tuple[str, list[float]]], got: list) -> None:
     for n, (kind, _) in enumerate(spends):
         if not int(got[2 * n]):
             _raise_if_over(kind, float(got[2 * n + 1]))

@@ -47,6 +47,14 @@ def push_to_backend(backend_id: str, op: str, **fields) -> None:
         sync_client().rpush(backend_inbox_key(backend_id), json.dumps(msg))
 
 
+def inbox_push(backend_id: str, op: str, **fields) -> tuple[str, str] | None:
+    """The (list, message) that puts one hot call on the backend's inbox, for a caller that pushes it
+    itself (in a script of its own); None with VTERM_HOT_CALLS=celery: then ``push_to_backend``."""
+    if settings.VTERM["HOT_CALLS"] == "celery":
+        return None
+    return backend_inbox_key(backend_id), json.dumps({"op": op, **fields})
+
+
 async def ask_backend(backend_id: str, op: str, *, timeout: float, **fields) -> dict | None:
     """A hot call that is answered (a screen): on the backend's inbox, served in its session's turn,
     not behind the backend's Celery work (session starts, reconciles); its reply, or None after

@@ -2,8 +2,8 @@
 
 It wires the framework-free tmux driver to the rest of vterm: results go to the
 database through one writer thread (in order, off the driver's reader thread),
-output goes to a numbered Redis stream and the channel layer in small batches,
-and a heartbeat says the backend is alive.
+output goes to a numbered Redis stream and the channel layer (at once when the
+output was idle, in batches while it flows), and a heartbeat says the backend is alive.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from django.db import connection as db_connection
 from sessions import jobs as job_services
 from sessions import sandbox as sandbox_services
 from sessions import services
-from sessions.broadcast import install_submitter, session_broadcast, viewers_key
+from sessions.broadcast import ViewerSender, install_submitter, session_broadcast
 from sessions.metrics import record_output_bytes
 from sessions.redis_state import backend_stats_key, output_stream_key, sync_client
 
@@ -53,6 +53,7 @@ from .tmux.shell import clean_output
 log = logging.getLogger(__name__)
 
 STARTED_WRITE_DELAY = 0.05  # seconds a command runs before its `running` state is written
+OUTPUT_POLL = 1.0  # seconds the output thread sleeps with nothing to do (it is woken for work)
 KNOWN_MAX = 50_000
 END_BATCH_MAX = 64  # command ends written in one transaction, at most
 
@@ -98,6 +99,7 @@ class BackendRuntime:
         self._known: OrderedDict[str, dict] = OrderedDict()  # command id -> what its inbox message said
         self._out_lock = threading.Lock()
         self._out: dict[str, bytearray] = defaultdict(bytearray)
+        self._wake = threading.Event()  # output to send, a command's start to write, or stop
         self._seq: dict[str, int] = {}
         self._stream_budgets = defaultdict(lambda: StreamBudget(settings.VTERM["STREAM_MAX_CHARS"]))
         self._decoders = defaultdict(lambda: codecs.getincrementaldecoder("utf-8")("replace"))
@@ -174,6 +176,7 @@ class BackendRuntime:
         self.stopping = True
         self._stop.set()
         self.jobs.runner.close()
+        self._wake.set()
         self.driver.close()
         self._writes.put(None)
         for t in self._threads:
@@ -185,6 +188,7 @@ class BackendRuntime:
         """End this worker process as a stop does (its supervisor starts it again). With no
         heartbeat from here on, the pool moves its sessions (at once when the stop drains)."""
         self._stop.set()
+        self._wake.set()
         os.kill(os.getpid(), signal.SIGTERM)
 
     # -- requests from tasks ----------------------------------------------------
@@ -230,11 +234,13 @@ class BackendRuntime:
     def shell_output(self, name: str, data: bytes) -> None:
         with self._out_lock:
             self._out[name] += data
+        self._wake.set()
 
     def command_started(self, name: str, command_id: str, started_at: float) -> None:
         # Written only if the command is still running a moment later (_write_started): most end
         # sooner, and then their one write at the end says everything.
         self._starting[command_id] = (name, started_at, time.monotonic() + STARTED_WRITE_DELAY)
+        self._wake.set()  # the output thread sleeps until then, not in ticks
 
     def _write_started(self, now: float) -> None:
         for command_id, (name, started_at, due) in list(self._starting.items()):
@@ -353,46 +359,68 @@ class BackendRuntime:
                     close_old_connections()
 
     def _flush_loop(self) -> None:
-        """Batch output: one stream entry and one group message per session per tick (more for a flood)."""
+        """Send output as it comes: at once when none was sent for OUTPUT_FLUSH_INTERVAL (a keystroke's
+        echo, a prompt), else at most once per interval, all that came meanwhile in one stream entry and
+        one group message per session (more for a flood). Each send is a few Redis round trips: a flood
+        sent piece by piece as tmux hands it over would cost one set per few KB."""
         interval = settings.VTERM["OUTPUT_FLUSH_INTERVAL"]
-        maxlen = settings.VTERM["STREAM_MAXLEN"]
-        frame_max = settings.VTERM["OUTPUT_FRAME_MAX"]
         r = sync_client()
-        while not self._stop.wait(interval):
+        viewers = ViewerSender(r)
+        sent_at = -interval  # when the last send began
+        while not self._stop.is_set():
+            now = time.monotonic()
             if self._starting:
-                self._write_started(time.monotonic())
+                self._write_started(now)
+            due = [d for _, _, d in list(self._starting.values())]
+            self._wake.wait(max(0.0, min(due) - now) if due else OUTPUT_POLL)
+            if self._stop.is_set():
+                return
             with self._out_lock:
                 if not self._out:
+                    self._wake.clear()  # woken for a start to write, or output already sent
                     continue
+            # Output is flowing: gather it for the rest of the interval since the last send.
+            rest = sent_at + interval - time.monotonic()
+            if rest > 0 and self._stop.wait(rest):
+                return
+            with self._out_lock:
+                self._wake.clear()  # output that comes after this wakes the loop again
                 batch, self._out = self._out, defaultdict(bytearray)
-            try:
-                pipe = r.pipeline(transaction=False)
-                frames = []
-                now = f"{time.time():.6f}"
-                for name, data in batch.items():
-                    # A character split between two batches is decoded whole in the later one.
-                    text = self._decoders[name].decode(bytes(data))
-                    for piece in frame_pieces(text, frame_max):
-                        seq = self._next_seq(r, name)
-                        # The stream id is the frame's seq: replay is XRANGE from since+1.
-                        # "t": when it was written, for the session recording (sessions/recording.py).
-                        pipe.xadd(output_stream_key(name), {"d": piece.encode(), "t": now}, id=f"{seq}-1",
-                                  maxlen=maxlen, approximate=True)
-                        trim_below = self._stream_budgets[name].add(seq, len(piece))
-                        if trim_below:
-                            pipe.xtrim(output_stream_key(name), minid=f"{trim_below}-0", approximate=True)
-                        frames.append((name, seq, piece))
-                record_output_bytes(self.backend_id, sum(len(d) for d in batch.values()), pipe=pipe)
-                # Asked after the stream is written: see sessions/broadcast.py.
-                for name in batch:
-                    pipe.exists(viewers_key(name))
-                replies = pipe.execute()
-                watched = {name for name, n in zip(batch, replies[len(replies) - len(batch):]) if n}
-                for name, seq, text in frames:
-                    if name in watched:
-                        session_broadcast(name, {"type": "output.frame", "seq": seq, "data": text})
-            except Exception:
-                log.exception("output flush failed")
+            sent_at = time.monotonic()
+            self._send_output(r, viewers, batch)
+
+    def _send_output(self, r, viewers: ViewerSender, batch: dict[str, bytearray]) -> None:
+        """One batch of output: to the sessions' streams, then to the viewers of those watched."""
+        maxlen = settings.VTERM["STREAM_MAXLEN"]
+        frame_max = settings.VTERM["OUTPUT_FRAME_MAX"]
+        try:
+            pipe = r.pipeline(transaction=False)
+            frames = []
+            now = f"{time.time():.6f}"
+            for name, data in batch.items():
+                # A character split between two batches is decoded whole in the later one.
+                text = self._decoders[name].decode(bytes(data))
+                for piece in frame_pieces(text, frame_max):
+                    seq = self._next_seq(r, name)
+                    # The stream id is the frame's seq: replay is XRANGE from since+1.
+                    # "t": when it was written, for the session recording (sessions/recording.py).
+                    pipe.xadd(output_stream_key(name), {"d": piece.encode(), "t": now}, id=f"{seq}-1",
+                              maxlen=maxlen, approximate=True)
+                    trim_below = self._stream_budgets[name].add(seq, len(piece))
+                    if trim_below:
+                        pipe.xtrim(output_stream_key(name), minid=f"{trim_below}-0", approximate=True)
+                    frames.append((name, seq, piece))
+            record_output_bytes(self.backend_id, sum(len(d) for d in batch.values()), pipe=pipe)
+            # Asked after the stream is written: see sessions/broadcast.py.
+            for name in batch:
+                viewers.ask(pipe, name)
+            replies = pipe.execute()
+            watching = {name: channels for name, channels in zip(batch, replies[len(replies) - len(batch):])
+                        if channels}
+            viewers.send([(name, watching[name], {"type": "output.frame", "seq": seq, "data": text})
+                          for name, seq, text in frames if name in watching])
+        except Exception:
+            log.exception("output flush failed")
 
     def _next_seq(self, r, name: str) -> int:
         seq = self._seq.get(name)

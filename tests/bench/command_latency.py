@@ -10,12 +10,12 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import psutil
 
 from tests.conftest import Api, make_stack
+from vterm_project.bench import terminal_figures as tf
 
 
 def _cpu(proc: psutil.Process) -> float:
@@ -43,19 +43,12 @@ def main() -> None:
         stack = make_stack(args.redis_url, Path(tmp), backends=1, prefix="lat", **env)
         stack.start()
         try:
-            api = Api(stack.url, stack.token("latency"))
-            sid = api.create_session()["id"]
-            for _ in range(args.warmup):
-                api.run(sid, "true", wait=5)
+            token = stack.token("latency")
+            sid = Api(stack.url, token).create_session()["id"]
+            tf.vterm_command_latency(stack.url, token, sid, args.warmup, warmup=0)
             procs = {name: psutil.Process(p.pid) for name, p in stack.procs.items()}
             cpu0 = {name: _cpu(p) for name, p in procs.items()}
-            times = []
-            for _ in range(args.calls):
-                t0 = time.perf_counter()
-                r = api.http.post(f"/api/v1/sessions/{sid}/commands/", json={"command": "true", "wait": 5})
-                times.append((time.perf_counter() - t0) * 1000)
-                assert r.status_code == 201 and r.json()["exit_code"] == 0, r.text
-            times.sort()
+            times = sorted(tf.vterm_command_latency(stack.url, token, sid, args.calls, warmup=0))
             p99 = times[max(0, int(round(0.99 * len(times))) - 1)]
             print(f"POST commands {{true, wait 5}}, {args.calls} calls on one session: "
                   f"median {statistics.median(times):.2f} ms, p99 {p99:.2f} ms, max {times[-1]:.2f} ms")

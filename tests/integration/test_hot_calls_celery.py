@@ -10,6 +10,7 @@ import time
 import pytest
 
 from tests.conftest import Api, make_stack
+from tests.ws_viewer import Viewer
 
 pytestmark = pytest.mark.integration
 
@@ -38,6 +39,12 @@ def test_commands_input_interrupt_and_resize_through_celery(celery_api):
     reader = api.http.post(f"/api/v1/sessions/{sid}/commands/", json={"command": "read x; echo got:$x"}).json()
     assert api.http.post(f"/api/v1/sessions/{sid}/input/", json={"data": "hi\r"}).status_code == 202
     assert api.wait_command(sid, reader["id"])["output"].endswith("got:hi\n")
+    # Keystrokes from a WebSocket (sessions/services.session_input_ws) take the same road.
+    reader = api.http.post(f"/api/v1/sessions/{sid}/commands/", json={"command": "read y; echo ws:$y"}).json()
+    viewer = Viewer(str(api.http.base_url).rstrip("/"), sid, token=api.token)
+    viewer.send(type="input", data="typed\r")
+    assert api.wait_command(sid, reader["id"])["output"].endswith("ws:typed\n")
+    viewer.close()
     # Ctrl-C.
     slow = api.http.post(f"/api/v1/sessions/{sid}/commands/", json={"command": "sleep 30"}).json()
     time.sleep(0.3)

@@ -61,6 +61,10 @@ def render_table(r: dict) -> str:
     if cpu:
         lines.append("CPU during the load    " + ", ".join(f"{k} {_f(v, 0)}%" for k, v in cpu.items())
                      + "  (100% = one core)")
+    if r.get("peers"):
+        from .peers import render
+
+        lines.append(render(r["peers"]))
     return "\n".join(lines)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import psutil
 
-from . import floor, load, report, resources
+from . import floor, load, peers, report, resources
 
 
 @dataclass
@@ -35,6 +35,7 @@ class BenchConfig:
     wait: float = 30.0
     keep: bool = False  # leave the sessions (and a started stack's data) in place
     stack_env: dict[str, str] = field(default_factory=dict)
+    peers: peers.PeerConfig | None = None  # also measure vterm beside SWE-ReX and terminado
 
 
 def run_bench(cfg: BenchConfig, say: Callable[[str], None] = print) -> dict:
@@ -108,7 +109,10 @@ def _run(cfg: BenchConfig, url: str, token: str, stack, data_dir, say) -> dict:
                     "when": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     result["floor"] = _floor(cfg, say)
     say(f"  floor p50 {result['floor']['strict']['p50']:.3f} ms")
-    return asyncio.run(_run_async(cfg, url, token, stack, data_dir, say, result))
+    result = asyncio.run(_run_async(cfg, url, token, stack, data_dir, say, result))
+    if cfg.peers is not None:
+        result["peers"] = peers.compare(url, token, cfg.peers, say)
+    return result
 
 
 async def _run_async(cfg, url, token, stack, data_dir, say, result) -> dict:

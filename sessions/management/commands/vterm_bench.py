@@ -7,6 +7,7 @@ import logging
 from django.core.management.base import BaseCommand, CommandError
 
 from vterm_project.bench import report
+from vterm_project.bench.peers import PeerConfig
 from vterm_project.bench.runner import BenchConfig, histogram_series, run_bench
 
 
@@ -35,12 +36,20 @@ class Command(BaseCommand):
         parser.add_argument("--keep", action="store_true", help="leave the sessions and the stack's data")
         parser.add_argument("--stack-env", action="append", default=[], metavar="NAME=VALUE",
                             help="environment for a started stack's processes (repeatable)")
+        parser.add_argument("--peers", action="store_true",
+                            help="also measure vterm beside SWE-ReX (`true` in a session) and terminado (keystroke "
+                                 "echo, cat to a viewer) on this machine; needs the bench extra (make bench)")
+        parser.add_argument("--peer-calls", type=int, default=200, help="`true` commands per side (default 200)")
+        parser.add_argument("--peer-keys", type=int, default=200, help="keystrokes per side (default 200)")
+        parser.add_argument("--peer-mb", type=float, default=55.0, help="MB the cat writes out (default 55)")
         parser.add_argument("--json", dest="json_path", help="write every figure (and each sample) here")
         parser.add_argument("--histogram", help="draw the latency histogram to this PNG")
 
     def handle(self, *args, **o):
         if o["sessions"] < 1 or o["rate"] < 0 or o["duration"] <= 0:
             raise CommandError("--sessions must be >= 1, --rate >= 0 and --duration > 0")
+        if o["peer_calls"] < 1 or o["peer_keys"] < 1 or o["peer_mb"] <= 0:
+            raise CommandError("--peer-calls and --peer-keys must be >= 1, --peer-mb > 0")
         if o["url"] and not o["token"]:
             raise CommandError("--token is needed with --url")
         bad = [e for e in o["stack_env"] if "=" not in e]
@@ -53,6 +62,7 @@ class Command(BaseCommand):
             data_dir=o["data_dir"], create_concurrency=o["create_concurrency"],
             floor_samples=o["floor_samples"], wait=o["wait"], keep=o["keep"],
             stack_env=dict(e.split("=", 1) for e in o["stack_env"]),
+            peers=PeerConfig(calls=o["peer_calls"], keys=o["peer_keys"], mb=o["peer_mb"]) if o["peers"] else None,
         )
 
         def say(line: str) -> None:
