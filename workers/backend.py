@@ -95,8 +95,9 @@ class BackendRuntime:
         # All that the inbox, the hand-off check, the environment tracker, the jobs and the failover
         # steps may touch of this runtime (workers/runtime_parts.py).
         self.parts = RuntimeParts(backend_id=self.backend_id, driver=self.make_driver(), ledger=self.ledger,
-                                  session_lock=self.session_lock, write=self.write, flush_writes=self.flush_writes,
-                                  remember_command=self.remember_command, command_lost=self.command_lost)
+                                  session_lock=self.session_lock, write=self.write,
+                                  flush_writes=self.flush_writes, remember_command=self.remember_command,
+                                  command_lost=self.command_lost)
         self.stopping = False
         self._writes: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._finished: set[str] = set()

@@ -85,4 +85,4 @@ class BackendJobs:
             recorded.wait(RECORD_WAIT)  # a quick job's end is written after its start
         ended_at = datetime.fromtimestamp(end.ended_at, tz=UTC)
         self.parts.write(lambda: job_services.job_ended(job_id=end.job_id, status=end.status, exit_code=end.exit_code,
-                                                     reason=end.reason, ended_at=ended_at, truncated=end.truncated))
+                                                        reason=end.reason, ended_at=ended_at, truncated=end.truncated))

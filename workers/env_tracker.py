@@ -65,4 +65,4 @@ class EnvTracker(threading.Thread):
         if epoch is None:
             return
         self.parts.write(lambda: failover.session_live_env_record(session_id=name, backend_id=self.parts.backend_id,
-                                                               epoch=epoch, env=env))
+                                                                  epoch=epoch, env=env))

@@ -115,8 +115,8 @@ def command_run(parts: RuntimeParts, session_id: str, epoch: int, cmd: dict) -> 
                      command_id, session_id, epoch)
 
 
-def session_resume(parts: RuntimeParts, session_id: str, epoch: int, cwd: str, env: dict, cols: int, rows: int, *,
-                   sandbox_spec: Callable[[str], SandboxSpec | None],
+def session_resume(parts: RuntimeParts, session_id: str, epoch: int, cwd: str, env: dict, cols: int,
+                   rows: int, *, sandbox_spec: Callable[[str], SandboxSpec | None],
                    forget_output_seq: Callable[[str], None]) -> dict:
     """Rebuild a moved session's shell here, then run its queued commands in order. ``sandbox_spec``:
     what its shell runs as (BackendRuntime.sandbox_spec); ``forget_output_seq``: its output stream

@@ -119,6 +119,7 @@ def test_the_graph_sees_the_imports_it_should():
     assert "workers.backend" in graph["workers.celery_hooks"]  # inside a function
     assert "sessions.services" in graph["workers.backend"]  # from sessions import services
     assert "vterm_project.redis_config" in graph["vterm_project.devstack"]  # inside a function
+    assert "workers.runtime_parts" in graph["workers.env_tracker"]  # under TYPE_CHECKING only
 
 
 @pytest.mark.parametrize("graph, expected", [
