@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from typing import ClassVar
@@ -12,7 +13,7 @@ from rest_framework import serializers
 from workers.tmux.protocol import KEY_NAME_PATTERN, valid_key
 
 from .models import Command, TerminalSession
-from .webhooks import NOTIFY_URL_MAX, NOTIFY_URL_PATTERN, notify_url_syntax_ok
+from .notify_url import NOTIFY_URL_MAX, NOTIFY_URL_PATTERN, notify_url_syntax_ok
 
 ENV_NAME_PATTERN = r"[A-Za-z_][A-Za-z0-9_]*"
 ENV_NAME = re.compile(ENV_NAME_PATTERN)
@@ -195,6 +196,16 @@ class CommandSerializer(serializers.ModelSerializer):
                   "output_truncated", "cwd", "timeout", "idle_timeout", "submitted_at", "started_at", "finished_at",
                   "duration_ms", "notify_url"]
         read_only_fields = fields
+
+
+@functools.cache
+def _command_serializer() -> CommandSerializer:
+    return CommandSerializer()
+
+
+def command_json(cmd: Command) -> dict:
+    """The command as API.md shows it (one serializer reused: building its fields costs more than using them)."""
+    return _command_serializer().to_representation(cmd)
 
 
 def _seconds(help_text: str, maximum: float):

@@ -65,7 +65,7 @@ from .redis_state import (
 )
 from .replies import ask_backend, call_backend, inbox_push, push_to_backend, send_to_backend
 from .sandbox import sandbox_spec, session_limits_resolve, shell_account_get
-from .serializers import CommandSerializer
+from .serializers import command_json
 from .waits import reply_push, reply_wait
 
 log = logging.getLogger(__name__)
@@ -651,16 +651,6 @@ def _command_end_store(command_id: str, cmd: Command | None, ended: dict, long_r
     if long_ran:
         TerminalSession.objects.filter(pk=cmd.session_id).update(last_activity=ended["finished_at"])
     return cmd
-
-
-@functools.cache
-def _command_serializer() -> CommandSerializer:
-    return CommandSerializer()
-
-
-def command_json(cmd: Command) -> dict:
-    """The command as API.md shows it (one serializer reused: building its fields costs more than using them)."""
-    return _command_serializer().to_representation(cmd)
 
 
 # -- terminal output (WebSocket viewers) -------------------------------------------------

@@ -21,7 +21,6 @@ from __future__ import annotations
 import base64
 import ipaddress
 import logging
-import re
 import secrets
 import socket
 import time
@@ -41,17 +40,9 @@ from vterm_project.celery import app as celery_app
 from workers.routing import WEBHOOK_QUEUE
 
 from .models import Command, WebhookAttempt, WebhookDelivery, WebhookSecret
+from .serializers import command_json
 
 log = logging.getLogger(__name__)
-
-NOTIFY_URL_MAX = 2048
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-# What a notify_url may look like, as the OpenAPI schema states it too (ECMA-262 and Python read it
-# alike): http(s), a host name, IPv4 or [IPv6] address, a port, a path and query in printable ASCII
-# (percent-encode the rest); no user:password@, no #fragment.
-NOTIFY_URL_PATTERN = (rf"^[Hh][Tt][Tt][Pp][Ss]?://(?:{_LABEL}(?:\.{_LABEL})*\.?|\[[0-9A-Fa-f:.]+\])"
-                      r'(?::[0-9]{1,5})?(?:[/?][!-"$-~]*)?$')  # printable ASCII but "#"
-_NOTIFY_URL = re.compile(NOTIFY_URL_PATTERN[1:-1])
 
 DELIVER_TASK = "workers.tasks.webhook_deliver"
 SWEEP_BATCH = 500
@@ -100,11 +91,6 @@ def sign(secret: str, msg_id: str, at: datetime, body: bytes) -> dict[str, str]:
 
 
 # -- who may be called --------------------------------------------------------------------
-
-
-def notify_url_syntax_ok(url: str) -> bool:
-    """The serializer's check (and the schema's pattern): the shape only, no lookups."""
-    return len(url) <= NOTIFY_URL_MAX and _NOTIFY_URL.fullmatch(url) is not None
 
 
 def _public(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
@@ -232,8 +218,6 @@ def delivery_attempt(delivery_id: str, attempts: int) -> str | None:
     delivery = WebhookDelivery.objects.select_related("command__session").filter(pk=delivery_id).first()
     if delivery is None:
         return None  # purged with its command meanwhile
-    from .services import command_json  # services imports this module
-
     body = _renderer.render(command_json(delivery.command))
     secret = _secret_of(delivery.command.session.owner_id).secret  # the session owner's
     headers = {"content-type": "application/json", "user-agent": USER_AGENT,

@@ -14,7 +14,7 @@ import secrets
 import shlex
 from pathlib import Path
 
-from .devstack import ROOT, Proc, StackConfig, write_private
+from .stack_config import ROOT, Proc, StackConfig, write_private
 
 START_RETRIES = 5
 STOP_WAIT = 20  # seconds between SIGTERM and SIGKILL (a backend detaches from tmux on SIGTERM)

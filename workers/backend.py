@@ -39,6 +39,7 @@ from sessions.redis_state import backend_stats_key, output_stream_key, sync_clie
 from . import failover_runtime
 from .backend_jobs import BackendJobs
 from .backend_stats import StatsSampler
+from .command_ledger import CommandLedger
 from .env_tracker import EnvTracker
 from .handoff_check import HandoffCheck
 from .inbox import InboxThread
@@ -46,6 +47,7 @@ from .keyed_locks import KeyedLocks
 from .output_frames import StreamBudget, frame_pieces
 from .resource_usage import ResourceUsageThread
 from .routing import local_backend_id
+from .runtime_parts import RuntimeParts
 from .sandbox import NoSandbox, Sandbox, SandboxSpec
 from .tmux.driver import CommandResult, TmuxDriver
 from .tmux.shell import clean_output
@@ -88,10 +90,15 @@ def shell_base_env() -> dict[str, str]:
 class BackendRuntime:
     def __init__(self, backend_id: str | None = None) -> None:
         self.backend_id = backend_id or local_backend_id()
-        self.driver = self.make_driver()
-        self.ledger = failover_runtime.CommandLedger()
+        self.ledger = CommandLedger()
         self.recover_lock = threading.Lock()
         self._session_locks = KeyedLocks()
+        # All that the inbox, the hand-off check, the environment tracker, the jobs and the failover
+        # steps may touch of this runtime (workers/runtime_parts.py).
+        self.parts = RuntimeParts(backend_id=self.backend_id, driver=self.make_driver(), ledger=self.ledger,
+                                  session_lock=self.session_lock, write=self.write,
+                                  flush_writes=self.flush_writes, remember_command=self.remember_command,
+                                  command_lost=self.command_lost)
         self.stopping = False
         self._writes: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._finished: set[str] = set()
@@ -110,8 +117,13 @@ class BackendRuntime:
         # worker's one Celery thread, so that a start which hangs (a user's rc or history file
         # that blocks) delays no other session's start, stop or move.
         self._starts = ThreadPoolExecutor(max_workers=settings.VTERM["START_THREADS"], thread_name_prefix="vterm-start")
-        self.env_tracker = EnvTracker(self, self._stop)
-        self.jobs = BackendJobs(self)
+        self.env_tracker = EnvTracker(self.parts, self._stop)
+        self.jobs = BackendJobs(self.parts)
+
+    @property
+    def driver(self) -> TmuxDriver:
+        """The tmux driver; a new one after a tmux restart (_recover_tmux), hence kept in the parts."""
+        return self.parts.driver
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -165,8 +177,8 @@ class BackendRuntime:
             self.driver.sandbox.jobs_sweep(info.name)
         job_services.jobs_end_on_backend(self.backend_id, f"its backend worker ({self.backend_id}) restarted")
         # Adopted shells are matched with the database before any task runs (sessions/failover.py).
-        failover_runtime.reconcile(self, restarted=True, adopted=adopted)
-        for t in (InboxThread(self, self._stop), self.env_tracker, HandoffCheck(self, self._stop)):
+        failover_runtime.reconcile(self.parts, restarted=True, adopted=adopted)
+        for t in (InboxThread(self.parts, self._stop), self.env_tracker, HandoffCheck(self.parts, self._stop)):
             t.start()
             self._threads.append(t)
         log.info("backend %s up: tmux %s, %d shell(s) adopted, sandbox: %s", self.backend_id,
@@ -211,7 +223,9 @@ class BackendRuntime:
                       resume: bool = False, sandbox: dict | None = None) -> dict:
         with self.session_lock(session_id):
             if resume:  # a session moving here from another backend
-                return failover_runtime.session_resume(self, session_id, epoch, cwd, env, cols, rows)
+                return failover_runtime.session_resume(self.parts, session_id, epoch, cwd, env, cols, rows,
+                                                       sandbox_spec=self.sandbox_spec,
+                                                       forget_output_seq=self.forget_output_seq)
             return self._session_create(session_id, epoch, cwd, env, cols, rows, sandbox)
 
     def _session_create(self, session_id: str, epoch: int, cwd: str, env: dict, cols: int, rows: int,
@@ -226,7 +240,7 @@ class BackendRuntime:
             self.driver.kill_shell(session_id)
             return {"ok": False, "error": "the session was placed elsewhere meanwhile"}
         for cmd in queued:  # submitted while the shell was starting
-            failover_runtime.queue_command(self, session_id, cmd, from_database=True)
+            failover_runtime.queue_command(self.driver, self.ledger, session_id, cmd, from_database=True)
         return {"ok": True, "cwd": info.cwd}
 
     # -- driver listener (driver threads) ---------------------------------------
@@ -296,8 +310,39 @@ class BackendRuntime:
 
     def server_lost(self) -> None:
         log.error("backend %s lost its tmux server", self.backend_id)
-        threading.Thread(target=failover_runtime.recover_tmux, args=(self,), name="vterm-recover",
-                         daemon=True).start()
+        threading.Thread(target=self._recover_tmux, name="vterm-recover", daemon=True).start()
+
+    def _recover_tmux(self) -> None:
+        """The tmux server died under a live worker: start a new one, move the sessions it held.
+
+        Runs on a thread of its own (the driver's reader thread reports the loss).
+        """
+        with self.recover_lock:
+            if self.driver.alive or self.stopping:
+                return
+            log.error("backend %s: tmux server lost; starting a new one", self.backend_id)
+            old = self.driver
+            try:
+                old.close()
+            except Exception:
+                log.warning("closing the lost tmux connection failed", exc_info=True)
+            for attempt in range(20):
+                try:
+                    self.parts.driver = self.make_driver()
+                    self.driver.start()
+                    break
+                except Exception:
+                    log.exception("tmux restart failed (attempt %d)", attempt + 1)
+                    time.sleep(0.5)
+            else:
+                # Heartbeating on without tmux, the backend would keep its sessions and run nothing.
+                log.critical("backend %s: no tmux server could be started; the worker exits", self.backend_id)
+                self.exit_worker()
+                return
+            self.ledger.epochs.clear()
+            close_old_connections()
+            failover_runtime.reconcile(self.parts, restarted=False,
+                                       gone_reason=f"the tmux server of backend {self.backend_id} died")
 
     def write(self, job: Callable[[], None]) -> None:
         """Queue a database write behind the ones before it (the writer thread)."""
@@ -438,7 +483,7 @@ class BackendRuntime:
         while not self._stop.wait(interval):
             try:
                 if services.backend_heartbeat(backend_id=self.backend_id) == "dead":
-                    failover_runtime.on_declared_dead(self)
+                    failover_runtime.on_declared_dead(self.parts)
             except Exception:
                 log.exception("heartbeat failed")
                 close_old_connections()

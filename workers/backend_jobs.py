@@ -17,7 +17,7 @@ from .jobs import JobEnd, JobError, JobRunner
 from .tmux.driver import ShellError
 
 if TYPE_CHECKING:
-    from .backend import BackendRuntime
+    from .runtime_parts import RuntimeParts
 
 log = logging.getLogger(__name__)
 
@@ -28,10 +28,10 @@ RECORD_WAIT = 30.0  # seconds a job's end waits for its start to be recorded
 class BackendJobs:
     """The job runner's listener: output to Redis as it comes, each end to the database in turn."""
 
-    def __init__(self, rt: BackendRuntime) -> None:
-        self.rt = rt
-        self.runner = JobRunner(self, sandbox=rt.driver.sandbox, output_limit=settings.VTERM["OUTPUT_LIMIT"],
-                                bash=rt.driver._bash)
+    def __init__(self, parts: RuntimeParts) -> None:
+        self.parts = parts
+        self.runner = JobRunner(self, sandbox=parts.driver.sandbox, output_limit=settings.VTERM["OUTPUT_LIMIT"],
+                                bash=parts.driver._bash)
         self._recorded: dict[str, threading.Event] = {}
 
     def start(self, job_id: str) -> dict:
@@ -41,11 +41,11 @@ class BackendJobs:
         if ctx is None:
             return {"ok": False, "error": "the job ended before it started"}
         sid = ctx["session"]
-        driver = self.rt.driver
+        driver = self.parts.driver
         try:
             box, shell_pid, cwd = driver.job_context(sid)
         except ShellError:
-            return self._not_started(job_id, f"the session's shell is not on backend {self.rt.backend_id}")
+            return self._not_started(job_id, f"the session's shell is not on backend {self.parts.backend_id}")
         # The shell's environment now when it is idle; when it is busy, as last read from it.
         live = driver.capture_env([sid], timeout=ENV_READ_TIMEOUT).get(sid)
         env = {**driver.shell_env, **box.env(), **(live if live is not None else ctx["env"])}
@@ -84,5 +84,5 @@ class BackendJobs:
         if recorded is not None:
             recorded.wait(RECORD_WAIT)  # a quick job's end is written after its start
         ended_at = datetime.fromtimestamp(end.ended_at, tz=UTC)
-        self.rt.write(lambda: job_services.job_ended(job_id=end.job_id, status=end.status, exit_code=end.exit_code,
-                                                     reason=end.reason, ended_at=ended_at, truncated=end.truncated))
+        self.parts.write(lambda: job_services.job_ended(job_id=end.job_id, status=end.status, exit_code=end.exit_code,
+                                                        reason=end.reason, ended_at=ended_at, truncated=end.truncated))

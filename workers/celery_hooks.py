@@ -85,7 +85,7 @@ def stop_backend(sender=None, **kwargs):
             from .failover_runtime import drain
 
             try:
-                drain(_runtime, f"backend {_runtime.backend_id} is stopping")
+                drain(_runtime.parts, f"backend {_runtime.backend_id} is stopping")
                 drained = _runtime.backend_id
             except Exception:
                 log.exception("drain on stop failed; the pool's reconcile will move what is left")

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from sessions import failover
 
 if TYPE_CHECKING:
-    from .backend import BackendRuntime
+    from .runtime_parts import RuntimeParts
 
 log = logging.getLogger(__name__)
 
@@ -28,9 +28,9 @@ RETRIES = 3  # a shell given its next command at once is read after that one (if
 
 
 class EnvTracker(threading.Thread):
-    def __init__(self, rt: BackendRuntime, stop: threading.Event) -> None:
+    def __init__(self, parts: RuntimeParts, stop: threading.Event) -> None:
         super().__init__(name="vterm-env", daemon=True)
-        self.rt, self.stop = rt, stop
+        self.parts, self.stop = parts, stop
         self._todo: queue.Queue[str] = queue.Queue()
         self._pending: set[str] = set()
 
@@ -54,15 +54,15 @@ class EnvTracker(threading.Thread):
 
     def _read(self, name: str) -> None:
         for _ in range(RETRIES):
-            env = self.rt.driver.capture_env([name]).get(name)
+            env = self.parts.driver.capture_env([name]).get(name)
             if env is not None:
                 break
-            if self.stop.wait(0.2) or name not in self.rt.driver.shell_names():
+            if self.stop.wait(0.2) or name not in self.parts.driver.shell_names():
                 return
         else:
             return  # busy all along: its next command of that kind tries again
-        epoch = self.rt.ledger.epochs.get(name)
+        epoch = self.parts.ledger.epochs.get(name)
         if epoch is None:
             return
-        self.rt.write(lambda: failover.session_live_env_record(session_id=name, backend_id=self.rt.backend_id,
-                                                               epoch=epoch, env=env))
+        self.parts.write(lambda: failover.session_live_env_record(session_id=name, backend_id=self.parts.backend_id,
+                                                                  epoch=epoch, env=env))

@@ -25,15 +25,15 @@ from . import failover_runtime
 from .tmux.driver import ShellError
 
 if TYPE_CHECKING:
-    from .backend import BackendRuntime
+    from .runtime_parts import RuntimeParts
 
 log = logging.getLogger(__name__)
 
 
 class HandoffCheck(threading.Thread):
-    def __init__(self, rt: BackendRuntime, stop: threading.Event) -> None:
+    def __init__(self, parts: RuntimeParts, stop: threading.Event) -> None:
         super().__init__(name="vterm-handoff", daemon=True)
-        self.rt, self.stop = rt, stop
+        self.parts, self.stop = parts, stop
 
     def run(self) -> None:
         while not self.stop.wait(settings.VTERM["HANDOFF_CHECK_INTERVAL"]):
@@ -45,14 +45,14 @@ class HandoffCheck(threading.Thread):
 
     def check(self) -> int:
         """Run the lost hand-offs found now; how many."""
-        rt, received = self.rt, self.rt.ledger.received
+        parts, received = self.parts, self.parts.ledger.received
         ran = 0
-        for session_id in failover.sessions_with_unreceived_commands(backend_id=rt.backend_id, received=received):
-            with rt.session_lock(session_id):
-                for cmd in failover.session_handoffs_lost(session_id=session_id, backend_id=rt.backend_id,
+        for session_id in failover.sessions_with_unreceived_commands(backend_id=parts.backend_id, received=received):
+            with parts.session_lock(session_id):
+                for cmd in failover.session_handoffs_lost(session_id=session_id, backend_id=parts.backend_id,
                                                           received=received):
                     try:
-                        failover_runtime.queue_command(rt, session_id, cmd)
+                        failover_runtime.queue_command(parts.driver, parts.ledger, session_id, cmd)
                         ran += 1
                     except ShellError:
                         break  # no shell here: the reconcile moves the session, its commands with it

@@ -43,7 +43,8 @@ from . import failover_runtime
 from .tmux.driver import ShellError
 
 if TYPE_CHECKING:
-    from .backend import BackendRuntime
+    from .runtime_parts import RuntimeParts
+    from .tmux.driver import TmuxDriver
 
 log = logging.getLogger(__name__)
 
@@ -51,42 +52,42 @@ POLL = 1.0  # seconds a BLPOP (or a serving thread) waits, so that a stopping ba
 DROP_LOG_EVERY = 10.0  # seconds between warnings about one session's dropped keystrokes
 
 
-def handle(rt: BackendRuntime, msg: dict) -> None:
+def handle(parts: RuntimeParts, msg: dict) -> None:
     """Carry out one inbox message; a shell that is not here is logged, not raised."""
     op, session_id = msg.get("op"), msg.get("session")
-    with rt.session_lock(session_id):
-        _carry_out(rt, op, session_id, msg)
+    with parts.session_lock(session_id):
+        _carry_out(parts, op, session_id, msg)
 
 
-def screen_reply(rt: BackendRuntime, session_id: str, escapes: bool) -> dict:
+def screen_reply(driver: TmuxDriver, session_id: str, escapes: bool) -> dict:
     """A session's screen as the web asked for it (services.session_screen)."""
     try:
-        s = rt.driver.screen(session_id, escapes=escapes)
+        s = driver.screen(session_id, escapes=escapes)
     except ShellError as exc:
         return {"ok": False, "error": str(exc)}
     return {"ok": True, "screen": {"cols": s.cols, "rows": s.rows, "lines": s.lines,
                                    "cursor": {"x": s.cursor_x, "y": s.cursor_y}}}
 
 
-def _carry_out(rt: BackendRuntime, op: str, session_id: str, msg: dict) -> None:
+def _carry_out(parts: RuntimeParts, op: str, session_id: str, msg: dict) -> None:
     if op == "run":
         if "seq" in msg:
-            rt.remember_command(msg)
-        failover_runtime.command_run(rt, session_id, msg["epoch"], msg)
+            parts.remember_command(msg)
+        failover_runtime.command_run(parts, session_id, msg["epoch"], msg)
         return
     if op == "screen":
-        post_reply(msg.get("reply_to"), screen_reply(rt, session_id, bool(msg.get("escapes"))))
+        post_reply(msg.get("reply_to"), screen_reply(parts.driver, session_id, bool(msg.get("escapes"))))
         return
     try:
         if op == "input":
             if msg.get("data") is not None:
-                rt.driver.send_text(session_id, msg["data"])
+                parts.driver.send_text(session_id, msg["data"])
             if msg.get("keys"):
-                rt.driver.send_keys(session_id, msg["keys"])
+                parts.driver.send_keys(session_id, msg["keys"])
         elif op == "interrupt":
-            rt.driver.interrupt(session_id, msg.get("command"))
+            parts.driver.interrupt(session_id, msg.get("command"))
         elif op == "resize":
-            rt.driver.resize(session_id, msg["cols"], msg["rows"])
+            parts.driver.resize(session_id, msg["cols"], msg["rows"])
         else:
             log.warning("inbox: unknown message %r", msg)
     except ShellError:
@@ -165,10 +166,10 @@ class SessionQueues:
 class InboxThread(threading.Thread):
     """Reads the backend's list into per-session queues, and starts the threads that serve them."""
 
-    def __init__(self, rt: BackendRuntime, stop: threading.Event) -> None:
+    def __init__(self, parts: RuntimeParts, stop: threading.Event) -> None:
         super().__init__(name="vterm-inbox", daemon=True)
-        self.rt, self.stop = rt, stop
-        self.key = backend_inbox_key(rt.backend_id)
+        self.parts, self.stop = parts, stop
+        self.key = backend_inbox_key(parts.backend_id)
         self.queues = SessionQueues(settings.VTERM["INBOX_SESSION_MAX_CHARS"])
 
     def run(self) -> None:
@@ -196,7 +197,7 @@ class InboxThread(threading.Thread):
                 continue
             sid, msg = taken
             try:
-                handle(self.rt, msg)
+                handle(self.parts, msg)
             except Exception:
                 log.exception("inbox: message failed")  # the next one is independent
             finally:

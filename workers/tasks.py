@@ -53,13 +53,13 @@ def job_kill(job_id):
 @shared_task(name="workers.tasks.inbox_message")
 def inbox_message(msg):
     """A hot call sent through Celery (VTERM_HOT_CALLS=celery); by default they come on the inbox list."""
-    inbox.handle(runtime(), msg)
+    inbox.handle(runtime().parts, msg)
 
 
 @shared_task(name="workers.tasks.session_screen")
 def session_screen(session_id, escapes=False, reply_to=None):
     """Screens come on the inbox now (workers/inbox.py); kept for web nodes of the version before."""
-    post_reply(reply_to, inbox.screen_reply(runtime(), session_id, escapes))
+    post_reply(reply_to, inbox.screen_reply(runtime().driver, session_id, escapes))
 
 
 @shared_task(name="workers.tasks.pool_autoscale", ignore_result=True)
@@ -72,13 +72,13 @@ def pool_autoscale():
 
 @shared_task(name="workers.tasks.backend_drain")
 def backend_drain(reason="drained"):
-    failover_runtime.drain(runtime(), reason)
+    failover_runtime.drain(runtime().parts, reason)
 
 
 @shared_task(name="workers.tasks.backend_reconcile")
 def backend_reconcile():
     """Periodic: kill shells with no live record here, move records whose shell is gone."""
-    failover_runtime.reconcile(runtime(), restarted=False)
+    failover_runtime.reconcile(runtime().parts, restarted=False)
 
 
 @shared_task(name="workers.tasks.pool_reconcile", ignore_result=True)
