@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from vterm_project.bench.peers import PeerConfig, compare, render
+from vterm_project.bench.peers import PeerConfig, compare
+from vterm_project.bench.report import render_peers
 
 pytestmark = pytest.mark.integration
 
@@ -23,7 +24,7 @@ def test_peers_measure_every_figure(stack):
         # The whole file came through (100-byte lines; vterm's tty writes each "\n" as "\r\n").
         assert side["mb"] >= 0.5 and side["mb_per_s"] > 0
     assert result["output"]["vterm"]["seq_breaks"] == 0
-    table = render(result)
+    table = render_peers(result)
     for part in ("`true` in a session", "keystroke echo", "cat to a viewer", "swe-rex", "terminado", "x "):
         assert part in table, table
     assert said == ["peers: vterm…", "peers: terminado…", "peers: SWE-ReX…"]

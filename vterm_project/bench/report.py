@@ -62,9 +62,46 @@ def render_table(r: dict) -> str:
         lines.append("CPU during the load    " + ", ".join(f"{k} {_f(v, 0)}%" for k, v in cpu.items())
                      + "  (100% = one core)")
     if r.get("peers"):
-        from .peers import render
+        lines.append(render_peers(r["peers"]))
+    return "\n".join(lines)
 
-        lines.append(render(r["peers"]))
+
+def _times(vterm: float, peer: float, lower_is_better: bool) -> str:
+    """How vterm stands against the peer, as a factor: "3.1x faster" / "2.0x slower"."""
+    if not vterm or not peer:
+        return "-"
+    better = vterm < peer if lower_is_better else vterm > peer
+    factor = max(vterm, peer) / min(vterm, peer)
+    return f"vterm {factor:.1f}x {'faster' if better else 'slower'}"
+
+
+def render_peers(p: dict) -> str:
+    """The peers' table (vterm_project/bench/peers.py measures it)."""
+    lines = ["", "vterm beside its peers (same machine, same run)",
+             f"{'figure':<34}{'vterm':>18}  {'peer':<11}{'peer figure':>18}  ratio"]
+
+    def lat(figure: str, label: str, peer: str) -> None:
+        v, o = p[figure].get("vterm"), p[figure].get(peer)
+        vs = f"{v['p50']:.2f} / {v['p99']:.2f}" if v else "-"
+        ps = f"{o['p50']:.2f} / {o['p99']:.2f}" if o else "-"
+        ratio = _times(v["p50"], o["p50"], True) + " at p50" if v and o else "-"
+        lines.append(f"{label:<34}{vs:>18}  {peer:<11}{ps:>18}  {ratio}")
+
+    lat("command", "`true` in a session, p50 / p99 ms", "swe-rex")
+    lat("echo", "keystroke echo, p50 / p99 ms", "terminado")
+    v, o = p["output"].get("vterm"), p["output"].get("terminado")
+    vs = f"{v['mb_per_s']:.1f}" if v else "-"
+    ps = f"{o['mb_per_s']:.1f}" if o else "-"
+    lines.append(f"{'cat to a viewer, MB/s':<34}{vs:>18}  {'terminado':<11}{ps:>18}  "
+                 + (_times(v["mb_per_s"], o["mb_per_s"], False) if v and o else "-"))
+    if v:
+        lines.append(f"   vterm: {v['mb']:.1f} MB of output frames in {v['seconds']:.2f} s, every frame "
+                     f"acknowledged, seq breaks {v['seq_breaks']}, snapshots {v['snapshots']} (each one: frames "
+                     "skipped because the viewer fell behind)")
+    n = {k: s["n"] for k, s in p["command"].items()}
+    lines.append(f"   samples: commands {n}, keystrokes { {k: s['n'] for k, s in p['echo'].items()} }")
+    for side, err in p["errors"].items():
+        lines.append(f"   {side}: not measured: {err}")
     return "\n".join(lines)
 
 
