@@ -119,11 +119,13 @@ def _top(path: str, n: int) -> list[tuple[int, str]]:
 
 
 def measure(tmux: str, windows: int, idle: float, commands: int, samples: int, keep: str | None,
-            top: int, creates: int) -> dict:
+            top: int, creates: int, cols: int, rows: int) -> dict:
     tmp = tempfile.mkdtemp(prefix=f"vterm-tmuxcost-{windows}-")
     server = _Server(tmux, tmp)
     listener = _Listener()
     driver = TmuxDriver(server.sock, listener, shell_env=_env(), source_user_bashrc=False)
+    # Under callgrind a tmux with 1000 windows can take longer than the driver's 10 s to answer.
+    driver._call = lambda command, timeout=600: TmuxDriver._call(driver, command, timeout)
     result: dict = {"windows": windows}
     try:
         driver.start()
@@ -132,7 +134,7 @@ def measure(tmux: str, windows: int, idle: float, commands: int, samples: int, k
         # One at a time: under valgrind, tmux with many windows answers slowly, and the driver's
         # calls time out after 10 s.
         for name in names[:-creates]:
-            driver.create_shell(name, cwd=tmp, env={}, cols=80, rows=24, timeout=300)
+            driver.create_shell(name, cwd=tmp, env={}, cols=cols, rows=rows, timeout=600)
         result["create_s"] = round(time.monotonic() - t0, 1)
         time.sleep(3)  # the last prompts drawn
 
@@ -158,7 +160,7 @@ def measure(tmux: str, windows: int, idle: float, commands: int, samples: int, k
 
         def create_last() -> None:
             for name in names[-creates:]:
-                driver.create_shell(name, cwd=tmp, env={}, cols=80, rows=24, timeout=300)
+                driver.create_shell(name, cwd=tmp, env={}, cols=cols, rows=rows, timeout=600)
             time.sleep(3)  # their prompts drawn
 
         ir, secs = phase("create", create_last)
@@ -200,6 +202,8 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=10.0, help="seconds of the idle phase")
     parser.add_argument("--commands", type=int, default=200)
     parser.add_argument("--samples", type=int, default=5, help="list-panes calls")
+    parser.add_argument("--size", type=lambda v: tuple(int(x) for x in v.split("x")), default=(120, 40),
+                        help="COLSxROWS of the shells (120x40: the API's default)")
     parser.add_argument("--creates", type=int, default=5, help="shells of the N made in the create phase")
     parser.add_argument("--top", type=int, default=12, help="functions listed per phase")
     parser.add_argument("--out", help="keep the callgrind files (callgrind.N.PHASE) here")
@@ -213,7 +217,7 @@ def main() -> None:
           f"{'Ir/create':>12}", flush=True)
     for n in (int(x) for x in args.windows.split(",")):
         r = measure(args.tmux, n, args.idle, args.commands, args.samples, args.out, args.top,
-                    min(args.creates, n))
+                    min(args.creates, n), *args.size)
         results.append(r)
         print(f"{n:>8} {r['create_s']:>9} {r['idle_per_s']:>12,} {r['per_command']:>12,} "
               f"{r['per_list_panes']:>14,} {r['per_create']:>12,}", flush=True)

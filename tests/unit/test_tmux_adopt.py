@@ -84,8 +84,11 @@ def _comm(pid: int) -> str:
 def test_a_restarted_driver_adopts_nonce_epoch_last_command_and_pid(make, tmp_path):
     first = make()
     assert first.start() == []
-    first.create_shell("s1", cwd=str(tmp_path), env={}, cols=80, rows=24, epoch=3)
+    # s1 has the control client's size (the API's default): no size of its own in tmux.
+    first.create_shell("s1", cwd=str(tmp_path), env={}, cols=120, rows=40, epoch=3)
     first.create_shell("s2", cwd=str(tmp_path), env={}, cols=100, rows=30, epoch=4)
+    assert _run(first, "s1", "size1", "stty size").raw.strip() == b"40 120"
+    assert _run(first, "s2", "size2", "stty size").raw.strip() == b"30 100"
     assert _run(first, "s1", "c1", "true").status == "succeeded"
     # What is kept for tmux's sake is hidden from the shells.
     seen = _run(first, "s2", "look", "env | grep -c __vterm_")
@@ -99,8 +102,18 @@ def test_a_restarted_driver_adopts_nonce_epoch_last_command_and_pid(make, tmp_pa
     assert set(adopted) == {"s1", "s2"}
     assert (adopted["s1"].epoch, adopted["s1"].last_command) == (3, "c1")
     assert (adopted["s2"].epoch, adopted["s2"].last_command) == (4, "look")
+    assert (adopted["s1"].cols, adopted["s1"].rows) == (120, 40)
     assert (adopted["s2"].cols, adopted["s2"].rows) == (100, 30)
-    assert second.shell_pids() == pids
+    assert _run(second, "s2", "size3", "stty size").raw.strip() == b"30 100"
+    second.create_shell("s3", cwd=str(tmp_path), env={}, cols=120, rows=40)
+    assert _run(second, "s3", "size4", "stty size").raw.strip() == b"40 120"
+    second.resize("s3", 90, 20)
+    assert _run(second, "s3", "size5", "stty size").raw.strip() == b"20 90"
+    second.resize("s3", 120, 40)  # back to the client's size: its own size follows
+    assert _run(second, "s3", "size6", "stty size").raw.strip() == b"40 120"
+    assert _run(second, "s1", "size7", "stty size").raw.strip() == b"40 120"
+    assert _run(second, "s2", "size8", "stty size").raw.strip() == b"30 100"
+    assert {k: v for k, v in second.shell_pids().items() if k != "s3"} == pids
     # The nonce came back: the adopted shell's marks are read, its commands end.
     done = _run(second, "s1", "c2", "echo hi; false")
     assert (done.status, done.exit_code) == ("failed", 1) and b"hi" in done.raw
@@ -111,7 +124,7 @@ def test_a_restarted_driver_adopts_nonce_epoch_last_command_and_pid(make, tmp_pa
     second.kill_shell("s2")
     assert _run(second, "s1", "c3", "true").status == "succeeded"  # the unsets went before it
     assert f"_{window}=" not in _tmux(second, "show-environment", "-h", "-t", TMUX_SESSION)
-    assert second.shell_pids() == {"s1": pids["s1"]}
+    assert set(second.shell_pids()) == {"s1", "s3"}
 
 
 def test_shells_kept_in_window_options_by_an_older_driver_are_adopted(make, tmp_path):

@@ -45,6 +45,9 @@ WINDOW_PREFIX = "vt-"
 # window option, whose every set-option makes tmux recompute the size of every window (docs/bench.md,
 # "tmux cost as windows grow"), setting one costs the same with 1 or 1000 windows.
 WINDOW_ENV_KEYS = ("nonce", "epoch", "cmd")
+# The control client's own size, the API's default for a session: a window of that size follows it and
+# needs no size of its own, which tmux 3.3a pays with a resize of every window (refresh-client -C).
+CLIENT_SIZE = (120, 40)
 TMUX_CONF = """\
 set -g default-terminal xterm-256color
 set -g history-limit 5000
@@ -321,7 +324,7 @@ class TmuxDriver:
                 gone = self._shells.get(name) is not shell
             if gone:  # _shell_gone forgot them before they were kept
                 self._forget(window_id)
-            self._apply_size(shell)
+            self._apply_size(shell, new=True)
             self._call(f"display-message -p -t {window_id} ok")  # fails if the window is gone
         except TmuxCommandError as exc:  # its window is gone: the shell exited as it started
             self.kill_shell(name, "the shell exited as it started")
@@ -712,6 +715,8 @@ class TmuxDriver:
         kept = self._kept()
         sizes = self._call(f"list-windows -t {TMUX_SESSION} -F '#{{window_id}} #{{window_width}} #{{window_height}}'")
         size_of = {w: (int(c), int(r)) for w, c, r in (s.split() for s in sizes)}
+        # After the sizes were read: it resizes every window that has no size of its own for this client.
+        self._call("refresh-client -C {}x{}".format(*CLIENT_SIZE))
         adopted = []
         for line in lines:
             parts = line.split(" ", 9)
@@ -746,7 +751,7 @@ class TmuxDriver:
                 shell.ready.set()  # idle at its prompt; otherwise the next end mark readies it
             with self._lock:
                 self._register(shell)
-            self._apply_size(shell)
+            self._apply_size(shell, new=True)
             info = self._info(shell)
             info.busy = busy
             adopted.append(info)
@@ -782,7 +787,9 @@ class TmuxDriver:
                 out.setdefault("@" + number, {})[key] = value
         return out
 
-    def _apply_size(self, shell: _Shell) -> None:
+    def _apply_size(self, shell: _Shell, *, new: bool = False) -> None:
+        if new and (shell.cols, shell.rows) == CLIENT_SIZE:
+            return  # no size of its own for this client yet: it has the client's
         # Per-window size for this control client (tmux >= 3.2); "window-size manual"
         # would be simpler but crashes tmux 3.3a with a control client attached.
         self._call(f"refresh-client -C {shell.window_id}:{shell.cols}x{shell.rows}")
