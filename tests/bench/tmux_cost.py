@@ -12,10 +12,14 @@ symbols (Debian's is stripped) to have `callgrind_annotate` name the functions:
 
 The phases: `idle` (nothing typed for --idle seconds), `command` (--commands `true` typed one
 after another, each into the next shell round-robin, as a bench spreads them, waiting for each
-to end; the idle rate times the phase's length is taken off), `list-panes` (--samples calls of
-TmuxDriver.shell_pids, what the resource sampler runs every 5 s). Callgrind wakes up to take a
-command only when tmux runs: each zero/dump is followed by one `display-message` on the control
-connection, counted in the phase.
+to end), `list-panes` (--samples calls of TmuxDriver.shell_pids, what the resource sampler runs
+every 5 s), `create` (the last --creates of the N shells made). Callgrind takes a command only when
+tmux runs: each zero/dump is followed by one `display-message` on the control connection. tmux has
+no timer with vterm's configuration, so the idle phase counts only those two, and its count is
+taken off every other phase's.
+
+`--native` runs tmux without valgrind and counts its CPU time (/proc/PID/schedstat) instead: noisy
+on a shared machine, but it shows what the instruction counts mean in time.
 """
 
 from __future__ import annotations
@@ -70,17 +74,20 @@ class _Listener:
 
 
 class _Server:
-    """A tmux server under callgrind, in the foreground (-D), with vterm's tmux.conf."""
+    """A tmux server in the foreground (-D) with vterm's tmux.conf: under callgrind, or (native) as it is,
+    measured by the CPU time the kernel counts for it (/proc/PID/schedstat, nanoseconds)."""
 
-    def __init__(self, tmux: str, tmp: str) -> None:
+    def __init__(self, tmux: str, tmp: str, native: bool = False) -> None:
         self.tmp = tmp
+        self.native = native
         self.sock = os.path.join(tmp, "tmux.sock")
         conf = os.path.join(tmp, "tmux.conf")
         with open(conf, "w") as f:
             f.write(TMUX_CONF)
+        grind = [] if native else ["valgrind", "--tool=callgrind", "--instr-atstart=no",
+                                   f"--callgrind-out-file={tmp}/cg.out"]
         self.proc = subprocess.Popen(
-            ["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={tmp}/cg.out",
-             tmux, "-S", self.sock, "-f", conf, "-D"],
+            [*grind, tmux, "-S", self.sock, "-f", conf, "-D"],
             env=_env(), stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "valgrind.log"), "w"))
         deadline = time.monotonic() + 60
         while not os.path.exists(self.sock):
@@ -92,6 +99,10 @@ class _Server:
     def control(self, *args: str) -> None:
         subprocess.run(["callgrind_control", *args, str(self.proc.pid)], check=True, capture_output=True,
                        timeout=60)
+
+    def cpu_ns(self) -> int:
+        with open(f"/proc/{self.proc.pid}/schedstat") as f:
+            return int(f.read().split()[0])
 
     def dump_file(self) -> str:
         self.dumps += 1
@@ -119,9 +130,9 @@ def _top(path: str, n: int) -> list[tuple[int, str]]:
 
 
 def measure(tmux: str, windows: int, idle: float, commands: int, samples: int, keep: str | None,
-            top: int, creates: int, cols: int, rows: int) -> dict:
+            top: int, creates: int, cols: int, rows: int, native: bool = False) -> dict:
     tmp = tempfile.mkdtemp(prefix=f"vterm-tmuxcost-{windows}-")
-    server = _Server(tmux, tmp)
+    server = _Server(tmux, tmp, native)
     listener = _Listener()
     driver = TmuxDriver(server.sock, listener, shell_env=_env(), source_user_bashrc=False)
     # Under callgrind a tmux with 1000 windows can take longer than the driver's 10 s to answer.
@@ -139,6 +150,13 @@ def measure(tmux: str, windows: int, idle: float, commands: int, samples: int, k
         time.sleep(3)  # the last prompts drawn
 
         def phase(name: str, body) -> tuple[int, float]:
+            if native:
+                driver._call("display-message -p x")  # as under callgrind
+                cpu, t = server.cpu_ns(), time.monotonic()
+                body()
+                elapsed = time.monotonic() - t
+                driver._call("display-message -p x")
+                return server.cpu_ns() - cpu, elapsed
             server.control("-i", "on")
             server.control("-z")
             driver._call("display-message -p x")  # tmux runs: callgrind takes the command
@@ -166,9 +184,10 @@ def measure(tmux: str, windows: int, idle: float, commands: int, samples: int, k
         ir, secs = phase("create", create_last)
         create_ir = ir
 
-        ir, secs = phase("idle", lambda: time.sleep(idle))
-        idle_rate = ir / secs
-        result["idle_per_s"] = round(idle_rate)
+        # tmux has no timer with vterm's configuration: what the idle phase counts is the two
+        # display-message calls around every phase, taken off the other phases below.
+        idle_ir, secs = phase("idle", lambda: time.sleep(idle))
+        result["idle_per_s"] = round(idle_ir / secs)
 
         def run_commands() -> None:
             for k in range(commands):
@@ -178,12 +197,13 @@ def measure(tmux: str, windows: int, idle: float, commands: int, samples: int, k
                     raise RuntimeError(f"command {cid} failed")
 
         ir, secs = phase("command", run_commands)
-        result["per_command"] = round((ir - idle_rate * secs) / commands)
+        result["per_command"] = round((ir - idle_ir) / commands)
         result["command_phase_s"] = round(secs, 2)
 
+        # What the resource sampler costs tmux every 5 s (TmuxDriver.shell_pids).
         ir, secs = phase("list-panes", lambda: [driver.shell_pids() for _ in range(samples)])
-        result["per_list_panes"] = round((ir - idle_rate * secs) / samples)
-        result["per_create"] = round(create_ir / creates)  # (tmux has no timer: idle is nothing)
+        result["per_list_panes"] = round((ir - idle_ir) / samples)
+        result["per_create"] = round((create_ir - idle_ir) / creates)
         return result
     finally:
         driver.close()
@@ -204,25 +224,28 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=5, help="list-panes calls")
     parser.add_argument("--size", type=lambda v: tuple(int(x) for x in v.split("x")), default=(120, 40),
                         help="COLSxROWS of the shells (120x40: the API's default)")
+    parser.add_argument("--native", action="store_true",
+                        help="no valgrind: tmux's CPU time in ns instead of instructions (noisy, coarse)")
     parser.add_argument("--creates", type=int, default=5, help="shells of the N made in the create phase")
     parser.add_argument("--top", type=int, default=12, help="functions listed per phase")
     parser.add_argument("--out", help="keep the callgrind files (callgrind.N.PHASE) here")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
-        if not shutil.which(tool):
+        if not shutil.which(tool) and not args.native:
             sys.exit(f"{tool} not found (apt-get install valgrind)")
     results = []
-    print(f"{'windows':>8} {'create s':>9} {'idle Ir/s':>12} {'Ir/command':>12} {'Ir/list-panes':>14} "
-          f"{'Ir/create':>12}", flush=True)
+    u = "ns" if args.native else "Ir"
+    print(f"{'windows':>8} {'create s':>9} {u + ' idle/s':>12} {u + '/command':>12} {u + '/list-panes':>14} "
+          f"{u + '/create':>12}", flush=True)
     for n in (int(x) for x in args.windows.split(",")):
         r = measure(args.tmux, n, args.idle, args.commands, args.samples, args.out, args.top,
-                    min(args.creates, n), *args.size)
+                    min(args.creates, n), *args.size, args.native)
         results.append(r)
         print(f"{n:>8} {r['create_s']:>9} {r['idle_per_s']:>12,} {r['per_command']:>12,} "
               f"{r['per_list_panes']:>14,} {r['per_create']:>12,}", flush=True)
     for r in results:
-        for name, rows in r["top"].items():
+        for name, rows in r.get("top", {}).items():
             print(f"\n{r['windows']} windows, {name}: top functions (exclusive instructions)")
             for ir, fn in rows:
                 print(f"  {ir:>14,}  {fn}")
