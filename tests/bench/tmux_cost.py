@@ -215,6 +215,20 @@ def measure(tmux: str, windows: int, idle: float, commands: int, samples: int, k
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def from_files(folder: str, commands: int, samples: int, creates: int, idle: float) -> list[dict]:
+    """The figures again from the callgrind files a run kept (--out), as `measure` computes them."""
+    results = []
+    sizes = sorted({int(f.split(".")[1]) for f in os.listdir(folder) if f.startswith("callgrind.")})
+    for n in sizes:
+        ir = {phase: _instructions(os.path.join(folder, f"callgrind.{n}.{phase}"))
+              for phase in ("create", "idle", "command", "list-panes")}
+        results.append({"windows": n, "create_s": "-", "idle_per_s": round(ir["idle"] / idle),
+                        "per_command": round((ir["command"] - ir["idle"]) / commands),
+                        "per_list_panes": round((ir["list-panes"] - ir["idle"]) / samples),
+                        "per_create": round((ir["create"] - ir["idle"]) / min(creates, n))})
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tmux", default=shutil.which("tmux") or "tmux", help="the tmux binary of the server")
@@ -230,7 +244,14 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=12, help="functions listed per phase")
     parser.add_argument("--out", help="keep the callgrind files (callgrind.N.PHASE) here")
     parser.add_argument("--json", help="write the results here")
+    parser.add_argument("--from", dest="from_dir", metavar="DIR",
+                        help="measure nothing: the figures from the files a run kept with --out (same counts)")
     args = parser.parse_args()
+    if args.from_dir:
+        for r in from_files(args.from_dir, args.commands, args.samples, args.creates, args.idle):
+            print(f"{r['windows']:>8} {r['idle_per_s']:>12,} {r['per_command']:>12,} {r['per_list_panes']:>14,} "
+                  f"{r['per_create']:>12,}")
+        return
     for tool in ("valgrind", "callgrind_control", "callgrind_annotate"):
         if not shutil.which(tool) and not args.native:
             sys.exit(f"{tool} not found (apt-get install valgrind)")

@@ -1,7 +1,7 @@
 """A worker that restarts finds its shells as it left them (TmuxDriver.start adopting a live tmux server):
-their nonce, epoch and last command, kept in the tmux session's hidden environment (not in window
-options, whose every change costs tmux a pass over all windows), or in the window options a driver
-before that kept them in; and the shells' pids without asking tmux.
+their nonce, epoch and last command, kept in the hidden environment of a session of their own (not in
+window options, whose every change costs tmux a pass over all windows), or in the window options a
+driver before that kept them in; and the shells' pids without asking tmux.
 
 Against a real tmux and bash.
 """
@@ -15,7 +15,7 @@ import threading
 
 import pytest
 
-from workers.tmux.driver import TMUX_SESSION, TmuxDriver
+from workers.tmux.driver import KEEP_SESSION, TmuxDriver
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
@@ -120,10 +120,10 @@ def test_a_restarted_driver_adopts_nonce_epoch_last_command_and_pid(make, tmp_pa
 
     # A shell that ends leaves nothing kept behind.
     window = adopted["s2"].window_id.lstrip("@")
-    assert f"__vterm_nonce_{window}=" in _tmux(second, "show-environment", "-h", "-t", TMUX_SESSION)
+    assert f"__vterm_nonce_{window}=" in _tmux(second, "show-environment", "-h", "-t", KEEP_SESSION)
     second.kill_shell("s2")
     assert _run(second, "s1", "c3", "true").status == "succeeded"  # the unsets went before it
-    assert f"_{window}=" not in _tmux(second, "show-environment", "-h", "-t", TMUX_SESSION)
+    assert f"_{window}=" not in _tmux(second, "show-environment", "-h", "-t", KEEP_SESSION)
     assert set(second.shell_pids()) == {"s1", "s3"}
 
 
@@ -134,10 +134,10 @@ def test_shells_kept_in_window_options_by_an_older_driver_are_adopted(make, tmp_
     first.close()
     # As a driver before the hidden environment left it: window options only.
     window = info.window_id
-    kept = dict(line.split("=", 1) for line in _tmux(first, "show-environment", "-h", "-t", TMUX_SESSION).split())
+    kept = dict(line.split("=", 1) for line in _tmux(first, "show-environment", "-h", "-t", KEEP_SESSION).split())
     number = window.lstrip("@")
     for key, value in (("nonce", kept[f"__vterm_nonce_{number}"]), ("epoch", "7"), ("cmd", "c-old")):
-        _tmux(first, "set-environment", "-u", "-t", TMUX_SESSION, f"__vterm_{key}_{number}")
+        _tmux(first, "set-environment", "-u", "-t", KEEP_SESSION, f"__vterm_{key}_{number}")
         _tmux(first, "set-option", "-w", "-t", window, f"@vterm_{key}", value)
 
     second = make()

@@ -40,10 +40,12 @@ log = logging.getLogger(__name__)
 
 TMUX_SESSION = "vterm"
 WINDOW_PREFIX = "vt-"
-# What a restarted worker must find of each shell (its nonce, epoch, last command) is kept in the tmux
-# session's hidden environment (not passed to new shells), as __vterm_<key>_<window number>: unlike a
-# window option, whose every set-option makes tmux recompute the size of every window (docs/bench.md,
-# "tmux cost as windows grow"), setting one costs the same with 1 or 1000 windows.
+# What a restarted worker must find of each shell (its nonce, epoch, last command) is kept in the hidden
+# environment of a session of its own, as __vterm_<key>_<window number>: unlike a window option, whose
+# every set-option makes tmux recompute the size of every window (docs/bench.md, "tmux cost as windows
+# grow"), setting one costs the same with 1 or 1000 windows; and no shell is started in that session,
+# so no new window copies that environment.
+KEEP_SESSION = "_vterm_kept"
 WINDOW_ENV_KEYS = ("nonce", "epoch", "cmd")
 # The control client's own size, the API's default for a session: a window of that size follows it and
 # needs no size of its own, which tmux 3.3a pays with a resize of every window (refresh-client -C).
@@ -211,6 +213,9 @@ class TmuxDriver:
                                 "-n", "_vterm", "-x", "80", "-y", "24", "tail -f /dev/null"),
                 env=self._server_env(), check=True, capture_output=True, timeout=10,
             )
+        if not self._tmux_ok("has-session", "-t", f"={KEEP_SESSION}"):
+            subprocess.run(self._tmux_argv("new-session", "-d", "-s", KEEP_SESSION, "-n", "_vterm", "tail -f /dev/null"),
+                           env=self._server_env(), check=True, capture_output=True, timeout=10)
         self._control = ControlClient(
             self._tmux_argv("-C", "attach-session", "-t", TMUX_SESSION),
             env=self._server_env(), on_output=self._on_output, on_event=self._on_event,
@@ -769,18 +774,18 @@ class TmuxDriver:
 
     @staticmethod
     def _keep_cmd(window_id: str, key: str, value: str) -> str:
-        return f"set-environment -h -t {TMUX_SESSION} __vterm_{key}_{window_id.lstrip('@')} {quote(value)}"
+        return f"set-environment -h -t {KEEP_SESSION} __vterm_{key}_{window_id.lstrip('@')} {quote(value)}"
 
     def _forget(self, window_id: str) -> None:
         if self._control is None or self._control.closed.is_set():
             return
         for key in WINDOW_ENV_KEYS:
-            self._send_nowait(f"set-environment -u -t {TMUX_SESSION} __vterm_{key}_{window_id.lstrip('@')}")
+            self._send_nowait(f"set-environment -u -t {KEEP_SESSION} __vterm_{key}_{window_id.lstrip('@')}")
 
     def _kept(self) -> dict[str, dict[str, str]]:
         """What _keep_cmd kept, by window id."""
         out: dict[str, dict[str, str]] = {}
-        for line in self._call(f"show-environment -h -t {TMUX_SESSION}"):
+        for line in self._call(f"show-environment -h -t {KEEP_SESSION}"):
             name, eq, value = line.partition("=")
             key, _, number = name[len("__vterm_"):].rpartition("_")
             if eq and name.startswith("__vterm_") and key in WINDOW_ENV_KEYS and number.isdigit():
