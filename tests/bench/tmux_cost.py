@@ -25,7 +25,6 @@ on a shared machine, but it shows what the instruction counts mean in time.
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import re
@@ -86,9 +85,9 @@ class _Server:
             f.write(TMUX_CONF)
         grind = [] if native else ["valgrind", "--tool=callgrind", "--instr-atstart=no",
                                    f"--callgrind-out-file={tmp}/cg.out"]
-        self.proc = subprocess.Popen(
-            [*grind, tmux, "-S", self.sock, "-f", conf, "-D"],
-            env=_env(), stdout=subprocess.DEVNULL, stderr=open(os.path.join(tmp, "valgrind.log"), "w"))
+        with open(os.path.join(tmp, "valgrind.log"), "w") as log:
+            self.proc = subprocess.Popen([*grind, tmux, "-S", self.sock, "-f", conf, "-D"],
+                                         env=_env(), stdout=subprocess.DEVNULL, stderr=log)
         deadline = time.monotonic() + 60
         while not os.path.exists(self.sock):
             if time.monotonic() > deadline or self.proc.poll() is not None:
