@@ -40,6 +40,16 @@ log = logging.getLogger(__name__)
 
 TMUX_SESSION = "vterm"
 WINDOW_PREFIX = "vt-"
+# What a restarted worker must find of each shell (its nonce, epoch, last command) is kept in the hidden
+# environment of a session of its own, as __vterm_<key>_<window number>: unlike a window option, whose
+# every set-option makes tmux recompute the size of every window (docs/bench.md, "tmux cost as windows
+# grow"), setting one costs the same with 1 or 1000 windows; and no shell is started in that session,
+# so no new window copies that environment.
+KEEP_SESSION = "_vterm_kept"
+WINDOW_ENV_KEYS = ("nonce", "epoch", "cmd")
+# The control client's own size, the API's default for a session: a window of that size follows it and
+# needs no size of its own, which tmux 3.3a pays with a resize of every window (refresh-client -C).
+CLIENT_SIZE = (120, 40)
 TMUX_CONF = """\
 set -g default-terminal xterm-256color
 set -g history-limit 5000
@@ -150,6 +160,7 @@ class _Shell:
     exit_code: int | None = None
     at_prompt: float | None = None  # when the end mark came, until readline is reading
     tty: str = ""
+    pid: int = 0  # the pane's process (bash, or the sandbox around it)
     resize_until: float | None = None  # a resize is on its way to the terminal until then
     epoch: int = 0
     last_command: str = ""
@@ -187,6 +198,7 @@ class TmuxDriver:
         self._unclaimed: dict[str, list[bytes]] = {}
         self._control: ControlClient | None = None
         self._stop = threading.Event()
+        self._attached = threading.Event()
         self._ticker: threading.Thread | None = None
 
     # -- lifecycle ------------------------------------------------------------
@@ -206,10 +218,17 @@ class TmuxDriver:
                                 "-n", "_vterm", "-x", "80", "-y", "24", "tail -f /dev/null"),
                 env=self._server_env(), check=True, capture_output=True, timeout=10,
             )
+        if not self._tmux_ok("has-session", "-t", f"={KEEP_SESSION}"):
+            subprocess.run(self._tmux_argv("new-session", "-d", "-s", KEEP_SESSION, "-n", "_vterm", "tail -f /dev/null"),
+                           env=self._server_env(), check=True, capture_output=True, timeout=10)
         self._control = ControlClient(
             self._tmux_argv("-C", "attach-session", "-t", TMUX_SESSION),
             env=self._server_env(), on_output=self._on_output, on_event=self._on_event,
         )
+        # tmux may run the first lines written before the attach-session it was started with:
+        # refresh-client then fails with "no current client".
+        if not self._attached.wait(10):
+            raise ControlClosed("tmux did not attach the control client")
         adopted = self._adopt()
         # What a shell gone meanwhile started (daemons, double forks) ends with its sandbox.
         for name in self.sandbox.names():
@@ -237,14 +256,10 @@ class TmuxDriver:
             return list(self._shells)
 
     def shell_pids(self) -> dict[str, int]:
-        """pid of each shell's process, for resource accounting."""
-        lines = self._call(f"list-panes -s -t {TMUX_SESSION} -F '#{{window_name}} #{{pane_pid}}'")
-        out = {}
-        for line in lines:
-            wname, _, pid = line.partition(" ")
-            if wname.startswith(WINDOW_PREFIX) and pid.isdigit():
-                out[wname[len(WINDOW_PREFIX):]] = int(pid)
-        return out
+        """pid of each shell's process, for resource accounting (known since it started: a pane's
+        process does not change, and asking tmux costs it a format per window)."""
+        with self._lock:
+            return {name: shell.pid for name, shell in self._shells.items() if shell.pid}
 
     # -- shells ---------------------------------------------------------------
 
@@ -302,20 +317,25 @@ class TmuxDriver:
                       rows: int, timeout: float, epoch: int) -> ShellInfo:
         bash = "/bin/bash" if box.sandboxed else self._bash
         argv = box.argv([bash, "--noprofile", "--rcfile", box.rc_path, "-i"], cwd)
-        args = [f"new-window -d -P -F '#{{window_id}} #{{pane_id}} #{{pane_tty}}' -t {TMUX_SESSION}:",
+        args = [f"new-window -d -P -F '#{{window_id}} #{{pane_id}} #{{pane_tty}} #{{pane_pid}}' -t {TMUX_SESSION}:",
                 "-n", quote_format(WINDOW_PREFIX + name), "-c", quote_format("/" if box.sandboxed else cwd)]
         for k, v in full_env.items():
             args += ["-e", quote(f"{k}={v}")]
         args += [quote(a) for a in argv]
-        window_id, pane_id, tty = self._call(" ".join(args))[0].split()
-        shell = _Shell(name=name, window_id=window_id, pane_id=pane_id, tty=tty,
+        window_id, pane_id, tty, pid = self._call(" ".join(args))[0].split()
+        shell = _Shell(name=name, window_id=window_id, pane_id=pane_id, tty=tty, pid=int(pid),
                        parser=MarkParser(nonce), cols=cols, rows=rows, cwd=cwd, epoch=int(epoch), box=box)
         with self._lock:
             self._register(shell)
         try:
-            self._call(f"set-option -w -t {window_id} @vterm_epoch {int(epoch)}")
-            self._call(f"set-option -w -t {window_id} @vterm_nonce {nonce}")
-            self._apply_size(shell)
+            self._call(self._keep_cmd(window_id, "epoch", str(int(epoch))))
+            self._call(self._keep_cmd(window_id, "nonce", nonce))
+            with self._lock:
+                gone = self._shells.get(name) is not shell
+            if gone:  # _shell_gone forgot them before they were kept
+                self._forget(window_id)
+            self._apply_size(shell, new=True)
+            self._call(f"display-message -p -t {window_id} ok")  # fails if the window is gone
         except TmuxCommandError as exc:  # its window is gone: the shell exited as it started
             self.kill_shell(name, "the shell exited as it started")
             raise ShellDidNotStart("the shell exited as it started") from exc
@@ -535,7 +555,7 @@ class TmuxDriver:
         else:
             shell.last_command = cmd.id
             # Kept by tmux, so a worker that restarts knows what this shell was last given.
-            self._send_nowait(f"set-option -w -t {shell.window_id} @vterm_cmd {quote(cmd.id)}")
+            self._send_nowait(self._keep_cmd(shell.window_id, "cmd", cmd.id))
         if cmd.timeout:
             cmd.deadline = time.monotonic() + cmd.timeout
         text = cmd.text
@@ -638,6 +658,8 @@ class TmuxDriver:
                 # Off the reader thread: what the shell left running is killed with its sandbox.
                 threading.Thread(target=self.sandbox.release, daemon=True, name="sandbox-release",
                                  args=(shell.name, shell.box.token if shell.box else None)).start()
+        elif name == "%session-changed":
+            self._attached.set()
         elif name in ("%exit", "%closed"):
             if not self._stop.is_set():
                 self.listener.server_lost()
@@ -683,6 +705,7 @@ class TmuxDriver:
             pending = ([shell.current] if shell.current else []) + list(shell.queue)
             shell.current = None
             shell.queue.clear()
+        self._forget(shell.window_id)
         shell.ready.set()  # a create_shell waiting for its first prompt learns it will not come
         for cmd in pending:
             self._finish(shell, cmd, "interrupted", shell.exit_code, cwd=shell.cwd, reason=reason)
@@ -727,17 +750,25 @@ class TmuxDriver:
             log.exception("could not kill the children of shell %s", shell.name)
 
     def _adopt(self) -> list[ShellInfo]:
+        # The window options are where a driver before the hidden environment kept them.
         fmt = ("#{window_id} #{pane_id} #{pane_tty} #{window_name} #{@vterm_nonce} #{@vterm_epoch} #{@vterm_cmd} "
-               "#{pane_current_command} #{pane_current_path}")
+               "#{pane_pid} #{pane_current_command} #{pane_current_path}")
         lines = self._call(f"list-panes -s -t {TMUX_SESSION} -F {quote(fmt)}")
+        kept = self._kept()
         sizes = self._call(f"list-windows -t {TMUX_SESSION} -F '#{{window_id}} #{{window_width}} #{{window_height}}'")
         size_of = {w: (int(c), int(r)) for w, c, r in (s.split() for s in sizes)}
+        # After the sizes were read: it resizes every window that has no size of its own for this client.
+        self._call("refresh-client -C {}x{}".format(*CLIENT_SIZE))
         adopted = []
         for line in lines:
-            parts = line.split(" ", 8)
-            if len(parts) < 9 or not parts[3].startswith(WINDOW_PREFIX) or not parts[4]:
+            parts = line.split(" ", 9)
+            if len(parts) < 10 or not parts[3].startswith(WINDOW_PREFIX):
                 continue
-            window_id, pane_id, tty, wname, nonce, epoch, last_cmd, current, path = parts
+            window_id, pane_id, tty, wname, nonce, epoch, last_cmd, pid, current, path = parts
+            mine = kept.get(window_id, {})
+            nonce, epoch, last_cmd = mine.get("nonce", nonce), mine.get("epoch", epoch), mine.get("cmd", last_cmd)
+            if not nonce:
+                continue
             cols, rows = size_of.get(window_id, (80, 24))
             name = wname[len(WINDOW_PREFIX):]
             box = self.sandbox.find(name)
@@ -751,6 +782,7 @@ class TmuxDriver:
                 continue
             usage = self.sandbox.usage(name)
             shell = _Shell(name=name, window_id=window_id, pane_id=pane_id, tty=tty,
+                           pid=int(pid) if pid.isdigit() else 0,
                            parser=MarkParser(nonce), cols=cols, rows=rows, cwd=path,
                            epoch=int(epoch) if epoch.isdigit() else 0, last_command=last_cmd, box=box,
                            oom_kills=usage.oom_kills if usage else 0)
@@ -761,7 +793,7 @@ class TmuxDriver:
                 shell.ready.set()  # idle at its prompt; otherwise the next end mark readies it
             with self._lock:
                 self._register(shell)
-            self._apply_size(shell)
+            self._apply_size(shell, new=True)
             info = self._info(shell)
             info.busy = busy
             adopted.append(info)
@@ -777,7 +809,29 @@ class TmuxDriver:
                 if piece.mark is not None:
                     self._on_mark(shell, piece.mark)
 
-    def _apply_size(self, shell: _Shell) -> None:
+    @staticmethod
+    def _keep_cmd(window_id: str, key: str, value: str) -> str:
+        return f"set-environment -h -t {KEEP_SESSION} __vterm_{key}_{window_id.lstrip('@')} {quote(value)}"
+
+    def _forget(self, window_id: str) -> None:
+        if self._control is None or self._control.closed.is_set():
+            return
+        for key in WINDOW_ENV_KEYS:
+            self._send_nowait(f"set-environment -u -t {KEEP_SESSION} __vterm_{key}_{window_id.lstrip('@')}")
+
+    def _kept(self) -> dict[str, dict[str, str]]:
+        """What _keep_cmd kept, by window id."""
+        out: dict[str, dict[str, str]] = {}
+        for line in self._call(f"show-environment -h -t {KEEP_SESSION}"):
+            name, eq, value = line.partition("=")
+            key, _, number = name[len("__vterm_"):].rpartition("_")
+            if eq and name.startswith("__vterm_") and key in WINDOW_ENV_KEYS and number.isdigit():
+                out.setdefault("@" + number, {})[key] = value
+        return out
+
+    def _apply_size(self, shell: _Shell, *, new: bool = False) -> None:
+        if new and (shell.cols, shell.rows) == CLIENT_SIZE:
+            return  # no size of its own for this client yet: it has the client's
         # Per-window size for this control client (tmux >= 3.2); "window-size manual"
         # would be simpler but crashes tmux 3.3a with a control client attached.
         self._call(f"refresh-client -C {shell.window_id}:{shell.cols}x{shell.rows}")
