@@ -25,8 +25,9 @@ def schema_merge(schema: dict, extra: dict) -> dict:
     for key, value in extra.items():
         if value is None:
             schema.pop(key, None)
-        elif isinstance(value, dict) and isinstance(schema.get(key), dict):
-            schema_merge(schema[key], value)
+        elif isinstance(value, dict):
+            # Into the schema's own object, or a new one (where its Nones then remove nothing).
+            schema[key] = schema_merge(schema[key] if isinstance(schema.get(key), dict) else {}, value)
         else:
             schema[key] = copy.deepcopy(value)
     return schema

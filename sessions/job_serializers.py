@@ -28,7 +28,8 @@ class JobCreateSerializer(serializers.Serializer):
     timeout = NumberField(required=False, allow_null=True, min_value=0, max_value=settings.VTERM["MAX_TIMEOUT"],
                           help_text="seconds; then the job and everything it started are killed (timed_out)")
 
-    openapi_schema: ClassVar[dict] = CommandCreateSerializer.openapi_schema
+    openapi_schema: ClassVar[dict] = {"properties": {
+        k: v for k, v in CommandCreateSerializer.openapi_schema["properties"].items() if k in ("command", "timeout")}}
     validate_command = CommandCreateSerializer.validate_command
     validate_timeout = CommandCreateSerializer.validate_timeout
 
