@@ -87,6 +87,33 @@ def _flat(counts: dict[str, dict]) -> Counter:
     return total
 
 
+def _inclusive(funcs: dict[str, float], edges: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Calls made inside each function, itself included: its own count plus, for each callee, the share
+    of the callee's inclusive calls that its calls from here are of all the callee's calls. A call
+    back into a function on the way (recursion) counts as its own calls only."""
+    sys.setrecursionlimit(max(sys.getrecursionlimit(), 20000))
+    done: dict[str, float] = {}
+    on_way: set[str] = set()
+
+    def total(f: str) -> float:
+        if f in done:
+            return done[f]
+        if f in on_way:
+            return max(funcs.get(f, 0.0), 0.0)
+        on_way.add(f)
+        n = max(funcs.get(f, 0.0), 0.0)
+        t = n
+        for callee, k in edges.get(f, {}).items():
+            own = funcs.get(callee, 0.0)
+            if k > 0 and own > 0:
+                t += total(callee) * min(k / own, 1.0)
+        on_way.discard(f)
+        done[f] = t
+        return t
+
+    return {f: total(f) for f in funcs}
+
+
 def report(role: str, load: dict, idle: dict, calls: int, top: int, out) -> dict:
     scale = load["seconds"] / max(idle["seconds"], 1e-9)
     net = _minus({k: v for k, v in load.items() if k != "seconds"}, {k: v for k, v in idle.items() if k != "seconds"},
@@ -117,6 +144,13 @@ def report(role: str, load: dict, idle: dict, calls: int, top: int, out) -> dict
         for name, n in sorted(net["funcs"].items(), key=lambda kv: -kv[1])[:top]:
             print(f"    {n / calls:8.1f}  {name}", file=out)
     if top:
+        inclusive = _inclusive(net["funcs"], net["edges"])
+        print(f"  top {top} of vterm's functions by calls inside them, callees included (per command; a callee's "
+              "calls shared among its callers by how often each called it, as gprof does):", file=out)
+        ours = [(k, v) for k, v in inclusive.items() if k.startswith(("sessions/", "workers/", "vterm_project/"))]
+        for name, n in sorted(ours, key=lambda kv: -kv[1])[:top]:
+            print(f"    {n / calls:8.0f}  {net['funcs'].get(name, 0) / calls:5.2f}x  {name}", file=out)
+    if top:
         print(f"  top {top} of vterm's functions by time inside them, callees included (ms per command, profiled):",
               file=out)
         ours = [(k, v) for k, v in net["times"].items() if k.startswith(("sessions/", "workers/", "vterm_project/"))]
@@ -133,7 +167,7 @@ def main() -> None:
     parser.add_argument("--database-url", help="Postgres (dropped and made again); default SQLite")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="the stack's environment")
     parser.add_argument("--json", help="write the per-command summary here")
-    parser.add_argument("--keep", action="store_true", help="keep the data dir (logs)")
+    parser.add_argument("--keep", action="store_true", help="keep the data dir (logs, the probe's counts)")
     args = parser.parse_args()
     if args.database_url:
         _recreate_pg(args.database_url)
@@ -174,6 +208,7 @@ def main() -> None:
             print(f"data dir kept: {tmp}")
         else:
             subprocess.run(["rm", "-rf", str(tmp)], check=False)
+
 
 
 if __name__ == "__main__":

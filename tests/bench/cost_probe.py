@@ -189,6 +189,7 @@ def snapshot() -> dict:
     funcs: Counter = Counter()
     thread_cpu: Counter = Counter()
     times: Counter = Counter()
+    edges: dict[str, Counter] = defaultdict(Counter)
     for thread, prof in profiles:
         group = _group(thread.name)
         thread_cpu[group] += cpu.get(thread.native_id, 0.0)
@@ -197,6 +198,10 @@ def snapshot() -> dict:
             label = _label(entry.code)
             funcs[label] += entry.callcount
             times[label] += entry.totaltime
+            if not _is_probe(entry.code):
+                for sub in entry.calls or ():
+                    if not _is_probe(sub.code):
+                        edges[label][_label(sub.code)] += sub.callcount
             if _is_probe(entry.code):
                 # The probe's own calls (and the builtins they call) are not the service's.
                 calls[group] -= entry.callcount
@@ -206,7 +211,8 @@ def snapshot() -> dict:
                         calls[group] -= sub.callcount
                         funcs[_label(sub.code)] -= sub.callcount
     return {"sql": sql, "redis": rds, "calls": dict(calls), "funcs": {k: v for k, v in funcs.items() if v},
-            "times": {k: v for k, v in times.items() if v > 1e-4}, "cpu": dict(thread_cpu),
+            "times": {k: v for k, v in times.items() if v > 1e-4},
+            "edges": {k: dict(v) for k, v in edges.items()}, "cpu": dict(thread_cpu),
             "process_cpu": time.process_time()}
 
 
