@@ -6,12 +6,13 @@ Redis round trips and Python calls per command, on the web and on the backend wo
     .venv/bin/python -m tests.bench.command_cost --calls 300 --top 25 --env VTERM_COMMAND_ROUTE=0
 
 It starts a stack of its own (one backend, a private redis-server with AOF, as `make run`) whose web and
-worker run under tests/bench/cost_probe.py, creates one session, runs --warmup commands, then counts
---calls `POST …/commands/ {"command": "true", "wait": 5}` one after another. The processes' background
-work (heartbeats, stats) is counted over an idle spell of the same length first and taken off
-(shown on its own). Wall-clock figures are not printed: CPU per command is shown but, with cProfile
-on every thread, it is inflated and only good for comparing threads. With Postgres, the database
-is dropped and made again (it must not be anyone else's).
+worker run under tests/bench/cost_probe.py, creates a session, runs --warmup commands, then counts --calls
+`POST …/commands/ {"command": "true", "wait": 5}` one after another (--sessions K: K sessions at once,
+each with its own client; the figures then depend on how much the processes batch). The threads that run
+on a clock (heartbeats, stats) are left out and shown apart; the other threads' idle rate, measured over
+a quiet spell as long as the load, is taken off. Wall-clock figures are not printed: CPU per command is
+shown but, with cProfile on every thread, it is inflated and only good for comparing threads. With
+Postgres, the database is dropped and made again (it must not be anyone else's).
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ import sys
 import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from tests.conftest import Api
 from vterm_project.devstack import BIN, Stack, StackConfig, free_port
 
 PROBE = [str(BIN / "python"), "-m", "tests.bench.cost_probe"]
+# The backend's threads that run on a clock (heartbeats, stats, resource figures, the handoff check).
+BACKGROUND = {"vterm-heartbeat", "vterm-heartbeat-redis", "vterm-resource-usage", "vterm-handoff"}
 
 
 class ProbedConfig(StackConfig):
@@ -118,9 +122,12 @@ def report(role: str, load: dict, idle: dict, calls: int, top: int, out) -> dict
     scale = load["seconds"] / max(idle["seconds"], 1e-9)
     net = _minus({k: v for k, v in load.items() if k != "seconds"}, {k: v for k, v in idle.items() if k != "seconds"},
                  scale)
+    # Threads that run on a clock, not per command: left out of the figures (shown apart).
+    for kind in ("sql", "redis", "calls", "cpu"):
+        net[kind] = {g: v for g, v in net[kind].items() if g not in BACKGROUND}
     sql, rds = _flat(net["sql"]), _flat(net["redis"])
     summary = {"sql": sum(sql.values()) / calls, "redis": sum(rds.values()) / calls,
-               "calls": sum(net["calls"].values()) / calls, "cpu_ms": net["process_cpu"] * 1000 / calls}
+               "calls": sum(net["calls"].values()) / calls, "cpu_ms": sum(net["cpu"].values()) * 1000 / calls}
     print(f"\n== {role}: per command, less the idle rate: SQL {summary['sql']:.2f} (commits included), "
           f"Redis round trips {summary['redis']:.2f}, Python calls {summary['calls']:.0f}, "
           f"CPU {summary['cpu_ms']:.2f} ms (profiled)", file=out)
@@ -135,10 +142,14 @@ def report(role: str, load: dict, idle: dict, calls: int, top: int, out) -> dict
             rt = sum(net["redis"].get(group, {}).values()) / calls
             print(f"    {n / calls:8.0f} calls {sq:5.2f} SQL {rt:5.2f} Redis  "
                   f"{net['cpu'].get(group, 0) * 1000 / calls:5.2f} ms  {group}", file=out)
-    bg_sql = sum(_flat(idle["sql"]).values()) * scale / calls
-    bg_rt = sum(_flat(idle["redis"]).values()) * scale / calls
-    print(f"  idle background taken off, per command: SQL {bg_sql:.2f}, Redis {bg_rt:.2f}, "
-          f"calls {sum(idle['calls'].values()) * scale / calls:.0f}", file=out)
+    bg = {k: {g: v for g, v in load[k].items() if g in BACKGROUND} for k in ("sql", "redis", "calls")}
+    print(f"  left out, the clock's threads ({', '.join(sorted(bg['calls'])) or 'none'}), per command: "
+          f"SQL {sum(_flat(bg['sql']).values()) / calls:.2f}, Redis {sum(_flat(bg['redis']).values()) / calls:.2f}, "
+          f"calls {sum(bg['calls'].values()) / calls:.0f}", file=out)
+    idle_sql = sum(_flat({g: v for g, v in idle["sql"].items() if g not in BACKGROUND}).values()) * scale / calls
+    idle_calls = sum(v for g, v in idle["calls"].items() if g not in BACKGROUND) * scale / calls
+    print(f"  idle rate of the other threads taken off, per command: SQL {idle_sql:.2f}, calls {idle_calls:.0f}",
+          file=out)
     if top:
         print(f"  top {top} functions by calls per command:", file=out)
         for name, n in sorted(net["funcs"].items(), key=lambda kv: -kv[1])[:top]:
@@ -163,6 +174,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--sessions", type=int, default=1,
+                        help="sessions driven at once, each by its own client (counts then depend on batching)")
     parser.add_argument("--top", type=int, default=15, help="functions shown by calls (0: none)")
     parser.add_argument("--database-url", help="Postgres (dropped and made again); default SQLite")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="the stack's environment")
@@ -181,19 +194,27 @@ def main() -> None:
     stack = Stack(cfg)
     try:
         stack.start(timeout=120)
-        api = Api(stack.url, stack.token("cost"))
-        sid = api.create_session()["id"]
+        token = stack.token("cost")
+        clients = [Api(stack.url, token) for _ in range(args.sessions)]
+        sids = [api.create_session()["id"] for api in clients]
+
+        def run(n: int) -> None:
+            for _ in range(args.calls // args.sessions):
+                body = clients[n].run(sids[n], "true", wait=5)
+                assert body["exit_code"] == 0, body
+
         for _ in range(args.warmup):
-            api.run(sid, "true", wait=5)
+            for api, sid in zip(clients, sids):
+                api.run(sid, "true", wait=5)
         probe = Probe(probe_dir, ["web", *cfg.backend_ids()])
         t0, s0 = time.monotonic(), probe.take()
-        for _ in range(args.calls):
-            body = api.run(sid, "true", wait=5)
-            assert body["exit_code"] == 0, body
+        with ThreadPoolExecutor(args.sessions) as pool:
+            list(pool.map(run, range(args.sessions)))
         t1, s1 = time.monotonic(), probe.take()
         time.sleep(t1 - t0)  # the idle spell, as long as the load
         t2, s2 = time.monotonic(), probe.take()
-        print(f"{args.calls} x `true` with wait on one session, {'Postgres' if args.database_url else 'SQLite'}, "
+        args.calls = args.calls // args.sessions * args.sessions
+        print(f"{args.calls} x `true` with wait on {args.sessions} session(s) at once, {'Postgres' if args.database_url else 'SQLite'}, "
               f"{' '.join(args.env) or 'default environment'}")
         summary = {}
         for role in s0:
