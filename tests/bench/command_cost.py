@@ -130,7 +130,7 @@ def report(role: str, load: dict, idle: dict, calls: int, top: int, out) -> dict
                "calls": sum(net["calls"].values()) / calls, "cpu_ms": sum(net["cpu"].values()) * 1000 / calls}
     print(f"\n== {role}: per command, less the idle rate: SQL {summary['sql']:.2f} (commits included), "
           f"Redis round trips {summary['redis']:.2f}, Python calls {summary['calls']:.0f}, "
-          f"CPU {summary['cpu_ms']:.2f} ms (profiled)", file=out)
+          f"CPU {summary['cpu_ms']:.2f} ms{'' if summary['calls'] else ' (not profiled)'}", file=out)
     for title, counter in (("SQL", sql), ("Redis", rds)):
         for kind, n in sorted(counter.items(), key=lambda kv: -kv[1]):
             if abs(n / calls) >= 0.005:
@@ -179,6 +179,8 @@ def main() -> None:
     parser.add_argument("--top", type=int, default=15, help="functions shown by calls (0: none)")
     parser.add_argument("--database-url", help="Postgres (dropped and made again); default SQLite")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="the stack's environment")
+    parser.add_argument("--no-calls", action="store_true",
+                        help="no cProfile: no call counts, CPU per thread as it is (wall-clock dependent, noisy)")
     parser.add_argument("--json", help="write the per-command summary here")
     parser.add_argument("--keep", action="store_true", help="keep the data dir (logs, the probe's counts)")
     args = parser.parse_args()
@@ -189,8 +191,9 @@ def main() -> None:
     probe_dir.mkdir()
     cfg = ProbedConfig(data_dir=tmp / "data", port=free_port(), backends=1, redis_port=free_port(), flower_port=None,
                        beat=False, backend_prefix="cost", database_url=args.database_url,
-                       extra_env={"VTERM_COST_PROBE": str(probe_dir), "VTERM_MAX_SESSIONS_PER_USER": "0",
-                                  "VTERM_COMMAND_RATE": "0", **dict(e.split("=", 1) for e in args.env)})
+                       extra_env={"VTERM_COST_PROBE": str(probe_dir), "VTERM_COST_PROBE_CALLS": str(int(not args.no_calls)),
+                                  "VTERM_MAX_SESSIONS_PER_USER": "0", "VTERM_COMMAND_RATE": "0",
+                                  **dict(e.split("=", 1) for e in args.env)})
     stack = Stack(cfg)
     try:
         stack.start(timeout=120)

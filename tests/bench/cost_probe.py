@@ -162,6 +162,20 @@ def _is_probe(code) -> bool:
     return getattr(code, "co_filename", None) == __file__
 
 
+def _install_thread_names() -> None:
+    inner = threading.Thread._bootstrap_inner
+
+    def named(self):
+        with _lock:
+            _profiles.append((self, None))
+        _groups[_thread.get_ident()] = _group(self.name)
+        inner(self)
+
+    threading.Thread._bootstrap_inner = named
+    _profiles.append((threading.main_thread(), None))
+    _groups[_thread.get_ident()] = "MainThread"
+
+
 def _label(code) -> str:
     if isinstance(code, str):
         return code
@@ -193,7 +207,7 @@ def snapshot() -> dict:
     for thread, prof in profiles:
         group = _group(thread.name)
         thread_cpu[group] += cpu.get(thread.native_id, 0.0)
-        for entry in prof.getstats():
+        for entry in prof.getstats() if prof is not None else ():
             calls[group] += entry.callcount
             label = _label(entry.code)
             funcs[label] += entry.callcount
@@ -240,7 +254,10 @@ def main() -> None:
     threading.Thread(target=_watch, args=(directory, role), name="cost-probe", daemon=True).start()
     _install_db()
     _install_redis()
-    _install_profiles()
+    if os.environ.get("VTERM_COST_PROBE_CALLS", "1") != "0":
+        _install_profiles()
+    else:  # CPU per thread without cProfile's cost: threads still named for the figures
+        _install_thread_names()
     if args[0] == "-m":
         sys.argv = [args[1], *args[2:]]
         runpy.run_module(args[1], run_name="__main__", alter_sys=True)
