@@ -12,7 +12,6 @@ import functools
 import json
 import logging
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -376,14 +375,11 @@ def command_create(user, session_id, *, command: str, timeout: float | None = No
     wait_id = command_admit(_command_budget_owner(user, session_id), user.pk, wait)  # the owner's budget
     try:
         with writer_turn(), transaction.atomic():
-            cmd, send = _command_record(session_id, command=command, timeout=timeout, idle_timeout=idle_timeout,
-                                        notify_url=notify_url or "", owner_id=None if user.is_staff else user.pk,
-                                        command_id=command_id)
+            cmd = _command_record(session_id, command=command, timeout=timeout, idle_timeout=idle_timeout,
+                                  notify_url=notify_url or "", owner_id=None if user.is_staff else user.pk,
+                                  command_id=command_id)
             detail = {**({"via": via} if via else {}), **audit.audit_command_detail(cmd.pk, cmd.command)}
             audit.audit_record(user, audit.COMMAND_RUN, session_id, remote_addr=remote_addr, detail=detail)
-        # Sent once committed, and once the writer's turn is given up: not while other writers wait.
-        if send is not None:
-            transaction.on_commit(send)  # at once, unless the caller's own transaction is still open
     except BaseException:
         pending_wait_release_sync(user.pk, wait_id)
         raise
@@ -462,10 +458,9 @@ def _command_budget_owner(user, session_id) -> int:
 
 
 def _command_record(session_id, *, command: str, timeout: float | None, idle_timeout: float | None = None,
-                    notify_url: str = "", owner_id: int | None = None,
-                    command_id=None) -> tuple[Command, Callable[[], None] | None]:
-    """Inside a transaction: the row, and what sends it to its backend once that commits (None: its
-    backend takes it from the database once the shell is up)."""
+                    notify_url: str = "", owner_id: int | None = None, command_id=None) -> Command:
+    """Inside a transaction: the row, and its sending to the backend once that commits (on SQLite
+    still inside the writer's turn: the session's commands reach its backend in seq order)."""
     # The update locks the session's row first, so placement read after it is current:
     # a migration either sees this command queued or happens before it (sessions/failover.py).
     taken = _session_next_seq(session_id, owner_id)
@@ -479,10 +474,10 @@ def _command_record(session_id, *, command: str, timeout: float | None, idle_tim
     cmd = row_insert(Command, session_id=session_id, seq=seq, command=command, timeout=timeout,
                      idle_timeout=idle_timeout, notify_url=notify_url, **({"id": command_id} if command_id else {}))
     if status in (TerminalSession.Status.ACTIVE, TerminalSession.Status.IDLE):
-        return cmd, functools.partial(_command_send, cmd, backend_id, epoch)
-    # While the shell starts or moves, its backend takes the queued commands from the
-    # database once it is up (session_started, failover.session_resumed).
-    return cmd, None
+        # While the shell starts or moves, its backend takes the queued commands from the
+        # database once it is up (session_started, failover.session_resumed).
+        transaction.on_commit(lambda: _command_send(cmd, backend_id, epoch))
+    return cmd
 
 
 def _session_next_seq(session_id, owner_id: int | None) -> tuple[int, str, str | None, int] | None:
@@ -564,7 +559,7 @@ def commands_finished(ends: list[dict]) -> list[dict | None]:
     # A short, known command's end is one statement, which needs no transaction of its own
     # (BEGIN and COMMIT would cost a database round trip each).
     alone = len(ends) == 1 and cmds[0][0] is not None and not cmds[0][2]
-    with writer_turn(), contextlib.nullcontext() if alone else transaction.atomic():
+    with contextlib.nullcontext() if alone else transaction.atomic():
         stored = [_command_end_store(end["command_id"], *cmd) for end, cmd in zip(ends, cmds)]
         webhooks.commands_ended(stored)
     pipe = sync_client().pipeline(transaction=False)

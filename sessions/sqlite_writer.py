@@ -1,12 +1,17 @@
-"""SQLite's one writer, taken in turn by the stack's processes instead of polled for.
+"""SQLite's one writer: the web processes' command writes take it in turn instead of polling for it.
 
 SQLite lets one writing transaction in and has the others poll with growing sleeps (1, 2, 5,
-10 ... ms, its busy handler). A command's row is written by a web process and its end by a backend
-worker, and `make run` runs several web processes: under load those sleeps were the writers'
-queue. The hot writers (a command's record, its end) take a turn here first: the process's threads
-one at a time (a lock), the processes one at a time (flock on a file beside the database, which
-the kernel hands to the next waiter the moment it is let go, and lets go if its holder dies).
-Each starts the moment the one before commits. Other databases: nothing to take.
+10 ... ms, its busy handler). A web process's command transactions (services.command_create)
+therefore take a turn here first: the process's threads one at a time (a lock), and the web
+processes of `make run` (several since vterm_project/web_listen.py) one at a time (flock on a file
+beside the database, which the kernel hands on when it is let go, or when its holder dies). Each
+starts the moment the one before commits, and the turn lasts until the command is on its
+backend's inbox, so a session's commands reach it in seq order whichever process took them.
+
+The backends' writers do not take it: they poll. Every writer queuing on one lock file was measured
+worse (docs/bench.md, 2026-11-27: 100 × 3/s stalled for seconds at a time); a backend's writer
+behind a steady stream of the web's transactions (flock is not first come, first served) is the
+likely reason, not verified.
 """
 
 from __future__ import annotations

@@ -136,8 +136,8 @@ def report(role: str, load: dict, idle: dict, calls: int, top: int, out) -> dict
             if abs(n / calls) >= 0.005:
                 print(f"  {title:5} {n / calls:7.2f}  {kind}", file=out)
     print("  calls by thread (per command; idle rate per command taken off):", file=out)
-    for group, n in sorted(net["calls"].items(), key=lambda kv: -kv[1]):
-        if abs(n / calls) >= 1:
+    for group, n in sorted({**{g: 0 for g in net["cpu"]}, **net["calls"]}.items(), key=lambda kv: -kv[1]):
+        if abs(n / calls) >= 1 or not n and abs(net["cpu"].get(group, 0) * 1000 / calls) >= 0.01:
             sq = sum(net["sql"].get(group, {}).values()) / calls
             rt = sum(net["redis"].get(group, {}).values()) / calls
             print(f"    {n / calls:8.0f} calls {sq:5.2f} SQL {rt:5.2f} Redis  "
