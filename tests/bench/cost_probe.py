@@ -92,6 +92,18 @@ def _install_db() -> None:
     def created(sender, connection, **kwargs):
         if _sql_wrapper not in connection.execute_wrappers:
             connection.execute_wrappers.append(_sql_wrapper)
+        cls = type(connection)
+        if connection.vendor == "postgresql" and "_probe_set_autocommit" not in cls.__dict__:
+            set_autocommit = cls._set_autocommit  # the backend's own (PostgreSQL has one)
+
+            def counted_set_autocommit(self, autocommit):
+                if not autocommit:  # psycopg sends BEGIN with the next statement
+                    with _lock:
+                        _sql[_group()]["BEGIN (implicit)"] += 1
+                return set_autocommit(self, autocommit)
+
+            cls._set_autocommit = counted_set_autocommit
+            cls._probe_set_autocommit = True
 
     connection_created.connect(created, weak=False)
     commit = BaseDatabaseWrapper._commit
@@ -102,15 +114,6 @@ def _install_db() -> None:
         return commit(self)
 
     BaseDatabaseWrapper._commit = counted_commit
-    set_autocommit = BaseDatabaseWrapper._set_autocommit
-
-    def counted_set_autocommit(self, autocommit):
-        if not autocommit and self.vendor == "postgresql":  # psycopg sends BEGIN with the next statement
-            with _lock:
-                _sql[_group()]["BEGIN (implicit)"] += 1
-        return set_autocommit(self, autocommit)
-
-    BaseDatabaseWrapper._set_autocommit = counted_set_autocommit
 
 
 def _install_redis() -> None:
