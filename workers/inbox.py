@@ -3,8 +3,7 @@
 Celery carried these before; per call it cost a kombu publish on the web, a receive,
 an ack (MULTI) and a task dispatch on the worker: most of a command's CPU once the
 shell had answered (docs/bench.md). Here the web RPUSHes one JSON message to the
-backend's own list and one thread BLPOPs it: one Redis round trip each way, in order (BLMPOP: what
-has piled up comes in one).
+backend's own list and one thread BLPOPs it: one Redis round trip each way, in order.
 
 The list is one for all the backend's sessions, so the reader only sorts it: each message
 goes to its session's queue here, and INBOX_THREADS threads serve the sessions in turn, one
@@ -35,7 +34,7 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from django.conf import settings
-from redis.exceptions import RedisError, ResponseError
+from redis.exceptions import RedisError
 
 from sessions.redis_state import backend_inbox_key, sync_client
 from sessions.replies import post_reply
@@ -49,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POLL = 1.0  # seconds a BLPOP (or a serving thread) waits, so that a stopping backend notices within that
-READ_BATCH = 64  # messages taken off the list in one read, at most
 DROP_LOG_EVERY = 10.0  # seconds between warnings about one session's dropped keystrokes
 
 
@@ -177,32 +175,19 @@ class InboxThread(threading.Thread):
         for n in range(max(1, settings.VTERM["INBOX_THREADS"])):
             threading.Thread(target=self._serve, name=f"vterm-inbox-{n}", daemon=True).start()
         r = sync_client()
-        batches = True  # BLMPOP (Redis 7): what has piled up comes in one round trip, not one each
         while not self.stop.is_set():
             try:
-                if batches:
-                    got = r.blmpop(POLL, 1, self.key, direction="LEFT", count=READ_BATCH)
-                    messages = got[1] if got else []
-                else:
-                    got = r.blpop([self.key], timeout=POLL)
-                    messages = [got[1]] if got else []
-            except ResponseError as exc:
-                if batches and "unknown command" in str(exc).lower():
-                    log.info("inbox: this Redis has no BLMPOP (before 7.0); reading one message at a time")
-                    batches = False
-                    continue
-                log.warning("inbox: Redis refused the read; retrying", exc_info=True)
-                self.stop.wait(0.5)
-                continue
+                got = r.blpop([self.key], timeout=POLL)
             except RedisError:
                 log.warning("inbox: Redis unavailable; retrying", exc_info=True)
                 self.stop.wait(0.5)
                 continue
-            for raw in messages:
-                try:
-                    self.queues.put(json.loads(raw))
-                except Exception:
-                    log.exception("inbox: unreadable message")
+            if not got:
+                continue
+            try:
+                self.queues.put(json.loads(got[1]))
+            except Exception:
+                log.exception("inbox: unreadable message")
 
     def _serve(self) -> None:
         while not self.stop.is_set():
