@@ -433,10 +433,18 @@ def command_fingerprint(session_id, *, command: str, wait: float = 0, **options)
                                                **fields})
 
 
+async def command_submit_answered(submitted: CommandSubmitted) -> None:
+    """The answer is ready: a repeat of the request may have its key from now on. Before the answer
+    leaves, so that a client that repeats it the moment it has the answer never finds the key held
+    (docs/api.md: 409 only while the first is being answered)."""
+    claim, submitted.claim = submitted.claim, None
+    await idempotency_release(claim)
+
+
 async def command_submit_end(submitted: CommandSubmitted) -> None:
-    """After the answer: the wait is over, and a repeat of the request may have its key."""
+    """After the answer (or in its place): the wait is over, and the key is free if it was not yet."""
     await pending_wait_release(submitted.user_id, submitted.wait_id)
-    await idempotency_release(submitted.claim)
+    await command_submit_answered(submitted)
 
 
 _session_owners: dict[str, int] = {}  # a session's owner never changes
