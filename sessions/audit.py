@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator
 from datetime import datetime
 
 from .models import AuditEvent
+from .sql_rows import row_insert
 
 SESSION_CREATE = "session.create"
 SESSION_ATTACH = "session.attach"  # a WebSocket viewer connected
@@ -43,7 +44,8 @@ def audit_record(user, action: str, session_id=None, *, request=None, remote_add
     """Write one audit row. ``user`` may be None (e.g. a throttled anonymous login)."""
     if user is not None and not getattr(user, "is_authenticated", False):
         user = None
-    return AuditEvent.objects.create(
+    return row_insert(  # the ORM's create, compiled once: one of these per command (sessions/sql_rows.py)
+        AuditEvent,
         user=user,
         username=(user.get_username() if user is not None else (detail or {}).get("username", ""))[:150],
         action=action[:40],

@@ -89,7 +89,9 @@ class CommandRoute:
                 response = self._response(sub.status, result)
             except Exception as exc:  # noqa: BLE001 (answered as the view would)
                 response = self._error(exc, request)
-            await _django_sender.send_response(self.middleware.response(request, response), send)
+            response = self.middleware.response(request, response)
+            await services.command_submit_answered(sub)  # the key is free before the answer leaves
+            await _django_sender.send_response(response, send)
         finally:  # after the answer: the wait is over, whatever became of it
             await services.command_submit_end(sub)
 

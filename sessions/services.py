@@ -11,7 +11,6 @@ import contextlib
 import functools
 import json
 import logging
-import threading
 import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -20,8 +19,6 @@ from asgiref.sync import sync_to_async
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db import connection, transaction
-from django.db.models import DateTimeField, F, Value
-from django.db.models.functions import Coalesce
 from django.http import Http404
 from django.utils import timezone
 from rest_framework.exceptions import ValidationError
@@ -66,6 +63,8 @@ from .redis_state import (
 from .replies import ask_backend, call_backend, inbox_push, push_to_backend, send_to_backend
 from .sandbox import sandbox_spec, session_limits_resolve, shell_account_get
 from .serializers import command_json
+from .sql_rows import row_insert, sql_names
+from .sqlite_writer import writer_turn
 from .waits import reply_push, reply_wait
 
 log = logging.getLogger(__name__)
@@ -391,7 +390,7 @@ def command_create(user, session_id, *, command: str, timeout: float | None = No
     webhooks.notify_url_check(notify_url)  # a DNS lookup: before the transaction, and before any spend
     wait_id = command_admit(_command_budget_owner(user, session_id), user.pk, wait)  # the owner's budget
     try:
-        with _writer_turn(), transaction.atomic():
+        with writer_turn(), transaction.atomic():
             cmd = _command_record(session_id, command=command, timeout=timeout, idle_timeout=idle_timeout,
                                   notify_url=notify_url or "", owner_id=None if user.is_staff else user.pk,
                                   command_id=command_id)
@@ -450,20 +449,18 @@ def command_fingerprint(session_id, *, command: str, wait: float = 0, **options)
                                                **fields})
 
 
+async def command_submit_answered(submitted: CommandSubmitted) -> None:
+    """The answer is ready: a repeat of the request may have its key from now on. Before the answer
+    leaves, so that a client that repeats it the moment it has the answer never finds the key held
+    (docs/api.md: 409 only while the first is being answered)."""
+    claim, submitted.claim = submitted.claim, None
+    await idempotency_release(claim)
+
+
 async def command_submit_end(submitted: CommandSubmitted) -> None:
-    """After the answer: the wait is over, and a repeat of the request may have its key."""
+    """After the answer (or in its place): the wait is over, and the key is free if it was not yet."""
     await pending_wait_release(submitted.user_id, submitted.wait_id)
-    await idempotency_release(submitted.claim)
-
-
-_sqlite_writer = threading.Lock()
-
-
-def _writer_turn():
-    """SQLite: one writing transaction of this process at a time. SQLite lets one writer in and
-    has the others poll with growing sleeps (1, 2, 5, 10 ... ms); this process's threads queue
-    here instead and each starts the moment the one before commits. Other databases: nothing."""
-    return _sqlite_writer if connection.vendor == "sqlite" else contextlib.nullcontext()
+    await command_submit_answered(submitted)
 
 
 _session_owners: dict[str, int] = {}  # a session's owner never changes
@@ -486,7 +483,8 @@ def _command_budget_owner(user, session_id) -> int:
 
 def _command_record(session_id, *, command: str, timeout: float | None, idle_timeout: float | None = None,
                     notify_url: str = "", owner_id: int | None = None, command_id=None) -> Command:
-    """Inside a transaction: the row, and its sending to the backend once that commits."""
+    """Inside a transaction: the row, and its sending to the backend once that commits (on SQLite
+    still inside the writer's turn: the session's commands reach its backend in seq order)."""
     # The update locks the session's row first, so placement read after it is current:
     # a migration either sees this command queued or happens before it (sessions/failover.py).
     taken = _session_next_seq(session_id, owner_id)
@@ -497,9 +495,8 @@ def _command_record(session_id, *, command: str, timeout: float | None, idle_tim
         raise Conflict(f"The session is {status}.")
     if not backend_id:
         raise ServiceUnavailable("The session has no backend at the moment.")
-    cmd = Command.objects.create(session_id=session_id, seq=seq, command=command, timeout=timeout,
-                                 idle_timeout=idle_timeout, notify_url=notify_url,
-                                 **({"id": command_id} if command_id else {}))
+    cmd = row_insert(Command, session_id=session_id, seq=seq, command=command, timeout=timeout,
+                     idle_timeout=idle_timeout, notify_url=notify_url, **({"id": command_id} if command_id else {}))
     if status in (TerminalSession.Status.ACTIVE, TerminalSession.Status.IDLE):
         # While the shell starts or moves, its backend takes the queued commands from the
         # database once it is up (session_started, failover.session_resumed).
@@ -511,7 +508,7 @@ def _session_next_seq(session_id, owner_id: int | None) -> tuple[int, str, str |
     """Count a command in the session's row, locking it: (seq, status, backend_id, epoch), or None
     when there is no such session (of ``owner_id``). One statement (UPDATE ... RETURNING, which
     SQLite and PostgreSQL both have), where the ORM would need an UPDATE and then a SELECT."""
-    meta, q = TerminalSession._meta, _session_sql_names(connection.vendor)
+    meta, q = TerminalSession._meta, sql_names(TerminalSession, connection.vendor)
     count = q["command_count"]
     pk = meta.pk.get_db_prep_value(session_id, connection)
     sql = f"UPDATE {q['table']} SET {count} = {count} + 1, {q['last_activity']} = %s WHERE {q['pk']} = %s"
@@ -522,14 +519,6 @@ def _session_next_seq(session_id, owner_id: int | None) -> tuple[int, str, str |
     with connection.cursor() as cursor:
         cursor.execute(f"{sql} RETURNING {count}, {q['status']}, {q['backend']}, {q['epoch']}", params)
         return cursor.fetchone()
-
-
-@functools.cache
-def _session_sql_names(vendor: str) -> dict[str, str]:
-    """TerminalSession's quoted table ("table"), primary key ("pk") and field columns (by field
-    name), for the hand-written statements here; worked out once, not per command."""
-    meta, qn = TerminalSession._meta, connection.ops.quote_name
-    return {**{f.name: qn(f.column) for f in meta.concrete_fields}, "table": qn(meta.db_table), "pk": qn(meta.pk.column)}
 
 
 def _command_send(cmd: Command, backend_id: str, epoch: int) -> None:
@@ -641,9 +630,7 @@ def _ran_long(cmd: Command) -> bool:
 
 def _command_end_store(command_id: str, cmd: Command | None, ended: dict, long_ran: bool | None) -> Command | None:
     """Write one end (in the caller's transaction, if any); None if the command had already ended."""
-    fields = {**ended, "started_at": Coalesce(F("started_at"), Value(ended["started_at"], output_field=DateTimeField()))}
-    # The first end stands (e.g. interrupted by a migration): a later one changes nothing.
-    if not Command.objects.filter(pk=command_id).exclude(status__in=Command.FINAL).update(**fields):
+    if not _command_end_update(command_id, ended):
         return None
     if cmd is None:
         cmd = Command.objects.get(pk=command_id)
@@ -651,6 +638,32 @@ def _command_end_store(command_id: str, cmd: Command | None, ended: dict, long_r
     if long_ran:
         TerminalSession.objects.filter(pk=cmd.session_id).update(last_activity=ended["finished_at"])
     return cmd
+
+
+def _command_end_update(command_id: str, ended: dict) -> int:
+    """The end's UPDATE, 1 when it was written. The first end stands (e.g. interrupted by a migration):
+    a later one changes nothing; a start time already written is kept. One statement written out once
+    (_command_end_sql) with its values prepared by the fields, as the ORM would: its update()
+    compiled the same statement again for every end, a third of the worker's calls per command
+    (tests/bench/command_cost.py)."""
+    sql, fields = _command_end_sql(connection.vendor)
+    params = [f.get_db_prep_save(ended[f.name], connection) for f in fields]
+    params += [Command._meta.pk.get_db_prep_value(command_id, connection), *Command.FINAL]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.rowcount
+
+
+@functools.cache
+def _command_end_sql(vendor: str) -> tuple[str, list]:
+    """(the UPDATE of a command's end, the fields whose values it takes in order, then the id and the final states)."""
+    meta, q = Command._meta, sql_names(Command, vendor)
+    names = ["status", "exit_code", "output", "output_raw", "output_truncated", "cwd", "reason", "finished_at",
+             "duration_ms"]
+    sets = [f"{q[n]} = %s" for n in names] + [f"{q['started_at']} = COALESCE({q['started_at']}, %s)"]
+    final = ", ".join(["%s"] * len(Command.FINAL))
+    sql = f"UPDATE {q['table']} SET {', '.join(sets)} WHERE {q['pk']} = %s AND {q['status']} NOT IN ({final})"
+    return sql, [meta.get_field(n) for n in [*names, "started_at"]]
 
 
 # -- terminal output (WebSocket viewers) -------------------------------------------------
@@ -715,7 +728,7 @@ def session_resource_usage_record(*, backend_id: str, usage: dict[str, dict]) ->
     database's write lock held all along. At 1000 sessions that wait was the p99 of commands
     (docs/bench.md).
     """
-    meta, q = TerminalSession._meta, _session_sql_names(connection.vendor)
+    meta, q = TerminalSession._meta, sql_names(TerminalSession, connection.vendor)
     field, live = meta.get_field("resource_usage"), list(TerminalSession.LIVE)
     sql = (f"UPDATE {q['table']} SET {q['resource_usage']} = %s WHERE {q['pk']} = %s AND {q['backend']} = %s"
            f" AND {q['status']} IN ({', '.join(['%s'] * len(live))})")

@@ -22,6 +22,7 @@ from typing import ClassVar
 # The stack's pieces, here too for their users (tests, local_scaler, bench).
 from .stack_config import (  # noqa: F401
     BIN,
+    DEFAULT_WEB_PROCESSES,
     ROOT,
     Proc,
     StackConfig,
@@ -70,6 +71,7 @@ class Stack:
         if redis_spec:
             self._wait(lambda: redis_answers(self.config.redis_url), 20, "redis")
         self.config.manage("migrate", "--noinput", "-v0")
+        self.config.prometheus_dir_reset()
         for p in specs:
             if p.name != "redis":
                 self.start_process(p)
@@ -178,6 +180,7 @@ def stack_config_from_env(data_dir: Path, local: LocalSecrets) -> StackConfig:
         database_url=os.environ.get("DATABASE_URL") or None,
         flower_port=int(os.environ.get("FLOWER_PORT", "5555")),
         flower_auth=f"admin:{local.flower_password}",
+        web_processes=int(os.environ.get("VTERM_WEB_PROCESSES", str(DEFAULT_WEB_PROCESSES))),
         # A SECRET_KEY given in the environment wins; else the generated one.
         extra_env={"SECRET_KEY": os.environ.get("SECRET_KEY") or local.secret_key},
     )
@@ -195,6 +198,7 @@ def run_foreground() -> None:
     local = LocalSecrets.load(data_dir)
     cfg = stack_config_from_env(data_dir, local)
     cfg.manage("migrate", "--noinput", "-v0")
+    cfg.prometheus_dir_reset()
     user, token = _admin_login(cfg, local.admin_password)
     conf = write_supervisor_conf(cfg)
     redis_shown = target_from_env(cfg.env()).redacted()  # a given REDIS_URL's password is not printed either

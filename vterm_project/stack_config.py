@@ -58,6 +58,8 @@ class StackConfig:
     beat: bool = True
     extra_env: dict[str, str] = field(default_factory=dict)
     backend_prefix: str = "backend"
+    # Daphne processes on the port (vterm_project/web_listen.py): one runs Python on one core at a time.
+    web_processes: int = 1
     # The autoscaler's local executor (vterm_project/local_scaler.py); runs only with beat.
     scaler: bool = True
 
@@ -96,8 +98,7 @@ class StackConfig:
         if self.private_redis:
             procs.append(Proc("redis", [shutil.which("redis-server") or "redis-server", str(self.redis_conf())],
                               startsecs=3))
-        procs.append(Proc("web", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port),
-                                  "vterm_project.asgi:application"]))
+        procs.extend(self.web_procs())
         for bid in self.backend_ids():
             # A backend that cannot start tries 3 times over ~6 s before it exits (workers/celery_hooks.py):
             # that is a failed start too.
@@ -116,6 +117,26 @@ class StackConfig:
                               {"VTERM_ROLE": "flower", "FLOWER_BASIC_AUTH": self.flower_auth}))
         return procs
 
+    def web_procs(self) -> list[Proc]:
+        """"web" (and "web-2", ... when there are several: each binds the port with SO_REUSEPORT, and
+        their django-prometheus series are merged from files, PROMETHEUS_MULTIPROC_DIR)."""
+        app = "vterm_project.asgi:application"
+        if self.web_processes <= 1:
+            return [Proc("web", [str(BIN / "daphne"), "-b", "127.0.0.1", "-p", str(self.port), app])]
+        env = {"PROMETHEUS_MULTIPROC_DIR": str(self.prometheus_dir())}
+        return [Proc("web" if i == 1 else f"web-{i}",
+                     [str(BIN / "python"), "-m", "vterm_project.web_listen", "127.0.0.1", str(self.port), app], env)
+                for i in range(1, self.web_processes + 1)]
+
+    def prometheus_dir(self) -> Path:
+        return self.data_dir / "prometheus"
+
+    def prometheus_dir_reset(self) -> None:
+        """The web processes' metric files start empty with the stack (prometheus_client's rule)."""
+        shutil.rmtree(self.prometheus_dir(), ignore_errors=True)
+        if self.web_processes > 1:
+            self.prometheus_dir().mkdir(parents=True, mode=0o700)
+
     def redis_conf(self) -> Path:
         """The private redis-server's configuration, written 0600: the password is in it, not on
         a command line that any user of the machine can read (ps, /proc/<pid>/cmdline)."""
@@ -133,6 +154,10 @@ class StackConfig:
     def manage(self, *args: str, check: bool = True, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
         return subprocess.run([str(BIN / "python"), str(ROOT / "manage.py"), *args], env={**self.env(), **(env or {})},
                               cwd=ROOT, check=check, capture_output=True, text=True)
+
+
+# `make run`'s web processes: two, so that the web is not held to one core (tests/bench/command_cost.py).
+DEFAULT_WEB_PROCESSES = 2
 
 
 def backend_argv(backend_id: str) -> list[str]:

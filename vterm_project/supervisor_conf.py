@@ -45,7 +45,7 @@ def _program(p: Proc, width: int) -> str:
         f"[program:{p.name}]",
         f"command={_escape(command)}",
         f"directory={ROOT}",
-        f"priority={PRIORITY.get(p.name, DEFAULT_PRIORITY)}",
+        f"priority={PRIORITY.get(p.name, PRIORITY.get(p.name.split('-')[0], DEFAULT_PRIORITY))}",  # web-2 as web
         "autostart=true",
         "autorestart=true",
         f"startsecs={p.startsecs}",

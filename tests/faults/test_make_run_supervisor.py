@@ -216,13 +216,14 @@ def _sessions_on_each_backend(api: Api) -> dict[str, str]:
 TIMES: dict[str, dict] = {}
 
 # The line each process writes when it is up again (counted in its own prefixed lines).
-UP_LINE = {"web": "Listening on TCP address", "redis": "Ready to accept connections", "flower": "Visit me at",
+UP_LINE = {"web": "Listening on TCP address", "web-2": "Listening on TCP address", "redis": "Ready to accept connections", "flower": "Visit me at",
            "beat": "-------------- control@", "scaler": "local scaler: following",
            "backend-1": "backend backend-1 up:"}
 
 
 def _up_lines(stack: MakeRun, kind: str) -> int:
-    return sum(1 for line in stack.output().splitlines() if line.startswith(kind) and UP_LINE[kind] in line)
+    return sum(1 for line in stack.output().splitlines()
+               if line.split(" | ", 1)[0].strip() == kind and UP_LINE[kind] in line)
 
 
 def _record(kind: str, **figures) -> None:
@@ -243,7 +244,7 @@ def test_make_run_prints_its_logins_and_keeps_its_secrets(stack):
         assert (stack.data_dir / name).stat().st_mode & 0o777 == 0o600, name
     assert redis_password not in out  # the printed Redis URL hides it
     pids = stack.pids()
-    assert set(pids) == {"redis", "web", *BACKENDS, "beat", "scaler", "flower"} and all(pids.values()), pids
+    assert set(pids) == {"redis", "web", "web-2", *BACKENDS, "beat", "scaler", "flower"} and all(pids.values()), pids
     for name, pid in pids.items():
         environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
@@ -279,11 +280,13 @@ def test_make_run_prints_its_logins_and_keeps_its_secrets(stack):
     assert httpx.get(flower, timeout=10).status_code == 401
     assert httpx.get(flower, auth=("admin", flower_password), timeout=10).status_code == 200
     # One output stream, each line naming its process.
-    for name in ("web", "backend-1", "redis", "flower"):
+    for name in ("web", "web-2", "backend-1", "redis", "flower"):
         assert any(line.startswith(f"{name} ") and " | " in line for line in out.splitlines()), name
+        if name.startswith("web"):  # both on the one port
+            assert _up_lines(stack, name) == 1, name
 
 
-@pytest.mark.parametrize("kind", ["web", "backend-1", "beat", "redis", "flower", "scaler", "tmux"])
+@pytest.mark.parametrize("kind", ["web", "web-2", "backend-1", "beat", "redis", "flower", "scaler", "tmux"])
 def test_a_killed_process_is_restarted_and_nothing_accepted_is_lost(stack, kind):
     placed = _sessions_on_each_backend(stack.api)
     sids = list(placed.values())

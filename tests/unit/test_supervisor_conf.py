@@ -17,7 +17,8 @@ from vterm_project.supervisor_conf import PREFIX_SCRIPT, START_RETRIES, write_su
 
 @pytest.fixture
 def env(monkeypatch):
-    for name in ("SECRET_KEY", "REDIS_URL", "DATABASE_URL", "PORT", "FLOWER_PORT", "VTERM_BACKENDS"):
+    for name in ("SECRET_KEY", "REDIS_URL", "DATABASE_URL", "PORT", "FLOWER_PORT", "VTERM_BACKENDS",
+                 "VTERM_WEB_PROCESSES"):
         monkeypatch.delenv(name, raising=False)
     return monkeypatch
 
@@ -65,7 +66,7 @@ def test_supervisord_runs_every_process_restarted_with_bounded_retries(env, tmp_
     assert options.nodaemon and options.logfile == "/dev/stdout"
     groups = {g.name: g for g in options.process_group_configs}
     procs = {p.name: p for p in cfg.processes()}
-    assert set(groups) == set(procs) == {"redis", "web", "backend-1", "backend-2", "beat", "scaler", "flower"}
+    assert set(groups) == set(procs) == {"redis", "web", "web-2", "backend-1", "backend-2", "beat", "scaler", "flower"}
     for name, group in groups.items():
         pc = group.process_configs[0]
         assert pc.autorestart is not False and pc.startretries == START_RETRIES
@@ -81,6 +82,20 @@ def test_supervisord_runs_every_process_restarted_with_bounded_retries(env, tmp_
     assert min(groups.values(), key=lambda g: g.priority).name == "redis"
     assert all(groups["redis"].priority < groups[n].priority for n in groups if n != "redis")
     assert groups["flower"].process_configs[0].environment["FLOWER_BASIC_AUTH"] == cfg.flower_auth
+    # Two web processes on the one port, started with the web, their metrics merged from files.
+    assert groups["web-2"].priority == groups["web"].priority
+    for name in ("web", "web-2"):
+        assert procs[name].argv[1:] == ["-m", "vterm_project.web_listen", "127.0.0.1", str(cfg.port),
+                                         "vterm_project.asgi:application"]
+        assert groups[name].process_configs[0].environment == {"PROMETHEUS_MULTIPROC_DIR": str(cfg.prometheus_dir())}
+
+
+def test_one_web_process_is_daphne_on_its_port_as_before(env, tmp_path):
+    env.setenv("VTERM_WEB_PROCESSES", "1")
+    cfg = stack_config_from_env(tmp_path, LocalSecrets.load(tmp_path))
+    web = [p for p in cfg.processes() if p.name.startswith("web")]
+    assert [(p.name, p.argv[1:], p.env) for p in web] == [
+        ("web", ["-b", "127.0.0.1", "-p", str(cfg.port), "vterm_project.asgi:application"], {})]
 
 
 def test_the_prefixing_line_execs_the_program_and_names_each_line(tmp_path):

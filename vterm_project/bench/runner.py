@@ -28,6 +28,7 @@ class BenchConfig:
     url: str | None = None  # an existing stack; None: start one
     token: str | None = None
     backends: int = 2
+    web_processes: int = 2  # of a started stack: as `make run` (vterm_project/devstack.py DEFAULT_WEB_PROCESSES)
     redis_url: str | None = None  # for a stack it starts; None: a private redis-server
     data_dir: str | None = None  # its stack's data (or, with url, where to find the tmux sockets)
     create_concurrency: int = 16
@@ -49,6 +50,7 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] = print) -> dict:
         per_backend = math.ceil(cfg.sessions / max(cfg.backends, 1))
         scfg = StackConfig(data_dir=data_dir, port=free_port(), backends=cfg.backends, redis_url=cfg.redis_url,
                            redis_port=free_port(), flower_port=None, beat=False, backend_prefix="bench",
+                           web_processes=cfg.web_processes,
                            extra_env={"VTERM_BACKEND_CAPACITY": str(max(200, per_backend + 10)),
                                       "SECRET_KEY": secrets.token_hex(24),
                                       # One bench user drives every session: per-user limits off.
@@ -56,7 +58,7 @@ def run_bench(cfg: BenchConfig, say: Callable[[str], None] = print) -> dict:
                                       "VTERM_MAX_PENDING_WAITS_PER_USER": "0",
                                       **cfg.stack_env})
         stack = Stack(scfg)
-        say(f"starting a stack: {cfg.backends} backends, data in {data_dir}")
+        say(f"starting a stack: {cfg.web_processes} web processes, {cfg.backends} backends, data in {data_dir}")
         t0 = time.perf_counter()
         stack.start(timeout=120)
         say(f"  up in {time.perf_counter() - t0:.1f} s at {stack.url}")
@@ -89,7 +91,7 @@ def _floor(cfg: BenchConfig, say) -> dict:
 def _groups(stack, data_dir):
     if stack is not None:
         workers = [p.pid for n, p in stack.procs.items() if n.startswith("bench-")]
-        web = [stack.procs["web"].pid] if "web" in stack.procs else []
+        web = [p.pid for n, p in stack.procs.items() if n == "web" or n.startswith("web-")]
         redis_ = [stack.procs["redis"].pid] if "redis" in stack.procs else []
         return resources.collect_groups(data_dir, workers, web, redis_)
     return resources.collect_groups(data_dir, [], [], [])

@@ -27,6 +27,8 @@ class Command(BaseCommand):
         parser.add_argument("--url", help="an existing stack (default: start one)")
         parser.add_argument("--token", help="API token for --url")
         parser.add_argument("--backends", type=int, default=2, help="backend workers of a started stack")
+        parser.add_argument("--web-processes", type=int, default=2,
+                            help="web processes of a started stack (default 2, as `make run`)")
         parser.add_argument("--redis-url", help="Redis for a started stack (default: a private redis-server)")
         parser.add_argument("--data-dir", help="data dir of a started stack (default: a temporary one); with "
                                                "--url, that stack's, to measure its tmux memory")
@@ -58,7 +60,7 @@ class Command(BaseCommand):
         cfg = BenchConfig(
             sessions=o["sessions"], rate=o["rate"], duration=o["duration"],
             channels=["rest", "ws"] if o["channel"] == "both" else [o["channel"]], mixed=o["mixed"],
-            url=o["url"], token=o["token"], backends=o["backends"], redis_url=o["redis_url"],
+            url=o["url"], token=o["token"], backends=o["backends"], web_processes=o["web_processes"], redis_url=o["redis_url"],
             data_dir=o["data_dir"], create_concurrency=o["create_concurrency"],
             floor_samples=o["floor_samples"], wait=o["wait"], keep=o["keep"],
             stack_env=dict(e.split("=", 1) for e in o["stack_env"]),
