@@ -127,6 +127,41 @@ class _Remaining:
         return MAX_SERVER_WAIT if left is None else min(MAX_SERVER_WAIT, left)
 
 
+def _pauses(deadline: _Remaining):
+    """How long to sleep between polls (growing from POLL_MIN to POLL_MAX) until the deadline."""
+    pause = POLL_MIN
+    while not deadline.over():
+        left = deadline.left()
+        yield pause if left is None else min(pause, left)
+        pause = min(POLL_MAX, pause * 1.5)
+
+
+def _poll(fetch, wait: float | None):
+    """``fetch()`` again until what it returns is ``done``, or ``wait`` seconds have passed."""
+    deadline = _Remaining(wait)
+    got = fetch()
+    for pause in _pauses(deadline):
+        if got.done:
+            break
+        time.sleep(pause)
+        got = fetch()
+    return got
+
+
+async def _poll_async(fetch, wait: float | None):
+    """``_poll`` for a coroutine ``fetch``."""
+    import asyncio
+
+    deadline = _Remaining(wait)
+    got = await fetch()
+    for pause in _pauses(deadline):
+        if got.done:
+            break
+        await asyncio.sleep(pause)
+        got = await fetch()
+    return got
+
+
 class Client:
     """A synchronous vterm client (httpx). Use as a context manager or call ``close()``.
 
@@ -227,15 +262,7 @@ class Client:
     def wait_command(self, session: str | Session, command: str | CommandResult, *,
                      wait: float | None = None) -> CommandResult:
         """Poll a command until it has ended, or ``wait`` seconds have passed."""
-        deadline = _Remaining(wait)
-        pause = POLL_MIN
-        while True:
-            cmd = self.get_command(session, command)
-            if cmd.done or deadline.over():
-                return cmd
-            left = deadline.left()
-            time.sleep(pause if left is None else min(pause, left))
-            pause = min(POLL_MAX, pause * 1.5)
+        return _poll(lambda: self.get_command(session, command), wait)
 
     def get_command(self, session: str | Session, command: str | CommandResult) -> CommandResult:
         return CommandResult.from_json(self._request("GET", f"{API}/sessions/{_sid(session)}/commands/{_cid(command)}/"))
@@ -299,15 +326,7 @@ class Client:
 
     def wait_job(self, session: str | Session, job: str | Job, *, wait: float | None = None) -> Job:
         """Poll a job until it has ended, or ``wait`` seconds have passed."""
-        deadline = _Remaining(wait)
-        pause = POLL_MIN
-        while True:
-            got = self.get_job(session, job)
-            if got.done or deadline.over():
-                return got
-            left = deadline.left()
-            time.sleep(pause if left is None else min(pause, left))
-            pause = min(POLL_MAX, pause * 1.5)
+        return _poll(lambda: self.get_job(session, job), wait)
 
     # -- the terminal -----------------------------------------------------------
 
@@ -441,17 +460,7 @@ class AsyncClient:
 
     async def wait_command(self, session: str | Session, command: str | CommandResult, *,
                            wait: float | None = None) -> CommandResult:
-        import asyncio
-
-        deadline = _Remaining(wait)
-        pause = POLL_MIN
-        while True:
-            cmd = await self.get_command(session, command)
-            if cmd.done or deadline.over():
-                return cmd
-            left = deadline.left()
-            await asyncio.sleep(pause if left is None else min(pause, left))
-            pause = min(POLL_MAX, pause * 1.5)
+        return await _poll_async(lambda: self.get_command(session, command), wait)
 
     async def get_command(self, session: str | Session, command: str | CommandResult) -> CommandResult:
         return CommandResult.from_json(
@@ -498,17 +507,7 @@ class AsyncClient:
         return Job.from_json(await self._request("POST", f"{API}/sessions/{_sid(session)}/jobs/{_jid(job)}/kill/"))
 
     async def wait_job(self, session: str | Session, job: str | Job, *, wait: float | None = None) -> Job:
-        import asyncio
-
-        deadline = _Remaining(wait)
-        pause = POLL_MIN
-        while True:
-            got = await self.get_job(session, job)
-            if got.done or deadline.over():
-                return got
-            left = deadline.left()
-            await asyncio.sleep(pause if left is None else min(pause, left))
-            pause = min(POLL_MAX, pause * 1.5)
+        return await _poll_async(lambda: self.get_job(session, job), wait)
 
     async def send_input(self, session: str | Session, data: str) -> None:
         await self._request("POST", f"{API}/sessions/{_sid(session)}/input/", json={"data": data})

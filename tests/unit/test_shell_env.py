@@ -11,11 +11,11 @@ import os
 import random
 import shutil
 import subprocess
-import threading
 import time
 
 import pytest
 
+from tests.driver_recorder import DriverRecorder
 from workers.tmux.driver import TmuxDriver
 from workers.tmux.shellenv import END_MARK, EnvParseError, parse_declare_px, user_env
 
@@ -108,40 +108,9 @@ def test_user_env_leaves_out_what_the_shell_and_the_service_own():
 needs_tmux = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
 
 
-class _Recorder:
-    def __init__(self) -> None:
-        self.output: dict[str, bytearray] = {}
-        self.started: list[str] = []
-        self.finished: dict[str, object] = {}
-        self.cond = threading.Condition()
-
-    def shell_output(self, name, data):
-        with self.cond:
-            self.output.setdefault(name, bytearray()).extend(data)
-
-    def command_started(self, name, command_id, started_at):
-        self.started.append(command_id)
-
-    def command_finished(self, name, result):
-        with self.cond:
-            self.finished[result.command_id] = result
-            self.cond.notify_all()
-
-    def shell_exited(self, name, reason):
-        pass
-
-    def server_lost(self):
-        pass
-
-    def wait(self, command_id: str, timeout: float = 10):
-        with self.cond:
-            assert self.cond.wait_for(lambda: command_id in self.finished, timeout), command_id
-            return self.finished[command_id]
-
-
 @pytest.fixture
 def driver(tmp_path):
-    rec = _Recorder()
+    rec = DriverRecorder()
     d = TmuxDriver(str(tmp_path / "s" / "tmux.sock"), rec,
                    shell_env={"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TERM": "xterm-256color",
                               "LANG": "C.UTF-8", "LC_ALL": "C.UTF-8"},

@@ -11,41 +11,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import threading
 
 import pytest
 
+from tests.driver_recorder import DriverRecorder
 from workers.tmux.driver import KEEP_SESSION, TmuxDriver
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
-
-
-class _Recorder:
-    def __init__(self) -> None:
-        self.finished: dict[str, object] = {}
-        self.cond = threading.Condition()
-
-    def shell_output(self, name, data):
-        pass
-
-    def command_started(self, name, command_id, started_at):
-        pass
-
-    def command_finished(self, name, result):
-        with self.cond:
-            self.finished[result.command_id] = result
-            self.cond.notify_all()
-
-    def shell_exited(self, name, reason):
-        pass
-
-    def server_lost(self):
-        pass
-
-    def wait(self, command_id: str, timeout: float = 10):
-        with self.cond:
-            assert self.cond.wait_for(lambda: command_id in self.finished, timeout), command_id
-            return self.finished[command_id]
 
 
 @pytest.fixture
@@ -55,7 +27,7 @@ def make(tmp_path):
     made = []
 
     def _make() -> TmuxDriver:
-        d = TmuxDriver(sock, _Recorder(), shell_env=env, source_user_bashrc=False)
+        d = TmuxDriver(sock, DriverRecorder(), shell_env=env, source_user_bashrc=False)
         d.rec = d.listener
         made.append(d)
         return d
