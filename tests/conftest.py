@@ -15,6 +15,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import httpx
@@ -78,6 +79,26 @@ def make_stack(redis_url: str, tmp: Path, *, backends: int = 2, prefix: str = "t
     st = Stack(cfg)
     stack_logs.watch(st.log_dir)
     return st
+
+
+@contextlib.contextmanager
+def control_stack(redis_url: str, tmp: Path, name: str, **extra_env):
+    """A stack of one backend with the control worker (beat; no local scaler), under a Redis key
+    prefix of its own that is deleted afterwards: for what runs on the control worker."""
+    prefix = f"{name}{uuid.uuid4().hex[:6]}"
+    st = make_stack(redis_url, tmp, backends=1, prefix=prefix, VTERM_REDIS_PREFIX=f"{prefix}:",
+                    VTERM_AUTOSCALE_INTERVAL=3600, **extra_env)
+    st.config.beat = True
+    st.config.scaler = False
+    st.prefix = f"{prefix}:"
+    try:
+        st.start(timeout=120)
+        yield st
+    finally:
+        st.stop()
+        r = client_for_url(redis_url)
+        for key in r.scan_iter(match=f"{prefix}:*"):
+            r.delete(key)
 
 
 _LOG_OFFSETS = pytest.StashKey[dict]()

@@ -6,14 +6,13 @@ from __future__ import annotations
 
 import json
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import redis
 
 from tests import prom
-from tests.conftest import Api, make_stack
+from tests.conftest import Api, control_stack
 
 pytestmark = pytest.mark.integration
 
@@ -51,23 +50,12 @@ def _json(st, code: str) -> dict:
 
 @pytest.fixture(scope="module")
 def rstack(redis_url, tmp_path_factory):
-    prefix = f"rt{uuid.uuid4().hex[:6]}"
-    st = make_stack(redis_url, tmp_path_factory.mktemp("retention-stack"), backends=1, prefix=prefix,
-                    VTERM_REDIS_PREFIX=f"{prefix}:", VTERM_AUTOSCALE_INTERVAL=3600,
-                    VTERM_RETENTION_INTERVAL=1, VTERM_RETENTION_COMMANDS=KEEP, VTERM_RETENTION_BATCH_SIZE=2,
-                    VTERM_RETENTION_BATCH_PAUSE=0, VTERM_RETENTION_SESSIONS_DAYS=30,
-                    VTERM_RETENTION_AUDIT_DAYS=180)
-    st.config.beat = True  # the purge runs from beat, on the control worker
-    st.config.scaler = False
-    st.prefix = f"{prefix}:"
-    try:
-        st.start(timeout=120)
+    # The purge runs from beat, on the control worker.
+    with control_stack(redis_url, tmp_path_factory.mktemp("retention-stack"), "rt",
+                       VTERM_RETENTION_INTERVAL=1, VTERM_RETENTION_COMMANDS=KEEP, VTERM_RETENTION_BATCH_SIZE=2,
+                       VTERM_RETENTION_BATCH_PAUSE=0, VTERM_RETENTION_SESSIONS_DAYS=30,
+                       VTERM_RETENTION_AUDIT_DAYS=180) as st:
         yield st
-    finally:
-        st.stop()
-        r = redis.Redis.from_url(redis_url)
-        for key in r.scan_iter(match=f"{prefix}:*"):
-            r.delete(key)
 
 
 def _wait(what: str, predicate):

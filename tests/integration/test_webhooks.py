@@ -19,10 +19,9 @@ import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
-import redis
 from standardwebhooks import Webhook, WebhookVerificationError
 
-from tests.conftest import Api, admin_browser, make_stack
+from tests.conftest import Api, admin_browser, control_stack
 from tests.ws_viewer import Viewer
 
 pytestmark = pytest.mark.integration
@@ -32,24 +31,13 @@ WAIT = 60  # seconds to wait for a POST: a bound, not a timing assertion
 
 @pytest.fixture(scope="module")
 def hstack(redis_url, tmp_path_factory):
-    prefix = f"wh{uuid.uuid4().hex[:6]}"
-    st = make_stack(redis_url, tmp_path_factory.mktemp("webhook-stack"), backends=1, prefix=prefix,
-                    VTERM_REDIS_PREFIX=f"{prefix}:", VTERM_AUTOSCALE_INTERVAL=3600,
-                    VTERM_WEBHOOK_ALLOWED_HOSTS="127.0.0.1", VTERM_WEBHOOK_RETRY_FIRST=1,
-                    VTERM_WEBHOOK_RETRY_FACTOR=2, VTERM_WEBHOOK_SWEEP_INTERVAL=1,
-                    # The first retry (1 s) with a Celery countdown, the second (2 s) from beat's sweep.
-                    VTERM_WEBHOOK_COUNTDOWN_MAX=1.5)
-    st.config.beat = True  # the control worker: it reads the webhooks queue
-    st.config.scaler = False
-    st.prefix = f"{prefix}:"
-    try:
-        st.start(timeout=120)
+    # The first retry (1 s) with a Celery countdown, the second (2 s) from beat's sweep; the control
+    # worker reads the webhooks queue.
+    with control_stack(redis_url, tmp_path_factory.mktemp("webhook-stack"), "wh",
+                       VTERM_WEBHOOK_ALLOWED_HOSTS="127.0.0.1", VTERM_WEBHOOK_RETRY_FIRST=1,
+                       VTERM_WEBHOOK_RETRY_FACTOR=2, VTERM_WEBHOOK_SWEEP_INTERVAL=1,
+                       VTERM_WEBHOOK_COUNTDOWN_MAX=1.5) as st:
         yield st
-    finally:
-        st.stop()
-        r = redis.Redis.from_url(redis_url)
-        for key in r.scan_iter(match=f"{prefix}:*"):
-            r.delete(key)
 
 
 @pytest.fixture(scope="module")
