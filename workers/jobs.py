@@ -35,6 +35,7 @@ log = logging.getLogger(__name__)
 READ_SIZE = 64 * 1024
 PID_WAIT = 5.0  # seconds the job's shell may take to say its pid (nsenter and setpriv before it)
 DRAIN_AFTER_EXIT = 1.0  # seconds output is still read once the job and its group have ended
+SHELL_END_GRACE = 1.0  # seconds a killed job's shell may take to exit when its PID namespace ends
 # The job's shell says its pid on the given fd first (inside a sandbox, the pid the session sees),
 # enters the cwd as the session's user (not as root, before the drop), then runs the command;
 # ``eval`` keeps it one process.
@@ -228,13 +229,13 @@ class JobRunner:
         self._end_tree(job)
         job.exited.set()
         reader.join()
-        with self._lock:
-            self._jobs.pop(job.id, None)
-        exit_code = 128 - code if code < 0 else code  # killed by a signal: as a shell says it
-        if job.stop is None and code < 0 and job.shell_pid and not _running(job.shell_pid):
+        if job.stop is None and code < 0 and job.shell_pid and _gone_within(job, SHELL_END_GRACE):
             # Its shell's PID namespace ended (the session did) and the kernel killed it, before
             # the backend heard of the shell's end.
             job.stop = ("interrupted", session_end_reason(""))
+        with self._lock:
+            self._jobs.pop(job.id, None)
+        exit_code = 128 - code if code < 0 else code  # killed by a signal: as a shell says it
         if job.stop is not None:
             status, reason = job.stop
         else:
@@ -257,6 +258,18 @@ class JobRunner:
 def session_end_reason(reason: str) -> str:
     """Why a job ended with its session (``reason``: the session's own, if any)."""
     return "the session ended" if reason in ("", "the session ended") else f"the session ended ({reason})"
+
+
+def _gone_within(job: _Job, seconds: float) -> bool:
+    """Whether the job's shell is gone, or the backend ends the job, within ``seconds``. When the
+    kernel empties a PID namespace it signals every process in it at once: the job may be reaped
+    while its shell is still exiting, so its shell is given a moment."""
+    deadline = time.monotonic() + seconds
+    while job.stop is None and _running(job.shell_pid):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return job.stop is None
 
 
 def _running(pid: int) -> bool:
