@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 import time
 
 import pytest
@@ -109,6 +110,21 @@ def test_the_service_and_its_data_are_out_of_sight(alice, session, stack):
     # The system is read-only; the shell's own /tmp is writable.
     r = out(alice, session["id"], "touch /usr/x 2>&1; touch /etc/x 2>&1; touch /tmp/x && echo tmp-ok")
     assert "Read-only file system" in r["output"] and "tmp-ok" in r["output"], r["output"]
+
+
+def test_the_shell_has_its_terminal_by_name_and_no_one_elses(alice, session, bob_session):
+    """`tty` names the pane's terminal; the user can reopen it (a program asking for a password
+    does); the sandbox's /dev/pts shows no other session's terminal."""
+    r = out(alice, session["id"], "tty; echo via-name > \"$(tty)\"; stat -c %u \"$(tty)\"; id -u; ls /dev/pts")
+    lines = r["output"].splitlines()
+    assert lines[0] == "/dev/console", r["output"]
+    assert "via-name" in lines, r["output"]  # written through the name, read back from the pane
+    owner, uid = lines[lines.index("via-name") + 1: lines.index("via-name") + 3]
+    assert owner == uid, r["output"]
+    assert lines[-1] == "ptmx", r["output"]  # its own pty instance: nothing of bob's
+    # A pty of its own still works inside (script, expect, a nested tmux).
+    r = out(alice, session["id"], "script -qc 'tty' /dev/null")
+    assert r["output"].strip().startswith("/dev/pts/"), r["output"]
 
 
 def test_a_user_cannot_reach_another_users_home_or_processes(alice, bob, stack, session):
@@ -304,3 +320,35 @@ def test_staff_set_a_users_limits_in_the_admin(stack):
         assert (r["exit_code"], r["reason"]) == (137, "killed: out of memory (limit 128 MiB)"), r
     finally:
         dave.http.delete(f"/api/v1/sessions/{s['id']}/")
+
+
+def test_favordynmods_is_set_so_that_starts_wait_for_no_grace_period(monkeypatch):
+    """The backend's start sets the kernel's cgroup favordynmods flag (VTERM_SANDBOX_FAVOR_DYNMODS,
+    workers/sandbox/cgroups.py): here it is cleared, set again, and read back from the kernel."""
+    from workers.sandbox.cgroups import _mounts, favor_dynmods
+
+    def clear() -> None:  # the flags are the unified root's: a new cgroup2 mount without it clears it
+        with tempfile.TemporaryDirectory() as scratch:
+            subprocess.run(["mount", "-t", "cgroup2", "none", scratch], check=True)
+            subprocess.run(["umount", scratch], check=True)
+
+    clear()
+    unified = [(p, o) for p, t, o in _mounts() if t == "cgroup2"]
+    if unified:
+        point, opts = unified[0]
+        keep = sorted(o for o in opts if o not in ("rw", "ro"))
+        assert "favordynmods" not in opts
+        assert favor_dynmods() == f"remounted {point} with favordynmods"
+        after = dict((p, o) for p, t, o in _mounts())[point]
+        assert "favordynmods" in after and set(keep) <= after  # its other options kept
+        assert favor_dynmods() == f"already set on {point}"
+    # A host with v1 hierarchies only (the unified one hidden from the function): it mounts one of its own.
+    clear()
+    from workers.sandbox import cgroups
+    v1_only = [m for m in _mounts() if m[1] != "cgroup2"]
+    monkeypatch.setattr(cgroups, "_mounts", lambda: v1_only + [m for m in _mounts() if m[0].startswith("/tmp/")])
+    assert favor_dynmods() == "set through a private cgroup2 mount"
+    monkeypatch.undo()
+    if unified:
+        assert "favordynmods" in dict((p, o) for p, t, o in _mounts())[unified[0][0]]
+    assert not [m for m in _mounts() if "vterm-cgroup2-" in m[0]]  # its own mount is gone

@@ -29,7 +29,7 @@ import shutil
 import threading
 from dataclasses import asdict, dataclass
 
-from .cgroups import CgroupError, Cgroups, Limits, Usage
+from .cgroups import CgroupError, Cgroups, Limits, Usage, favor_dynmods
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ NSENTER = "/usr/bin/nsenter"
 SANDBOX_DIRS = ("/", "/home", "/tmp", "/var", "/var/tmp", "/dev", "/dev/shm", "/proc", "/run")
 RUN_DIR = "/run/vterm"
 INNER_RC = f"{RUN_DIR}/bashrc"
+CONSOLE = "/dev/console"  # the session's terminal inside, as containers name it
 INNER_X = f"{RUN_DIR}/x"  # hand-over files (environment, history), writable by the shell's user
 # Read-only views of the system; a path that is a symlink on the host (merged /usr) stays one.
 SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc", "/opt")
@@ -207,7 +208,7 @@ class Sandbox:
 
     def __init__(self, *, backend_id: str, state_dir: str, rc_host: str, network: str = "host",
                  cgroup_parent: str = "", service_uid: int | None = None,
-                 bwrap: str = "/usr/bin/bwrap") -> None:
+                 bwrap: str = "/usr/bin/bwrap", favor_dynmods: bool = False) -> None:
         if network not in ("host", "none"):
             raise SandboxUnavailable(f"VTERM_SANDBOX_NETWORK must be host or none, not {network!r}")
         self.backend_id = backend_id
@@ -216,6 +217,7 @@ class Sandbox:
         self.network = network
         self.cgroup_parent = cgroup_parent
         self.bwrap = bwrap
+        self.favor_dynmods = favor_dynmods
         self.service_uid = os.getuid() if service_uid is None else service_uid
         self._cgroups: Cgroups | None = None
         self._lock = threading.Lock()
@@ -247,6 +249,12 @@ class Sandbox:
             raise SandboxUnavailable("cannot sandbox shells on this host; missing: " + "; ".join(missing)
                                      + ". Install or grant them, or set VTERM_SANDBOX=off to run shells "
                                      "as the service's own user, without isolation (docs/security.md).")
+        if self.favor_dynmods:
+            try:
+                log.info("sandbox: cgroup favordynmods %s", favor_dynmods())
+            except OSError as exc:  # a start then waits a few ms more: worth saying, not refusing
+                log.warning("sandbox: cgroup favordynmods not set (%s); shell starts may wait ~8 ms more "
+                            "(VTERM_SANDBOX_FAVOR_DYNMODS=off silences this)", exc)
 
     @property
     def cgroups(self) -> Cgroups:
@@ -356,6 +364,9 @@ class Sandbox:
         args += ["--ro-bind", os.path.join(host_dir, "passwd"), "/etc/passwd",
                  "--ro-bind", os.path.join(host_dir, "group"), "/etc/group",
                  "--proc", "/proc", "--dev", "/dev",
+                 # The pane's terminal (bwrap's stdin, from the host's /dev/pts, which the sandbox's own
+                 # /dev/pts does not show) by a name: `tty` and programs that reopen it find it there.
+                 "--dev-bind", "/proc/self/fd/0", CONSOLE,
                  "--perms", "1777", "--tmpfs", "/tmp", "--perms", "1777", "--tmpfs", "/dev/shm",
                  "--dir", "/var", "--perms", "1777", "--tmpfs", "/var/tmp",
                  "--dir", "/home", "--bind", spec.home, home,

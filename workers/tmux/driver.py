@@ -323,6 +323,8 @@ class TmuxDriver:
             args += ["-e", quote(f"{k}={v}")]
         args += [quote(a) for a in argv]
         window_id, pane_id, tty, pid = self._call(" ".join(args))[0].split()
+        if box.sandboxed:
+            _own_terminal(tty, box.spec.uid, box.spec.gid)
         shell = _Shell(name=name, window_id=window_id, pane_id=pane_id, tty=tty, pid=int(pid),
                        parser=MarkParser(nonce), cols=cols, rows=rows, cwd=cwd, epoch=int(epoch), box=box)
         with self._lock:
@@ -909,6 +911,15 @@ def _unlink(path: str) -> None:
         os.unlink(path)
     except FileNotFoundError:
         pass
+
+
+def _own_terminal(tty: str, uid: int, gid: int) -> None:
+    """Give a sandboxed shell's user its terminal, as a login does: tmux made it root's, so the
+    shell could use it through the descriptors it was given but not reopen it by name."""
+    try:
+        os.chown(tty, uid, gid)
+    except OSError as exc:
+        log.warning("could not give %s to uid %s: %s", tty, uid, exc)
 
 
 def _tty_size(tty: str) -> tuple[int, int] | None:
