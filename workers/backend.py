@@ -191,6 +191,7 @@ class BackendRuntime:
         self.jobs.runner.close()
         self._wake.set()
         self.driver.close()
+        self.driver.sandbox.close()
         self._writes.put(None)
         for t in self._threads:
             if t.name == "vterm-writer":

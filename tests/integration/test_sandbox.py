@@ -295,6 +295,9 @@ def test_a_backend_that_cannot_sandbox_refuses_to_start(stack):
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     log = proc.stdout + proc.stderr
     assert "bwrap at /nonexistent/bwrap" in log and "VTERM_SANDBOX=off" in log, log[-3000:]
+    left = [d for c in ("pids", "memory", "cpu") for d in os.listdir(f"/sys/fs/cgroup/{c}")
+            if d.startswith("vterm-nosandbox-1-")]
+    assert not left, left  # the refused backend's group is not left behind
 
 
 def test_staff_set_a_users_limits_in_the_admin(stack):

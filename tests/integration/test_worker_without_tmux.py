@@ -8,6 +8,7 @@ of the backend's tmux socket cannot be made because a file stands in its place.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import threading
 
@@ -67,6 +68,7 @@ def test_a_start_that_keeps_failing_ends_the_worker_with_exit_code_1(redis_url, 
     assert out.count("backend start failed (attempt") == 3, out[-3000:]
     assert "backend could not start; the worker exits" in out
     assert f"backend {bid} up:" not in out
+    assert not [d for d in os.listdir("/sys/fs/cgroup/pids") if d.startswith(f"vterm-{bid}-")]  # nothing left
 
 
 def test_a_lost_tmux_server_that_cannot_be_started_again_ends_the_worker(redis_url, tmp_path):

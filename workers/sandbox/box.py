@@ -170,6 +170,9 @@ class NoSandbox:
     def check(self) -> None:
         pass
 
+    def close(self) -> None:
+        pass
+
     def warm(self) -> None:
         pass
 
@@ -246,6 +249,7 @@ class Sandbox:
         except CgroupError as exc:
             missing.append(f"writable cgroups: {exc}")
         if missing:
+            self.close()
             raise SandboxUnavailable("cannot sandbox shells on this host; missing: " + "; ".join(missing)
                                      + ". Install or grant them, or set VTERM_SANDBOX=off to run shells "
                                      "as the service's own user, without isolation (docs/security.md).")
@@ -255,6 +259,12 @@ class Sandbox:
             except OSError as exc:  # a start then waits a few ms more: worth saying, not refusing
                 log.warning("sandbox: cgroup favordynmods not set (%s); shell starts may wait ~8 ms more "
                             "(VTERM_SANDBOX_FAVOR_DYNMODS=off silences this)", exc)
+
+    def close(self) -> None:
+        """The backend stops: its own cgroup goes when no session's group is left in it (a
+        refused or failed start leaves nothing behind; running shells keep theirs for adoption)."""
+        if self._cgroups is not None:
+            self._cgroups.remove()
 
     @property
     def cgroups(self) -> Cgroups:
