@@ -6,6 +6,7 @@ Host-side checks (what runs, under which uid, in which cgroup) read /proc and th
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import tempfile
@@ -295,8 +296,9 @@ def test_a_backend_that_cannot_sandbox_refuses_to_start(stack):
     assert proc.returncode == 1, proc.stdout[-2000:] + proc.stderr[-2000:]
     log = proc.stdout + proc.stderr
     assert "bwrap at /nonexistent/bwrap" in log and "VTERM_SANDBOX=off" in log, log[-3000:]
-    left = [d for c in ("pids", "memory", "cpu") for d in os.listdir(f"/sys/fs/cgroup/{c}")
-            if d.startswith("vterm-nosandbox-1-")]
+    state_dir = os.path.join(str(stack.config.data_dir), "tmux", "nosandbox-1", "sandbox")
+    group = f"vterm-nosandbox-1-{hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:8]}"
+    left = [c for c in ("pids", "memory", "cpu") if os.path.exists(f"/sys/fs/cgroup/{c}/{group}")]
     assert not left, left  # the refused backend's group is not left behind
 
 

@@ -8,6 +8,7 @@ of the backend's tmux socket cannot be made because a file stands in its place.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import threading
@@ -68,7 +69,9 @@ def test_a_start_that_keeps_failing_ends_the_worker_with_exit_code_1(redis_url, 
     assert out.count("backend start failed (attempt") == 3, out[-3000:]
     assert "backend could not start; the worker exits" in out
     assert f"backend {bid} up:" not in out
-    assert not [d for d in os.listdir("/sys/fs/cgroup/pids") if d.startswith(f"vterm-{bid}-")]  # nothing left
+    state_dir = os.path.join(str(st.config.data_dir), "tmux", bid, "sandbox")
+    group = f"vterm-{bid}-{hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:8]}"
+    assert not os.path.exists(f"/sys/fs/cgroup/pids/{group}")  # its cgroup is not left behind
 
 
 def test_a_lost_tmux_server_that_cannot_be_started_again_ends_the_worker(redis_url, tmp_path):

@@ -244,7 +244,7 @@ class Sandbox:
             missing.append("root: the backend must run as root to give each user's shells a uid of their own "
                            "and namespaces (it is not)")
         try:
-            self._cgroups = Cgroups(self._group, self.cgroup_parent)
+            self._cgroups = Cgroups.find(self._group, self.cgroup_parent)
             self._cgroups.check()
         except CgroupError as exc:
             missing.append(f"writable cgroups: {exc}")
@@ -269,7 +269,7 @@ class Sandbox:
     @property
     def cgroups(self) -> Cgroups:
         if self._cgroups is None:
-            self._cgroups = Cgroups(self._group, self.cgroup_parent)
+            self._cgroups = Cgroups.find(self._group, self.cgroup_parent)
         return self._cgroups
 
     # -- shells ---------------------------------------------------------------------------

@@ -138,11 +138,26 @@ def _mount(args: list[str], umount: bool = False) -> None:
 class Cgroups:
     """The cgroups of one backend's sessions."""
 
-    def __init__(self, backend_id: str, parent: str = "") -> None:
-        """``backend_id``: what names the backend's group, ``vterm-<backend_id>``."""
+    def __init__(self, backend_id: str, version: int, roots: dict[str, str], own_procs: str) -> None:
+        """The groups of ``backend_id``'s sessions: ``vterm-<backend_id>`` under each of ``roots``
+        (v1: a directory per controller of V1_CONTROLLERS; v2: one, under ''). ``own_procs``: the
+        worker's own cgroup.procs (warm). Cgroups.find() finds them on this host."""
         self.backend_id = backend_id
-        mounts = _mounts()
-        own = _own_paths()
+        self.version = version
+        self._base = {c: os.path.join(root, f"vterm-{backend_id}") for c, root in roots.items()}
+        self._own_procs = own_procs
+        self._warming = threading.Lock()
+
+    @classmethod
+    def find(cls, backend_id: str, parent: str = "", *,
+             mounts: list[tuple[str, str, set[str]]] | None = None, own: dict[str, str] | None = None) -> Cgroups:
+        """The backend's groups on this host's cgroups: v1 when pids, memory, cpu and cpuacct each have
+        a hierarchy, else v2 when its hierarchy offers pids, memory and cpu (raises CgroupError).
+        ``parent``: where the groups go, default the worker's own cgroup (v1) or the hierarchy's root
+        (v2). ``mounts``, ``own``: the cgroup mounts and this process' groups, as _mounts() and
+        _own_paths() read them from /proc."""
+        mounts = _mounts() if mounts is None else mounts
+        own = _own_paths() if own is None else own
         v1 = {}
         for point, fstype, opts in mounts:
             if fstype == "cgroup":
@@ -151,22 +166,19 @@ class Cgroups:
                         v1[c] = point
         unified = next((p for p, t, _ in mounts if t == "cgroup2"), None)
         if all(c in v1 for c in V1_CONTROLLERS):
-            self.version = 1
-            self._base = {c: os.path.join(v1[c], (parent or own.get(c, "/")).lstrip("/"),
-                                          f"vterm-{backend_id}") for c in V1_CONTROLLERS}
-            self._own_procs = os.path.join(v1["pids"], own.get("pids", "/").lstrip("/"), "cgroup.procs")
-        elif unified and set(V2_CONTROLLERS) <= set(_read(f"{unified}/cgroup.controllers").split()):
-            self.version = 2
+            return cls(backend_id, 1,
+                       {c: os.path.join(v1[c], (parent or own.get(c, "/")).lstrip("/")) for c in V1_CONTROLLERS},
+                       os.path.join(v1["pids"], own.get("pids", "/").lstrip("/"), "cgroup.procs"))
+        offered = _read(f"{unified}/cgroup.controllers").split() if unified else []
+        missing = [c for c in V2_CONTROLLERS if c not in offered]
+        if unified and not missing:
             # v2 allows controllers only for groups with no processes of their own: the backend's
             # groups hang off the delegated parent (default: the hierarchy's root, writable by root).
-            self._base = {"": os.path.join(unified, parent.lstrip("/"), f"vterm-{backend_id}")}
-            self._own_procs = os.path.join(unified, own.get("", "/").lstrip("/"), "cgroup.procs")
-        else:
-            have = ", ".join(sorted(v1)) or "none"
-            raise CgroupError(f"no usable cgroup controllers for pids, memory and cpu (v1 mounted: {have}; "
-                              f"v2: {'at ' + unified if unified else 'not mounted'} without them)")
-
-        self._warming = threading.Lock()
+            return cls(backend_id, 2, {"": os.path.join(unified, parent.lstrip("/"))},
+                       os.path.join(unified, own.get("", "/").lstrip("/"), "cgroup.procs"))
+        have = ", ".join(sorted(v1)) or "none"
+        v2 = f"at {unified} without {', '.join(missing)}" if unified else "not mounted"
+        raise CgroupError(f"no usable cgroup controllers for pids, memory and cpu (v1 mounted: {have}; v2: {v2})")
 
     @property
     def description(self) -> str:
@@ -235,7 +247,7 @@ class Cgroups:
         for d in dirs:
             os.makedirs(d, exist_ok=True)
         if self.version == 1:
-            g = dict(zip(V1_CONTROLLERS, dirs))
+            g = {c: os.path.join(base, name) for c, base in self._base.items()}
             _write(f"{g['pids']}/pids.max", str(limits.processes))
             _write(f"{g['memory']}/memory.limit_in_bytes", str(limits.memory_bytes))
             if os.path.exists(f"{g['memory']}/memory.memsw.limit_in_bytes"):
@@ -290,7 +302,7 @@ class Cgroups:
         dirs = self.dirs(name)
         try:
             if self.version == 1:
-                g = dict(zip(V1_CONTROLLERS, dirs))
+                g = {c: os.path.join(base, name) for c, base in self._base.items()}
                 stat = _keyed(_read(f"{g['memory']}/memory.stat"))
                 mem = int(_read(f"{g['memory']}/memory.usage_in_bytes")) - stat.get("total_inactive_file", 0)
                 cpu = int(_read(f"{g['cpuacct']}/cpuacct.usage")) / 1e9
