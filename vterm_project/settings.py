@@ -377,9 +377,6 @@ VTERM = {
     "SANDBOX_HOMES": os.environ.get("VTERM_SANDBOX_HOMES", str(DATA_DIR / "homes")),
     # The cgroup under which each backend keeps its sessions' groups; empty: the worker's own.
     "SANDBOX_CGROUP_PARENT": os.environ.get("VTERM_SANDBOX_CGROUP_PARENT", ""),
-    # "on": the backend sets the kernel's cgroup favordynmods flag (machine-wide) so that a shell's
-    # start waits for no RCU grace period (workers/sandbox/cgroups.py favor_dynmods); "off": leave it.
-    "SANDBOX_FAVOR_DYNMODS": os.environ.get("VTERM_SANDBOX_FAVOR_DYNMODS", "on"),
     # Per-session limits: defaults for every user (staff change them per user in the admin; a client
     # may lower them for one session at creation).
     "SANDBOX_PROCESSES": env_int("VTERM_SANDBOX_PROCESSES", 512),

@@ -135,8 +135,7 @@ class BackendRuntime:
                               rc_host=os.path.join(data_dir, "vterm.bashrc"),
                               network=settings.VTERM["SANDBOX_NETWORK"],
                               cgroup_parent=settings.VTERM["SANDBOX_CGROUP_PARENT"],
-                              bwrap=settings.VTERM["SANDBOX_BWRAP"],
-                              favor_dynmods=settings.VTERM["SANDBOX_FAVOR_DYNMODS"] == "on")
+                              bwrap=settings.VTERM["SANDBOX_BWRAP"])
         return TmuxDriver(
             os.path.join(data_dir, "tmux.sock"),
             listener=self,

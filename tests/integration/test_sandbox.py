@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import os
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -325,35 +324,3 @@ def test_staff_set_a_users_limits_in_the_admin(stack):
         assert (r["exit_code"], r["reason"]) == (137, "killed: out of memory (limit 128 MiB)"), r
     finally:
         dave.http.delete(f"/api/v1/sessions/{s['id']}/")
-
-
-def test_favordynmods_is_set_so_that_starts_wait_for_no_grace_period(monkeypatch):
-    """The backend's start sets the kernel's cgroup favordynmods flag (VTERM_SANDBOX_FAVOR_DYNMODS,
-    workers/sandbox/cgroups.py): here it is cleared, set again, and read back from the kernel."""
-    from workers.sandbox.cgroups import _mounts, favor_dynmods
-
-    def clear() -> None:  # the flags are the unified root's: a new cgroup2 mount without it clears it
-        with tempfile.TemporaryDirectory() as scratch:
-            subprocess.run(["mount", "-t", "cgroup2", "none", scratch], check=True)
-            subprocess.run(["umount", scratch], check=True)
-
-    clear()
-    unified = [(p, o) for p, t, o in _mounts() if t == "cgroup2"]
-    if unified:
-        point, opts = unified[0]
-        keep = sorted(o for o in opts if o not in ("rw", "ro"))
-        assert "favordynmods" not in opts
-        assert favor_dynmods() == f"remounted {point} with favordynmods"
-        after = dict((p, o) for p, t, o in _mounts())[point]
-        assert "favordynmods" in after and set(keep) <= after  # its other options kept
-        assert favor_dynmods() == f"already set on {point}"
-    # A host with v1 hierarchies only (the unified one hidden from the function): it mounts one of its own.
-    clear()
-    from workers.sandbox import cgroups
-    v1_only = [m for m in _mounts() if m[1] != "cgroup2"]
-    monkeypatch.setattr(cgroups, "_mounts", lambda: v1_only + [m for m in _mounts() if m[0].startswith("/tmp/")])
-    assert favor_dynmods() == "set through a private cgroup2 mount"
-    monkeypatch.undo()
-    if unified:
-        assert "favordynmods" in dict((p, o) for p, t, o in _mounts())[unified[0][0]]
-    assert not [m for m in _mounts() if "vterm-cgroup2-" in m[0]]  # its own mount is gone

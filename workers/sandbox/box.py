@@ -29,7 +29,7 @@ import shutil
 import threading
 from dataclasses import asdict, dataclass
 
-from .cgroups import CgroupError, Cgroups, Limits, Usage, favor_dynmods
+from .cgroups import CgroupError, Cgroups, Limits, Usage
 
 log = logging.getLogger(__name__)
 
@@ -211,7 +211,7 @@ class Sandbox:
 
     def __init__(self, *, backend_id: str, state_dir: str, rc_host: str, network: str = "host",
                  cgroup_parent: str = "", service_uid: int | None = None,
-                 bwrap: str = "/usr/bin/bwrap", favor_dynmods: bool = False) -> None:
+                 bwrap: str = "/usr/bin/bwrap") -> None:
         if network not in ("host", "none"):
             raise SandboxUnavailable(f"VTERM_SANDBOX_NETWORK must be host or none, not {network!r}")
         self.backend_id = backend_id
@@ -220,7 +220,6 @@ class Sandbox:
         self.network = network
         self.cgroup_parent = cgroup_parent
         self.bwrap = bwrap
-        self.favor_dynmods = favor_dynmods
         self.service_uid = os.getuid() if service_uid is None else service_uid
         self._cgroups: Cgroups | None = None
         self._lock = threading.Lock()
@@ -253,12 +252,6 @@ class Sandbox:
             raise SandboxUnavailable("cannot sandbox shells on this host; missing: " + "; ".join(missing)
                                      + ". Install or grant them, or set VTERM_SANDBOX=off to run shells "
                                      "as the service's own user, without isolation (docs/security.md).")
-        if self.favor_dynmods:
-            try:
-                log.info("sandbox: cgroup favordynmods %s", favor_dynmods())
-            except OSError as exc:  # a start then waits a few ms more: worth saying, not refusing
-                log.warning("sandbox: cgroup favordynmods not set (%s); shell starts may wait ~8 ms more "
-                            "(VTERM_SANDBOX_FAVOR_DYNMODS=off silences this)", exc)
 
     def close(self) -> None:
         """The backend stops: its own cgroup goes when no session's group is left in it (a

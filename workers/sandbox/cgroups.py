@@ -13,8 +13,6 @@ from __future__ import annotations
 import errno
 import os
 import signal
-import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
@@ -82,57 +80,6 @@ def _own_paths() -> dict[str, str]:
         for c in ctrls.split(",") if ctrls else [""]:
             out[c] = path
     return out
-
-
-FEATURES = "/sys/kernel/cgroup/features"
-
-
-def favor_dynmods() -> str:
-    """Ask the kernel to favour moves between cgroups over forks and exits (cgroup v2's
-    ``favordynmods`` flag: kernel 6.1+, machine-wide, kept until a cgroup2 mount without it).
-
-    Each shell's launcher moves itself into its session's groups; without the flag the first move
-    after a pause waits for an RCU grace period (about 8 ms on an idle machine, most of what the
-    sandbox adds to a start), because the lock every move takes switches to its writer mode and back.
-    With it the lock stays in that mode: moves need no wait, and every fork and exit on the machine
-    pays a shared counter instead of a per-CPU one. The flag belongs to the unified hierarchy's root
-    but the lock is shared by all hierarchies, v1 ones too: a v2 mount is remounted with its own
-    options plus this one; with none (v1 only), one is mounted on a private directory and unmounted.
-    What it did, for the log; raises OSError when the kernel or the mount refused."""
-    try:
-        with open(FEATURES) as f:
-            if "favordynmods" not in f.read().split():
-                raise OSError("this kernel has no favordynmods (Linux 6.1 or later)")
-    except FileNotFoundError:
-        raise OSError("this kernel has no favordynmods (no /sys/kernel/cgroup/features)") from None
-    unified = next(((p, o) for p, t, o in _mounts() if t == "cgroup2"), None)
-    if unified is not None:
-        point, opts = unified
-        if "favordynmods" in opts:
-            return f"already set on {point}"
-        keep = sorted(o for o in opts if o not in ("rw", "ro"))
-        _mount(["-o", ",".join(["remount", *keep, "favordynmods"]), point])
-        if "favordynmods" not in dict((p, o) for p, t, o in _mounts())[point]:
-            raise OSError(f"the remount of {point} did not keep favordynmods (a cgroup namespace?)")
-        return f"remounted {point} with favordynmods"
-    scratch = tempfile.mkdtemp(prefix="vterm-cgroup2-")
-    try:
-        _mount(["-t", "cgroup2", "-o", "favordynmods", "none", scratch])
-        try:
-            shown = dict((p, o) for p, t, o in _mounts()).get(scratch, set())
-        finally:
-            _mount(["-l", scratch], umount=True)
-    finally:
-        os.rmdir(scratch)
-    if "favordynmods" not in shown:
-        raise OSError("the kernel did not take favordynmods (a cgroup namespace?)")
-    return "set through a private cgroup2 mount"
-
-
-def _mount(args: list[str], umount: bool = False) -> None:
-    r = subprocess.run(["umount" if umount else "mount", *args], capture_output=True, text=True)
-    if r.returncode:
-        raise OSError(f"{'umount' if umount else 'mount'} {' '.join(args)}: {r.stderr.strip() or r.returncode}")
 
 
 class Cgroups:
