@@ -18,6 +18,7 @@ from collections import OrderedDict
 from typing import ClassVar
 from urllib.parse import parse_qs
 
+import orjson
 from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
 from channels.db import aclose_old_connections
@@ -331,7 +332,9 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     # -- output -----------------------------------------------------------------------
 
     async def _send_output(self, seq: int, data: str) -> None:
-        await self.send_json({"type": "output", "seq": seq, "data": data})
+        # The frame that carries the bytes: orjson writes it ~15x faster than json.dumps (the same JSON
+        # less the blanks between items; the text is valid UTF-8, decoded with "replace").
+        await self.send(text_data=orjson.dumps({"type": "output", "seq": seq, "data": data}).decode())
         self.window.record_sent(seq, len(data))
 
     async def _pump(self) -> None:
