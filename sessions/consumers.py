@@ -18,6 +18,7 @@ from collections import OrderedDict
 from typing import ClassVar
 from urllib.parse import parse_qs
 
+import orjson
 from asgiref.sync import sync_to_async
 from channels.consumer import get_handler_name
 from channels.db import aclose_old_connections
@@ -54,6 +55,7 @@ RESULT_WAIT = 60.0
 FINAL_KEEP = 1000  # command ids whose final frame went out, to drop the later copy of it
 # Client frames handled with no database work (on_input's occasional touch makes its own check).
 NO_DATABASE_FRAMES = frozenset({"input", "ack", "ping"})
+ACK_SEQ_MAX = 2**63 - 1  # seqs are a Redis stream id's first part
 
 
 def _errors_text(detail) -> str:
@@ -315,7 +317,10 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         await self._audit(audit.COMMAND_INTERRUPT)
 
     async def on_ack(self, frame: dict) -> None:
-        seq = self._valid(AckFrameSerializer, frame)["seq"]
+        seq = frame.get("seq")
+        # One per output frame: a plain int in range skips DRF (~45 us); anything else gets its named error.
+        if type(seq) is not int or not 0 <= seq <= ACK_SEQ_MAX:
+            seq = self._valid(AckFrameSerializer, frame)["seq"]
         try:
             self.window.ack(seq)
         except AckBeyondSent as exc:  # acking ahead would unpause a viewer that never reads
@@ -331,7 +336,9 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     # -- output -----------------------------------------------------------------------
 
     async def _send_output(self, seq: int, data: str) -> None:
-        await self.send_json({"type": "output", "seq": seq, "data": data})
+        # The frame that carries the bytes: orjson writes it ~15x faster than json.dumps (the same JSON
+        # less the blanks between items; the text is valid UTF-8, decoded with "replace").
+        await self.send(text_data=orjson.dumps({"type": "output", "seq": seq, "data": data}).decode())
         self.window.record_sent(seq, len(data))
 
     async def _pump(self) -> None:

@@ -262,6 +262,11 @@ VTERM = {
     "STREAM_MAX_CHARS": env_int("VTERM_STREAM_MAX_CHARS", 4 * 1024 * 1024),
     "OUTPUT_FRAME_MAX": env_int("VTERM_OUTPUT_FRAME_MAX", 64 * 1024),
     "OUTPUT_FLUSH_INTERVAL": env_float("VTERM_OUTPUT_FLUSH_INTERVAL", 0.005),
+    # A session whose last send held this many bytes is flooding: it sends whole frames
+    # (OUTPUT_FRAME_MAX), the rest once OUTPUT_FLOOD_WAIT seconds passed since its last send
+    # (workers/output_frames.FloodPacer). 0 s: no flood pacing.
+    "OUTPUT_FLOOD_BYTES": env_int("VTERM_OUTPUT_FLOOD_BYTES", 16 * 1024),
+    "OUTPUT_FLOOD_WAIT": env_float("VTERM_OUTPUT_FLOOD_WAIT", 0.02),
     "SOURCE_USER_BASHRC": env_bool("VTERM_SOURCE_BASHRC", False),
     "SHELL_PATH": os.environ.get("VTERM_SHELL_PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
     "REDIS_PREFIX": os.environ.get("VTERM_REDIS_PREFIX", ""),

@@ -44,7 +44,7 @@ from .env_tracker import EnvTracker
 from .handoff_check import HandoffCheck
 from .inbox import InboxThread
 from .keyed_locks import KeyedLocks
-from .output_frames import StreamBudget, frame_pieces
+from .output_frames import FloodPacer, StreamBudget, frame_pieces
 from .resource_usage import ResourceUsageThread
 from .routing import local_backend_id
 from .runtime_parts import RuntimeParts
@@ -106,6 +106,10 @@ class BackendRuntime:
         self._known: OrderedDict[str, dict] = OrderedDict()  # command id -> what its inbox message said
         self._out_lock = threading.Lock()
         self._out: dict[str, bytearray] = defaultdict(bytearray)
+        self._pacer = FloodPacer(interval=settings.VTERM["OUTPUT_FLUSH_INTERVAL"],
+                                 flood_bytes=settings.VTERM["OUTPUT_FLOOD_BYTES"],
+                                 flood_wait=settings.VTERM["OUTPUT_FLOOD_WAIT"],
+                                 frame_max=settings.VTERM["OUTPUT_FRAME_MAX"])
         self._wake = threading.Event()  # output to send, a command's start to write, or stop
         self._seq: dict[str, int] = {}
         self._stream_budgets = defaultdict(lambda: StreamBudget(settings.VTERM["STREAM_MAX_CHARS"]))
@@ -248,8 +252,11 @@ class BackendRuntime:
 
     def shell_output(self, name: str, data: bytes) -> None:
         with self._out_lock:
-            self._out[name] += data
-        self._wake.set()
+            pending = self._out[name]
+            before = len(pending)
+            pending += data
+        if self._pacer.wakes(before, before + len(data)):  # else the output thread's plan stands
+            self._wake.set()
 
     def command_started(self, name: str, command_id: str, started_at: float) -> None:
         # Written only if the command is still running a moment later (_write_started): most end
@@ -299,6 +306,7 @@ class BackendRuntime:
         # a late flush reads the stream's end again.
         self.forget_output_seq(name)
         self._decoders.pop(name, None)
+        self._pacer.forget(name)
         # Fenced: a stale copy of a session that moved away does not end it.
         self._writes.put(lambda: services.session_shell_exited(session_id=name, reason=reason,
                                                                backend_id=self.backend_id, epoch=epoch))
@@ -405,37 +413,41 @@ class BackendRuntime:
                     close_old_connections()
 
     def _flush_loop(self) -> None:
-        """Send output as it comes: at once when none was sent for OUTPUT_FLUSH_INTERVAL (a keystroke's
-        echo, a prompt), else at most once per interval, all that came meanwhile in one stream entry and
-        one group message per session (more for a flood). Each send is a few Redis round trips: a flood
-        sent piece by piece as tmux hands it over would cost one set per few KB."""
-        interval = settings.VTERM["OUTPUT_FLUSH_INTERVAL"]
+        """Send output as it comes, paced per session (workers/output_frames.FloodPacer): at once after
+        a quiet spell (a keystroke's echo, a prompt), else what came meanwhile once per interval, and in
+        whole frames while a session floods. Each send is a few Redis round trips, a group send and a
+        wake-up of each viewer's consumer whatever its size: a flood sent as tmux hands it over (a few KB
+        at a time) would pay them per few KB."""
         r = sync_client()
         viewers = ViewerSender(r)
-        sent_at = -interval  # when the last send began
+        pacer = self._pacer
         while not self._stop.is_set():
+            self._wake.clear()  # output that comes after this wakes the loop again (shell_output)
             now = time.monotonic()
             if self._starting:
                 self._write_started(now)
-            due = [d for _, _, d in list(self._starting.values())]
-            self._wake.wait(max(0.0, min(due) - now) if due else OUTPUT_POLL)
-            if self._stop.is_set():
-                return
+            wake_at = [d for _, _, d in list(self._starting.values())]
+            batch: dict[str, bytes | bytearray] = {}
             with self._out_lock:
-                if not self._out:
-                    self._wake.clear()  # woken for a start to write, or output already sent
-                    continue
-            # Output is flowing: gather it for the rest of the interval since the last send.
-            rest = sent_at + interval - time.monotonic()
-            if rest > 0 and self._stop.wait(rest):
-                return
-            with self._out_lock:
-                self._wake.clear()  # output that comes after this wakes the loop again
-                batch, self._out = self._out, defaultdict(bytearray)
-            sent_at = time.monotonic()
-            self._send_output(r, viewers, batch)
+                for name, pending in list(self._out.items()):
+                    n, later = pacer.plan(name, len(pending), now)
+                    if not pending:
+                        del self._out[name]
+                    elif n == len(pending):
+                        batch[name] = self._out.pop(name)
+                    else:
+                        if n:
+                            batch[name] = pending[:n]
+                            del pending[:n]  # from the front of a bytearray: no copy of the rest
+                        wake_at.append(later)
+            if batch:
+                for name, data in batch.items():
+                    pacer.sent(name, len(data), now)
+                self._send_output(r, viewers, batch)
+                continue  # more may have come while sending
+            self._wake.wait(max(0.0, min(wake_at) - now) if wake_at else OUTPUT_POLL)
 
-    def _send_output(self, r, viewers: ViewerSender, batch: dict[str, bytearray]) -> None:
+    def _send_output(self, r, viewers: ViewerSender, batch: dict[str, bytes | bytearray]) -> None:
         """One batch of output: to the sessions' streams, then to the viewers of those watched."""
         maxlen = settings.VTERM["STREAM_MAXLEN"]
         frame_max = settings.VTERM["OUTPUT_FRAME_MAX"]
@@ -445,7 +457,7 @@ class BackendRuntime:
             now = f"{time.time():.6f}"
             for name, data in batch.items():
                 # A character split between two batches is decoded whole in the later one.
-                text = self._decoders[name].decode(bytes(data))
+                text = self._decoders[name].decode(data)
                 for piece in frame_pieces(text, frame_max):
                     seq = self._next_seq(r, name)
                     # The stream id is the frame's seq: replay is XRANGE from since+1.

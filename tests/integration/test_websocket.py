@@ -255,6 +255,9 @@ def test_bad_frames_get_errors_and_the_session_carries_on(stack, alice, session)
         json.dumps({"type": "run", "command": "echo x", "timeout": "soon"}): "timeout",
         json.dumps({"type": "ack", "seq": "12"}): "seq",
         json.dumps({"type": "ack", "seq": -1}): "seq",
+        json.dumps({"type": "ack", "seq": True}): "seq",  # not the int fast path: the serializer's error
+        json.dumps({"type": "ack"}): "seq",
+        json.dumps({"type": "ack", "seq": 2**64}): "seq",
         json.dumps({"type": "input", "keys": ["NotAKey"]}): "keys",
     }
     for raw, field in cases.items():

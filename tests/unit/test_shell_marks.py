@@ -35,6 +35,15 @@ def test_marks_split_across_chunks_at_every_byte():
         assert data == b"outmore\x1b[?2004h", cut
 
 
+def test_plain_text_passes_whole_and_a_held_mark_start_still_completes():
+    parser = MarkParser(NONCE)
+    assert parser.feed(b"") == []
+    assert [p.data for p in parser.feed(b"plain\r\ntext")] == [b"plain\r\ntext"]
+    # A chunk without ESC after one that ended in the start of a mark: the mark is whole.
+    data, marks = feed_all(parser, [b"out\x1b]13", b"3;D;0;n0nce;/x", b"\x07", b"tail"])
+    assert marks == [Mark("D", exit_code=0, cwd="/x")] and data == b"outtail"
+
+
 def test_foreign_nonce_is_output_not_a_mark():
     stream = b"\x1b]133;D;0;other;/x\x07\x1b]133;C;evil\x07tail"
     data, marks = feed_all(MarkParser(NONCE), [stream])

@@ -113,6 +113,9 @@ class MarkParser:
         self._pending = b""
 
     def feed(self, data: bytes) -> list[Piece]:
+        if not self._pending and b"\x1b" not in data:
+            # Every mark begins with ESC: plain text (a `cat` of a text file) is one scan, not three.
+            return [Piece(data=data)] if data else []
         buf = self._pending + data
         self._pending = b""
         pieces: list[Piece] = []
@@ -134,7 +137,7 @@ class MarkParser:
             m = _MARK_RE.match(buf, start)
             if m is None:
                 end = buf.find(b"\x07", start)
-                if end < 0 and len(buf) - start < _MAX_MARK and b"\x1b" not in buf[start + 1 :]:
+                if end < 0 and len(buf) - start < _MAX_MARK and buf.find(b"\x1b", start + 1) < 0:
                     if start > pos:
                         pieces.append(Piece(data=buf[pos:start]))
                     self._pending = buf[start:]
