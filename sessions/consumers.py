@@ -35,7 +35,13 @@ from .redis_state import command_done_key, session_group
 from .serializers import SessionSerializer
 from .waits import reply_wait
 from .ws_flow import AckBeyondSent, OutputWindow
-from .ws_serializers import AckFrameSerializer, InputSerializer, ResizeSerializer, RunFrameSerializer
+from .ws_serializers import (
+    AckFrameSerializer,
+    InputSerializer,
+    ResizeSerializer,
+    RunFrameSerializer,
+    plain_input,
+)
 from .ws_watch import ws_unwatch, ws_watch
 
 log = logging.getLogger(__name__)
@@ -264,7 +270,8 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         return ser.validated_data
 
     async def on_input(self, frame: dict) -> None:
-        data = self._valid(InputSerializer, frame)
+        text = plain_input(frame)
+        data = {"data": text} if text is not None else self._valid(InputSerializer, frame)
         # On the loop, no thread: keystrokes wait on no one's database work.
         await services.session_input_ws(self.session, data=data.get("data"), keys=data.get("keys"))
         now = time.monotonic()

@@ -269,6 +269,16 @@ class CommandCreateSerializer(serializers.Serializer):
         return value
 
 
+def input_data_error(value: str) -> str | None:
+    """What is wrong with the `data` of an input (its length in bytes, a NUL), or None."""
+    limit = settings.VTERM["INPUT_MAX_BYTES"]
+    if len(value.encode("utf-8", "surrogatepass")) > limit:
+        return f"Longer than {limit} bytes."
+    if "\x00" in value:
+        return "May not contain NUL bytes."
+    return None
+
+
 class InputSerializer(serializers.Serializer):
     data = StrictCharField(required=False, trim_whitespace=False, allow_blank=True)
     keys = serializers.ListField(child=StrictCharField(max_length=32), required=False, max_length=256)
@@ -285,11 +295,9 @@ class InputSerializer(serializers.Serializer):
     }
 
     def validate_data(self, value: str) -> str:
-        limit = settings.VTERM["INPUT_MAX_BYTES"]
-        if len(value.encode("utf-8", "surrogatepass")) > limit:
-            raise serializers.ValidationError(f"Longer than {limit} bytes.")
-        if "\x00" in value:
-            raise serializers.ValidationError("May not contain NUL bytes.")
+        error = input_data_error(value)
+        if error:
+            raise serializers.ValidationError(error)
         return value
 
     def validate_keys(self, value: list[str]) -> list[str]:

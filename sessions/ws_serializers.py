@@ -4,9 +4,15 @@ from __future__ import annotations
 
 from rest_framework import serializers
 
-from .serializers import CommandCreateSerializer, InputSerializer, ResizeSerializer, StrictCharField
+from .serializers import (
+    CommandCreateSerializer,
+    InputSerializer,
+    ResizeSerializer,
+    StrictCharField,
+    input_data_error,
+)
 
-__all__ = ["AckFrameSerializer", "InputSerializer", "ResizeSerializer", "RunFrameSerializer"]
+__all__ = ["AckFrameSerializer", "InputSerializer", "ResizeSerializer", "RunFrameSerializer", "plain_input"]
 
 
 class StrictIntegerField(serializers.IntegerField):
@@ -27,3 +33,17 @@ class RunFrameSerializer(CommandCreateSerializer):
 
 class AckFrameSerializer(serializers.Serializer):
     seq = StrictIntegerField(min_value=0)
+
+
+def plain_input(frame: dict) -> str | None:
+    """The `data` of an input frame that InputSerializer would take as it is (text with no `keys`), else
+    None: keystrokes, the most frequent frame, skip DRF (95 -> 1 us each here); any other frame goes through the
+    serializer and gets its named error."""
+    data = frame.get("data")
+    if type(data) is not str or "keys" in frame:
+        return None
+    try:
+        data.encode("utf-8")  # a lone surrogate: the serializer's error
+    except UnicodeEncodeError:
+        return None
+    return None if input_data_error(data) else data
