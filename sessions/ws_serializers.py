@@ -37,8 +37,8 @@ class AckFrameSerializer(serializers.Serializer):
 
 def plain_input(frame: dict) -> str | None:
     """The `data` of an input frame that InputSerializer would take as it is (text with no `keys`), else
-    None: keystrokes, the most frequent frame, skip DRF (95 -> 1 us each here); any other frame goes through the
-    serializer and gets its named error."""
+    None: keystrokes, the most frequent frame, skip DRF (95 -> 1 us each here); any other frame goes
+    through the serializer and gets its named error."""
     data = frame.get("data")
     if type(data) is not str or "keys" in frame:
         return None

@@ -34,7 +34,8 @@ FRAMES = [
 @pytest.mark.parametrize("frame", FRAMES, ids=range(len(FRAMES)))
 def test_the_fast_path_agrees_with_the_serializer(frame):
     ser = InputSerializer(data={k: v for k, v in frame.items() if k != "type"})
-    taken_as_is = ser.is_valid() and set(ser.validated_data) == {"data"} and ser.validated_data["data"] == frame["data"]
+    taken_as_is = (ser.is_valid() and set(ser.validated_data) == {"data"}
+                   and ser.validated_data["data"] == frame["data"])
     fast = plain_input(frame)
     if taken_as_is:
         assert fast == frame["data"]
