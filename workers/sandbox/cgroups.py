@@ -60,6 +60,21 @@ def _keyed(text: str) -> dict[str, int]:
     return out
 
 
+# A group removed meanwhile (a job's own end and its session's can race): ENOENT before the open,
+# ENODEV when it went while open.
+GONE = (errno.ENOENT, errno.ENODEV)
+
+
+def _procs(group: str) -> list[int]:
+    """The processes in one group, none if it is gone."""
+    try:
+        return [int(p) for p in _read(os.path.join(group, "cgroup.procs")).split()]
+    except OSError as exc:
+        if exc.errno in GONE:
+            return []
+        raise
+
+
 def _mounts() -> list[tuple[str, str, set[str]]]:
     """(mount point, fs type, its super block's options) of every cgroup file system this process sees."""
     out = []
@@ -217,10 +232,7 @@ class Cgroups:
         """Every process of the session's group, its jobs' groups included."""
         out = []
         for d in _tree(self.dirs(name)[0]):
-            try:
-                out += [int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()]
-            except FileNotFoundError:
-                pass
+            out += _procs(d)
         return out
 
     # -- a job's group: a child of its session's, so that the session's limits hold it and a kill
@@ -264,8 +276,12 @@ class Cgroups:
                 procs = int(_read(f"{d}/pids.current"))
                 ooms = _keyed(_read(f"{d}/memory.events")).get("oom_kill", 0)
                 hits = _keyed(_read(f"{d}/pids.events")).get("max", 0)
-        except (FileNotFoundError, ValueError):
+        except ValueError:
             return None
+        except OSError as exc:
+            if exc.errno in GONE:
+                return None
+            raise
         return Usage(memory_bytes=max(0, mem), cpu_seconds=cpu, processes=procs, oom_kills=ooms,
                      process_limit_hits=hits)
 
@@ -296,10 +312,7 @@ def _kill_and_remove(dirs: list[str], version: int, timeout: float) -> bool:
     while True:
         pids = []
         for d in _tree(dirs[0]):
-            try:
-                pids += [int(p) for p in _read(os.path.join(d, "cgroup.procs")).split()]
-            except FileNotFoundError:
-                pass
+            pids += _procs(d)
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
