@@ -14,6 +14,7 @@ import time
 import pytest
 
 from tests.driver_recorder import DriverRecorder
+from workers.tmux.control import ControlClosed
 from workers.tmux.driver import ShellError
 from workers.tmux.pool import (
     TmuxPool,
@@ -205,7 +206,7 @@ def test_a_server_killed_hard_is_started_again_alone(make, tmp_path):
     os.kill(victim.server_pid(), signal.SIGKILL)
     assert p.listener.lost.wait(10)
     _wait_for(lambda: not p.alive)  # told at tmux's %exit, closed at the end of its output
-    with pytest.raises(Exception):  # its shells cannot be reached until it is started again
+    with pytest.raises(ControlClosed):  # its shells cannot be reached until it is started again
         p.send_text("s2", "x")
     lost = p.restart_lost()
     assert sorted(lost) == ["s2", "s3"]

@@ -195,24 +195,25 @@ class TmuxPool:
 
     def restart_lost(self) -> list[str]:
         """Start again, each on its own socket, the servers whose connection was lost; the others
-        and their shells are left alone. Returns the names of the shells the lost servers held."""
+        and their shells are left alone. Returns the names of the shells the lost servers held.
+        Raises if one cannot be started (it stays lost: a later call tries it again)."""
         lost_names: list[str] = []
         with self._lock:
-            for driver in list(self._drivers):
-                if driver.alive:
-                    continue
+            for driver in [d for d in self._drivers if not d.alive]:
                 lost = [n for n, d in self._where.items() if d is driver]
-                for n in lost:
-                    del self._where[n]
-                lost_names += lost
+                log.error("tmux server %s lost (%d shell(s)); starting it again",
+                          os.path.basename(driver.socket_path), len(lost))
                 try:
                     driver.close()
                 except Exception:
                     log.warning("closing the lost tmux connection failed", exc_info=True)
-                self._drivers.remove(driver)
-                log.error("tmux server %s lost (%d shell(s)); starting it again",
-                          os.path.basename(driver.socket_path), len(lost))
                 self._start_server(driver.socket_path)
+                self._drivers.remove(driver)
+                # Those a server that lived on still had were adopted again by the new driver.
+                lost = [n for n in lost if self._where.get(n) is driver]
+                for n in lost:
+                    del self._where[n]
+                lost_names += lost
             keep = set(self._where)
         release_others(self.sandbox, keep)
         return lost_names
