@@ -504,7 +504,7 @@ class BackendRuntime:
     def _publish_stats(self, sampler: StatsSampler) -> None:
         """Memory and CPU of this backend for the pool (sessions/pool.py), kept as long as a heartbeat."""
         try:
-            stats = sampler.sample(list(self.driver.shell_pids().values()))
+            stats = sampler.sample(self.driver.server_pids())
             key = backend_stats_key(self.backend_id)
             pipe = sync_client().pipeline(transaction=False)
             pipe.hset(key, mapping=stats)

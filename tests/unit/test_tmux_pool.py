@@ -202,8 +202,8 @@ def test_a_server_killed_hard_is_started_again_alone(make, tmp_path):
     for i in range(4):
         _new(p, f"s{i}", tmp_path)
     victim = next(d for d in p.drivers if os.path.basename(d.socket_path) == "tmux-1.sock")
-    other_pid = next(d for d in p.drivers if d is not victim).server_pid()
-    os.kill(victim.server_pid(), signal.SIGKILL)
+    other_pid = next(d for d in p.drivers if d is not victim).server_pid
+    os.kill(victim.server_pid, signal.SIGKILL)
     assert p.listener.lost.wait(10)
     _wait_for(lambda: not p.alive)  # told at tmux's %exit, closed at the end of its output
     with pytest.raises(ControlClosed):  # its shells cannot be reached until it is started again
@@ -212,7 +212,7 @@ def test_a_server_killed_hard_is_started_again_alone(make, tmp_path):
     assert sorted(lost) == ["s2", "s3"]
     assert p.alive
     # The other server and its shells were not touched.
-    assert next(d for d in p.drivers if d.socket_path.endswith("tmux-0.sock")).server_pid() == other_pid
+    assert next(d for d in p.drivers if d.socket_path.endswith("tmux-0.sock")).server_pid == other_pid
     assert sorted(p.shell_names()) == ["s0", "s1"]
     assert _run(p, "s0", "c0", "echo still").status == "succeeded"
     # The restarted server (same socket, new process) takes new shells.
@@ -228,7 +228,7 @@ def test_a_dead_socket_left_behind_is_not_adopted(make, tmp_path):
     p.start()
     for i in range(3):
         _new(p, f"s{i}", tmp_path)
-    pid = next(d for d in p.drivers if d.socket_path.endswith("tmux-1.sock")).server_pid()
+    pid = next(d for d in p.drivers if d.socket_path.endswith("tmux-1.sock")).server_pid
     p.close()
     os.kill(pid, signal.SIGKILL)  # with the worker down: its socket file stays
     _wait_for(lambda: not os.path.exists(f"/proc/{pid}"))

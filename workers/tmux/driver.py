@@ -210,6 +210,7 @@ class TmuxDriver:
         self._stop = threading.Event()
         self._attached = threading.Event()
         self._ticker: threading.Thread | None = None
+        self.server_pid: int | None = None  # the tmux server's, once attached
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -239,6 +240,9 @@ class TmuxDriver:
         # refresh-client then fails with "no current client".
         if not self._attached.wait(10):
             raise ControlClosed("tmux did not attach the control client")
+        # For its CPU and memory (a server lost is a new driver: it does not change under this one).
+        pid = self._call("display-message -p '#{pid}'")
+        self.server_pid = int(pid[0]) if pid and pid[0].isdigit() else None
         adopted = self._adopt()
         if alone:
             release_others(self.sandbox, set(self._shells))
@@ -258,14 +262,6 @@ class TmuxDriver:
     @property
     def alive(self) -> bool:
         return self._control is not None and not self._control.closed.is_set()
-
-    def server_pid(self) -> int | None:
-        """The tmux server's pid (for the CPU it spends), None when it does not answer."""
-        try:
-            out = self._call("display-message -p '#{pid}'")
-        except (ControlClosed, TmuxCommandError, TimeoutError):
-            return None
-        return int(out[0]) if out and out[0].isdigit() else None
 
     def shell_names(self) -> list[str]:
         with self._lock:

@@ -230,7 +230,8 @@ class TmuxPool:
         return pids
 
     def server_pids(self) -> list[int]:
-        return [p for p in (d.server_pid() for d in list(self._drivers)) if p]
+        """The pid of each tmux server (for the backend's CPU and memory figures)."""
+        return [d.server_pid for d in list(self._drivers) if d.server_pid]
 
     def shell_counts(self) -> list[int]:
         """Shells per server, in the order of ``drivers`` (those being created included)."""
