@@ -184,7 +184,7 @@ class BackendRuntime:
             t.start()
             self._threads.append(t)
         log.info("backend %s up: tmux %s, %d shell(s) adopted, sandbox: %s", self.backend_id,
-                 self.driver.socket_path, len(adopted), self.driver.sandbox.mode)
+                 self.driver.summary, len(adopted), self.driver.sandbox.mode)
 
     def stop(self) -> None:
         self.stopping = True

@@ -181,8 +181,8 @@ class TmuxPool:
         return all(d.alive for d in list(self._drivers))
 
     @property
-    def socket_path(self) -> str:
-        """What the backend's log names: the directory of its servers, and how many."""
+    def summary(self) -> str:
+        """For the backend's log: the directory of its servers, and how many."""
         return f"{self.dir} ({len(self._drivers)} server(s), at most {self.per_server or 'any'} shells each)"
 
     @property
