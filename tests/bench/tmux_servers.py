@@ -69,7 +69,7 @@ def measure(shells: int, per_server: int, commands: int, idle: float) -> dict:
         for i in range(shells):
             pool.create_shell(f"s{i}", cwd=tmp, env={}, cols=120, rows=40)
         create_s = time.monotonic() - t0
-        create_tmux, create_own = meter.take()
+        create_tmux, _ = meter.take()
         time.sleep(1)  # the last shells' start settles
         meter.start()
         time.sleep(idle)
