@@ -238,3 +238,24 @@ def test_a_dead_socket_left_behind_is_not_adopted(make, tmp_path):
     assert sorted(i.name for i in again.start()) == ["s0", "s1"]
     assert _servers(again) == {"tmux-0.sock": ["s0", "s1"]}
     assert not os.path.exists(tmp_path / "t" / "tmux-1.sock")
+
+
+@needs_tmux
+def test_shells_started_at_once_fill_servers_evenly(make, tmp_path):
+    p = make(per_server=2)
+    p.start()
+    errors = []
+
+    def new(i: int) -> None:
+        try:
+            _new(p, f"s{i}", tmp_path)
+        except Exception as exc:  # noqa: BLE001 (reported below)
+            errors.append(exc)
+
+    threads = [threading.Thread(target=new, args=(i,)) for i in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert errors == []
+    assert sorted(len(v) for v in _servers(p).values()) == [2, 2, 2]

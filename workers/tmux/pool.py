@@ -123,7 +123,11 @@ class TmuxPool:
         self._driver_args = {"shell_env": shell_env, "output_limit": output_limit,
                              "source_user_bashrc": source_user_bashrc}
         self.sandbox = sandbox or NoSandbox(tmux_dir, os.path.join(tmux_dir, "vterm.bashrc"))
+        # _lock guards _drivers and _where, and is never held while tmux is waited for: a driver's
+        # reader thread takes it (a shell's exit) while its driver starts. _grow: one server started
+        # at a time.
         self._lock = threading.Lock()
+        self._grow = threading.Lock()
         self._drivers: list[TmuxDriver] = []
         # shell name -> the driver of its server, from placement on (before its shell exists).
         self._where: dict[str, TmuxDriver] = {}
@@ -149,8 +153,9 @@ class TmuxPool:
         self._ticker.start()
         return adopted
 
-    def _start_server(self, sock: str) -> list[ShellInfo]:
-        """Start (or attach to) the server on ``sock`` and adopt its shells. Under self._lock or at start."""
+    def _start_server(self, sock: str, replaces: TmuxDriver | None = None) -> list[ShellInfo]:
+        """Start (or attach to) the server on ``sock`` and adopt its shells (in place of ``replaces``,
+        a lost one). Under self._grow or at start."""
         relay = _ServerListener(self, self.listener)
         driver = TmuxDriver(sock, relay, sandbox=self.sandbox, **self._driver_args)
         relay.driver = driver
@@ -159,9 +164,12 @@ class TmuxPool:
         except BaseException:
             driver.close()
             raise
-        self._drivers.append(driver)
-        for info in adopted:
-            self._where[info.name] = driver
+        with self._lock:
+            if replaces is not None:
+                self._drivers.remove(replaces)
+            self._drivers.append(driver)
+            for info in adopted:
+                self._where[info.name] = driver
         log.info("tmux server %s: %d shell(s) adopted", os.path.basename(sock), len(adopted))
         return adopted
 
@@ -198,24 +206,26 @@ class TmuxPool:
         and their shells are left alone. Returns the names of the shells the lost servers held.
         Raises if one cannot be started (it stays lost: a later call tries it again)."""
         lost_names: list[str] = []
-        with self._lock:
-            for driver in [d for d in self._drivers if not d.alive]:
-                lost = [n for n, d in self._where.items() if d is driver]
+        with self._grow:
+            for driver in [d for d in self.drivers if not d.alive]:
+                with self._lock:
+                    count = sum(d is driver for d in self._where.values())
                 log.error("tmux server %s lost (%d shell(s)); starting it again",
-                          os.path.basename(driver.socket_path), len(lost))
+                          os.path.basename(driver.socket_path), count)
                 try:
                     driver.close()
                 except Exception:
                     log.warning("closing the lost tmux connection failed", exc_info=True)
-                self._start_server(driver.socket_path)
-                self._drivers.remove(driver)
-                # Those a server that lived on still had were adopted again by the new driver.
-                lost = [n for n in lost if self._where.get(n) is driver]
-                for n in lost:
-                    del self._where[n]
+                self._start_server(driver.socket_path, replaces=driver)
+                with self._lock:
+                    # Those a server that lived on still had were adopted again by the new driver.
+                    lost = [n for n, d in self._where.items() if d is driver]
+                    for n in lost:
+                        del self._where[n]
                 lost_names += lost
-            keep = set(self._where)
-        release_others(self.sandbox, keep)
+            with self._lock:
+                keep = set(self._where)
+            release_others(self.sandbox, keep)
         return lost_names
 
     # -- placement and routing ----------------------------------------------------
@@ -247,21 +257,30 @@ class TmuxPool:
 
     def create_shell(self, name: str, **kwargs) -> ShellInfo:
         """TmuxDriver.create_shell, on the least-filled server with room (a new one if all are full)."""
-        with self._lock:
-            if name in self._where:
-                raise ShellError(f"shell {name} exists")
-            i = choose_server(self._counts(), self.per_server)
-            if i is None:
-                taken = [os.path.basename(d.socket_path) for d in self._drivers]
-                self._start_server(os.path.join(self.dir, next_socket_name(taken)))
-                i = len(self._drivers) - 1
-            driver = self._drivers[i]
-            self._where[name] = driver  # counted from now on: concurrent starts spread
+        driver = self._place(name)
         try:
             return driver.create_shell(name, **kwargs)
         except BaseException:
             self._forget(name, driver)
             raise
+
+    def _place(self, name: str) -> TmuxDriver:
+        """The server a new shell goes to, counted as its own from now on (concurrent starts spread)."""
+        while True:
+            with self._lock:
+                if name in self._where:
+                    raise ShellError(f"shell {name} exists")
+                i = choose_server(self._counts(), self.per_server)
+                if i is not None:
+                    driver = self._drivers[i]
+                    self._where[name] = driver
+                    return driver
+            with self._grow:
+                with self._lock:
+                    full = choose_server(self._counts(), self.per_server) is None  # none added meanwhile
+                    taken = [os.path.basename(d.socket_path) for d in self._drivers]
+                if full:
+                    self._start_server(os.path.join(self.dir, next_socket_name(taken)))
 
     def _driver_of(self, name: str) -> TmuxDriver:
         driver = self._where.get(name)
