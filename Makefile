@@ -85,7 +85,7 @@ lint: venv-dev
 
 # Shells outlive the web and worker processes on purpose; this ends them.
 kill-shells:
-	@for s in var/tmux/*/tmux.sock; do [ -S "$$s" ] && tmux -S "$$s" kill-server || true; done
+	@for s in var/tmux/*/tmux*.sock; do [ -S "$$s" ] && tmux -S "$$s" kill-server || true; done
 	@[ ! -x $(PY) ] || $(PY) -m workers.sandbox.cleanup var
 
 clean: kill-shells

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
+from workers.tmux.pool import all_server_sockets
+
 # The stack's pieces, here too for their users (tests, local_scaler, bench).
 from .stack_config import (  # noqa: F401
     BIN,
@@ -118,7 +120,7 @@ class Stack:
 
     def kill_tmux_servers(self) -> None:
         # Every backend's, including those the local scaler added; then what their sandboxes held.
-        for sock in sorted((self.config.data_dir / "tmux").glob("*/tmux.sock")):
+        for sock in all_server_sockets(self.config.data_dir):
             if sock.exists():
                 subprocess.run(["tmux", "-S", str(sock), "kill-server"], check=False, capture_output=True)
         subprocess.run([str(BIN / "python"), "-m", "workers.sandbox.cleanup", str(self.config.data_dir)],

@@ -1,4 +1,4 @@
-"""The backend runtime: one per worker process, owning one tmux server.
+"""The backend runtime: one per worker process, owning its tmux servers (workers/tmux/pool.py).
 
 It wires the framework-free tmux driver to the rest of vterm: results go to the
 database through one writer thread (in order, off the driver's reader thread),
@@ -49,7 +49,8 @@ from .resource_usage import ResourceUsageThread
 from .routing import local_backend_id
 from .runtime_parts import RuntimeParts
 from .sandbox import NoSandbox, Sandbox, SandboxSpec
-from .tmux.driver import CommandResult, TmuxDriver
+from .tmux.driver import CommandResult
+from .tmux.pool import TmuxPool
 from .tmux.shell import clean_output
 
 log = logging.getLogger(__name__)
@@ -125,13 +126,13 @@ class BackendRuntime:
         self.jobs = BackendJobs(self.parts)
 
     @property
-    def driver(self) -> TmuxDriver:
-        """The tmux driver; a new one after a tmux restart (_recover_tmux), hence kept in the parts."""
+    def driver(self) -> TmuxPool:
+        """The backend's tmux servers, behind the driver interface (workers/tmux/pool.py)."""
         return self.parts.driver
 
     # -- lifecycle ------------------------------------------------------------
 
-    def make_driver(self) -> TmuxDriver:
+    def make_driver(self) -> TmuxPool:
         data_dir = os.path.join(str(settings.DATA_DIR), "tmux", self.backend_id)
         sandbox = None
         if settings.VTERM["SANDBOX"] == "on":
@@ -140,9 +141,10 @@ class BackendRuntime:
                               network=settings.VTERM["SANDBOX_NETWORK"],
                               cgroup_parent=settings.VTERM["SANDBOX_CGROUP_PARENT"],
                               bwrap=settings.VTERM["SANDBOX_BWRAP"])
-        return TmuxDriver(
-            os.path.join(data_dir, "tmux.sock"),
+        return TmuxPool(
+            data_dir,
             listener=self,
+            per_server=settings.VTERM["TMUX_WINDOWS_PER_SERVER"],
             shell_env=shell_base_env(),
             output_limit=settings.VTERM["OUTPUT_LIMIT"],
             source_user_bashrc=settings.VTERM["SOURCE_USER_BASHRC"],
@@ -186,7 +188,7 @@ class BackendRuntime:
             t.start()
             self._threads.append(t)
         log.info("backend %s up: tmux %s, %d shell(s) adopted, sandbox: %s", self.backend_id,
-                 self.driver.socket_path, len(adopted), self.driver.sandbox.mode)
+                 self.driver.summary, len(adopted), self.driver.sandbox.mode)
 
     def stop(self) -> None:
         self.stopping = True
@@ -322,23 +324,19 @@ class BackendRuntime:
         threading.Thread(target=self._recover_tmux, name="vterm-recover", daemon=True).start()
 
     def _recover_tmux(self) -> None:
-        """The tmux server died under a live worker: start a new one, move the sessions it held.
+        """A tmux server died under a live worker: start it again, move the sessions it held. The
+        backend's other servers and their sessions are not touched.
 
         Runs on a thread of its own (the driver's reader thread reports the loss).
         """
         with self.recover_lock:
             if self.driver.alive or self.stopping:
                 return
-            log.error("backend %s: tmux server lost; starting a new one", self.backend_id)
-            old = self.driver
-            try:
-                old.close()
-            except Exception:
-                log.warning("closing the lost tmux connection failed", exc_info=True)
+            log.error("backend %s: a tmux server was lost; starting it again", self.backend_id)
+            lost: list[str] = []
             for attempt in range(20):
                 try:
-                    self.parts.driver = self.make_driver()
-                    self.driver.start()
+                    lost += self.driver.restart_lost()
                     break
                 except Exception:
                     log.exception("tmux restart failed (attempt %d)", attempt + 1)
@@ -348,7 +346,8 @@ class BackendRuntime:
                 log.critical("backend %s: no tmux server could be started; the worker exits", self.backend_id)
                 self.exit_worker()
                 return
-            self.ledger.epochs.clear()
+            for name in lost:
+                self.ledger.epochs.pop(name, None)
             close_old_connections()
             failover_runtime.reconcile(self.parts, restarted=False,
                                        gone_reason=f"the tmux server of backend {self.backend_id} died")
@@ -517,7 +516,7 @@ class BackendRuntime:
     def _publish_stats(self, sampler: StatsSampler) -> None:
         """Memory and CPU of this backend for the pool (sessions/pool.py), kept as long as a heartbeat."""
         try:
-            stats = sampler.sample(list(self.driver.shell_pids().values()))
+            stats = sampler.sample(self.driver.server_pids())
             key = backend_stats_key(self.backend_id)
             pipe = sync_client().pipeline(transaction=False)
             pipe.hset(key, mapping=stats)

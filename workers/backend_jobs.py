@@ -31,7 +31,7 @@ class BackendJobs:
     def __init__(self, parts: RuntimeParts) -> None:
         self.parts = parts
         self.runner = JobRunner(self, sandbox=parts.driver.sandbox, output_limit=settings.VTERM["OUTPUT_LIMIT"],
-                                bash=parts.driver._bash)
+                                bash=parts.driver.bash)
         self._recorded: dict[str, threading.Event] = {}
 
     def start(self, job_id: str) -> dict:

@@ -1,6 +1,6 @@
 """A backend's resource figures (memory, CPU, processes), sampled with psutil for its heartbeat.
 
-What a backend costs is its worker process, its tmux server and every shell with its children.
+What a backend costs is its worker process, its tmux servers and every shell with its children.
 Until per-session usage (TerminalSession.resource_usage) exists, the pool reads these per-backend
 figures from a Redis hash written next to the heartbeat.
 """
@@ -51,14 +51,9 @@ class StatsSampler:
         self._procs = seen
         return list(seen.values())
 
-    def sample(self, shell_pids: list[int]) -> dict[str, float]:
-        """Figures for this worker and the tmux server that is the shells' parent."""
-        roots = [os.getpid()]
-        for pid in shell_pids[:1]:
-            try:
-                roots.append(psutil.Process(pid).ppid())  # the tmux server
-            except psutil.Error:
-                pass
+    def sample(self, tmux_pids: list[int]) -> dict[str, float]:
+        """Figures for this worker and its tmux servers, with the shells below them."""
+        roots = [os.getpid(), *tmux_pids]
         rss, cpu, n = 0, 0.0, 0
         for p in self._tree(roots):
             try:

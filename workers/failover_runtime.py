@@ -23,12 +23,12 @@ if TYPE_CHECKING:
     from .command_ledger import CommandLedger
     from .runtime_parts import RuntimeParts
     from .sandbox import SandboxSpec
-    from .tmux.driver import TmuxDriver
+    from .tmux.pool import TmuxPool
 
 log = logging.getLogger(__name__)
 
 
-def _states(driver: TmuxDriver, ledger: CommandLedger, infos: list[ShellInfo] | None = None,
+def _states(driver: TmuxPool, ledger: CommandLedger, infos: list[ShellInfo] | None = None,
             ) -> list[failover.ShellState]:
     if infos is None:
         infos = []
@@ -74,7 +74,7 @@ def reconcile(parts: RuntimeParts, *, restarted: bool, adopted: list[ShellInfo] 
     return plan
 
 
-def stop_shell(driver: TmuxDriver, ledger: CommandLedger, name: str, reason: str) -> None:
+def stop_shell(driver: TmuxPool, ledger: CommandLedger, name: str, reason: str) -> None:
     """End a local copy of a session that lives elsewhere now: its queued commands are not
     ended here (they run where the session went)."""
     try:
@@ -88,7 +88,7 @@ def stop_shell(driver: TmuxDriver, ledger: CommandLedger, name: str, reason: str
     ledger.exited(name)
 
 
-def queue_command(driver: TmuxDriver, ledger: CommandLedger, name: str, cmd: dict, *,
+def queue_command(driver: TmuxPool, ledger: CommandLedger, name: str, cmd: dict, *,
                   from_database: bool = False) -> None:
     """Give a command (services.command_run_spec) to its shell once. ``from_database``: the database
     says it is still queued for a shell rebuilt or adopted here, so it runs even if an earlier copy
@@ -199,7 +199,7 @@ def drain(parts: RuntimeParts, reason: str) -> int:
     return len(sessions)
 
 
-def _busy(driver: TmuxDriver, name: str) -> bool:
+def _busy(driver: TmuxPool, name: str) -> bool:
     try:
         return driver.shell_info(name).busy
     except ShellError:

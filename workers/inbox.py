@@ -44,7 +44,7 @@ from .tmux.driver import ShellError
 
 if TYPE_CHECKING:
     from .runtime_parts import RuntimeParts
-    from .tmux.driver import TmuxDriver
+    from .tmux.pool import TmuxPool
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +59,7 @@ def handle(parts: RuntimeParts, msg: dict) -> None:
         _carry_out(parts, op, session_id, msg)
 
 
-def screen_reply(driver: TmuxDriver, session_id: str, escapes: bool) -> dict:
+def screen_reply(driver: TmuxPool, session_id: str, escapes: bool) -> dict:
     """A session's screen as the web asked for it (services.session_screen)."""
     try:
         s = driver.screen(session_id, escapes=escapes)

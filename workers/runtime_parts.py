@@ -13,14 +13,14 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from .command_ledger import CommandLedger
-from .tmux.driver import TmuxDriver
+from .tmux.pool import TmuxPool
 
 
 @dataclass(eq=False)
 class RuntimeParts:
     backend_id: str
-    # Replaced when the tmux server is started again (BackendRuntime._recover_tmux): read it at each use.
-    driver: TmuxDriver
+    # The backend's tmux servers, behind the driver interface (a lost one is started again inside it).
+    driver: TmuxPool
     ledger: CommandLedger
     # Held while a session's shell is (re)built and while its inbox messages are carried out.
     session_lock: Callable[[str], AbstractContextManager]

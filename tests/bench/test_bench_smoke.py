@@ -44,3 +44,13 @@ def test_bench_refuses_bad_options():
         call_command("vterm_bench", "--url", "http://127.0.0.1:9")
     with pytest.raises(CommandError, match="--sessions"):
         call_command("vterm_bench", "--sessions", "0")
+
+
+def test_tmux_servers_probe_runs(tmp_path):
+    """tests/bench/tmux_servers.py (docs/bench.md, "Several tmux servers per backend"), small."""
+    from tests.bench import tmux_servers
+    out = tmp_path / "rows.json"
+    assert tmux_servers.main(["--shells", "5", "--per-server", "0,2", "--commands", "10", "--idle", "0.2",
+                              "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    assert [(r["shells"], r["per_server"], r["servers"]) for r in rows] == [(5, 0, 1), (5, 2, 3)]

@@ -34,6 +34,7 @@ import yaml
 
 from tests.redis_sentinel import SentinelSet
 from vterm_project.devstack import free_port
+from workers.tmux.pool import server_sockets
 
 pytestmark = pytest.mark.integration
 
@@ -201,6 +202,6 @@ def test_the_charts_web_and_backend_run_a_command_through_sentinel(chart_sentine
     finally:
         backend.stop()
         web.stop()
-        subprocess.run(["tmux", "-S", str(data / "tmux" / "vterm-backend-0" / "tmux.sock"), "kill-server"],
-                       capture_output=True, check=False)
+        for sock in server_sockets(data / "tmux" / "vterm-backend-0"):
+            subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True, check=False)
         shutil.rmtree(data / "tmux", ignore_errors=True)

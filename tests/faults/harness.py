@@ -25,6 +25,7 @@ import httpx
 
 from tests.conftest import Api, make_stack
 from vterm_project.devstack import Stack, free_port, redis_answers
+from workers.tmux.pool import server_sockets
 
 FINAL = {"succeeded", "failed", "timed_out", "interrupted"}
 
@@ -150,17 +151,22 @@ class FaultStack:
     def backend_ids(self) -> list[str]:
         return self.stack.config.backend_ids()
 
-    def tmux_socket(self, backend_id: str) -> Path:
-        return self.stack.config.data_dir / "tmux" / backend_id / "tmux.sock"
+    def tmux_sockets(self, backend_id: str) -> list[Path]:
+        """Every tmux server's socket of a backend (workers/tmux/pool.py)."""
+        return server_sockets(self.stack.config.data_dir / "tmux" / backend_id)
 
     def tmux_windows(self, backend_id: str) -> list[str]:
-        out = subprocess.run(["tmux", "-S", str(self.tmux_socket(backend_id)), "list-windows", "-a", "-F",
-                              "#{window_name}"], capture_output=True, text=True, check=False)
-        return [w.removeprefix("vt-") for w in out.stdout.split() if w.startswith("vt-")]
+        names = []
+        for sock in self.tmux_sockets(backend_id):
+            out = subprocess.run(["tmux", "-S", str(sock), "list-windows", "-a", "-F", "#{window_name}"],
+                                 capture_output=True, text=True, check=False)
+            names += [w.removeprefix("vt-") for w in out.stdout.split() if w.startswith("vt-")]
+        return names
 
     def kill_tmux(self, backend_id: str) -> None:
-        subprocess.run(["tmux", "-S", str(self.tmux_socket(backend_id)), "kill-server"], capture_output=True,
-                       check=False)
+        """Every tmux server of the backend (its shells all live in the first while there are few)."""
+        for sock in self.tmux_sockets(backend_id):
+            subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True, check=False)
 
     def worker_starts(self, backend_id: str) -> int:
         log = self.stack.log_dir / f"{backend_id}.log"

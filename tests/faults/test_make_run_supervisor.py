@@ -31,6 +31,7 @@ from supervisor.xmlrpc import SupervisorTransport
 from tests.conftest import ARTIFACTS, Api
 from vterm_project.devstack import ROOT, free_port
 from workers.sandbox.cleanup import remove_backend_groups
+from workers.tmux.pool import all_server_sockets, server_sockets
 
 from .harness import FINAL, settle_commands, wait_for
 
@@ -89,16 +90,17 @@ class MakeRun:
         body = r.json() if r.status_code in (200, 503) else None
         return body if body and r.status_code == 200 else None
 
-    def tmux_socket(self, backend_id: str) -> Path:
-        return self.data_dir / "tmux" / backend_id / "tmux.sock"
-
     def tmux_server_pid(self, backend_id: str) -> int | None:
-        out = subprocess.run(["tmux", "-S", str(self.tmux_socket(backend_id)), "display-message", "-p", "#{pid}"],
+        """The pid of the backend's first tmux server (it holds every shell of these tests)."""
+        socks = server_sockets(self.data_dir / "tmux" / backend_id)
+        if not socks:
+            return None
+        out = subprocess.run(["tmux", "-S", str(socks[0]), "display-message", "-p", "#{pid}"],
                              capture_output=True, text=True, check=False)
         return int(out.stdout) if out.returncode == 0 and out.stdout.strip().isdigit() else None
 
     def kill_tmux_servers(self) -> None:
-        for sock in self.data_dir.glob("tmux/*/tmux.sock"):
+        for sock in all_server_sockets(self.data_dir):
             subprocess.run(["tmux", "-S", str(sock), "kill-server"], capture_output=True, check=False)
         remove_backend_groups(self.data_dir)  # and what the shells' sandboxes held
 

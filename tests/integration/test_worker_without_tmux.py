@@ -18,6 +18,7 @@ import pytest
 from tests.conftest import Api, make_stack
 from tests.faults.harness import wait_for
 from vterm_project.devstack import ROOT, backend_argv
+from workers.tmux.pool import server_sockets
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +88,8 @@ def test_a_lost_tmux_server_that_cannot_be_started_again_ends_the_worker(redis_u
         tmux_dir = st.config.data_dir / "tmux" / bid
         moved = tmux_dir.rename(tmux_dir.with_name(f"{bid}.moved"))
         _block_tmux_dir(st.config.data_dir, bid)
-        subprocess.run(["tmux", "-S", str(moved / "tmux.sock"), "kill-server"], check=True)
+        for sock in server_sockets(moved):
+            subprocess.run(["tmux", "-S", str(sock), "kill-server"], check=True)
         worker.wait(timeout=90)
     finally:
         st.stop()

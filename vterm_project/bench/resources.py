@@ -13,6 +13,8 @@ from pathlib import Path
 
 import psutil
 
+from workers.tmux.pool import all_server_sockets
+
 
 @dataclass
 class ProcessGroups:
@@ -23,9 +25,9 @@ class ProcessGroups:
 
 
 def tmux_server_pids(data_dir: Path) -> list[int]:
-    """The pid of each backend's tmux server under ``data_dir/tmux/*/tmux.sock``."""
+    """The pid of every tmux server of every backend under ``data_dir/tmux``."""
     pids = []
-    for sock in sorted(Path(data_dir).glob("tmux/*/tmux.sock")):
+    for sock in all_server_sockets(data_dir):
         res = subprocess.run(["tmux", "-S", str(sock), "display-message", "-p", "#{pid}"],
                              check=False, capture_output=True, text=True, timeout=10)
         if res.returncode == 0 and res.stdout.strip().isdigit():

@@ -66,6 +66,8 @@ RESIZE_GRACE = 1.0
 PROMPT_GRACE = 0.25
 # Longest wait for an idle shell to write out its environment (capture_env).
 ENV_CAPTURE_TIMEOUT = 5.0
+# How often the ticker looks at timeouts, prompts and pending resizes.
+TICK = 0.05
 
 
 class ShellError(RuntimeError):
@@ -120,6 +122,14 @@ class Listener(Protocol):
     def command_finished(self, name: str, result: CommandResult) -> None: ...
     def shell_exited(self, name: str, reason: str) -> None: ...
     def server_lost(self) -> None: ...
+
+
+@dataclass
+class EnvAsk:
+    """The shells ask_env typed the hidden command into, for read_env."""
+    names: list[str]
+    timeout: float
+    asked: list = field(default_factory=list)  # (name, _Shell, _Command, path of its file)
 
 
 @dataclass
@@ -190,7 +200,7 @@ class TmuxDriver:
         self._conf_path = os.path.join(self._dir, "tmux.conf")
         # Where shells run: their own sandbox each, or (None) as the service itself.
         self.sandbox = sandbox or NoSandbox(self._dir, self._rc_path)
-        self._bash = shutil.which("bash", path=self.shell_env.get("PATH")) or "/bin/bash"
+        self.bash = shutil.which("bash", path=self.shell_env.get("PATH")) or "/bin/bash"
         self._lock = threading.RLock()
         self._shells: dict[str, _Shell] = {}
         self._by_pane: dict[str, _Shell] = {}
@@ -200,18 +210,19 @@ class TmuxDriver:
         self._stop = threading.Event()
         self._attached = threading.Event()
         self._ticker: threading.Thread | None = None
+        self.server_pid: int | None = None  # the tmux server's, once attached
 
     # -- lifecycle ------------------------------------------------------------
 
-    def start(self) -> list[ShellInfo]:
-        """Start (or find) the tmux server, attach, and adopt the shells it holds."""
-        os.makedirs(self._dir, mode=0o700, exist_ok=True)
-        os.chmod(self._dir, 0o700)  # nobody else may reach the socket
-        _write_if_changed(self._rc_path, BASHRC)
-        _write_if_changed(self._conf_path, TMUX_CONF)
-        # Hand-over files a previous worker left (it died between writing and removing one).
-        for left in glob.glob(os.path.join(self._dir, "x-*")):
-            _unlink(left)
+    def start(self, *, alone: bool = True) -> list[ShellInfo]:
+        """Start (or find) the tmux server, attach, and adopt the shells it holds.
+
+        ``alone``: the only driver of its directory. Drivers of several servers sharing one
+        (workers/tmux/pool.py) leave to their pool what concerns them all: preparing the directory,
+        ending what shells gone meanwhile left in their sandboxes, and the ticker.
+        """
+        if alone:
+            prepare_dir(self._dir)
         if not self._tmux_ok("has-session", "-t", TMUX_SESSION):
             subprocess.run(
                 self._tmux_argv("-f", self._conf_path, "new-session", "-d", "-s", TMUX_SESSION,
@@ -229,13 +240,14 @@ class TmuxDriver:
         # refresh-client then fails with "no current client".
         if not self._attached.wait(10):
             raise ControlClosed("tmux did not attach the control client")
+        # For its CPU and memory (a server lost is a new driver: it does not change under this one).
+        pid = self._call("display-message -p '#{pid}'")
+        self.server_pid = int(pid[0]) if pid and pid[0].isdigit() else None
         adopted = self._adopt()
-        # What a shell gone meanwhile started (daemons, double forks) ends with its sandbox.
-        for name in self.sandbox.names():
-            if name not in self._shells:
-                self.sandbox.release(name)
-        self._ticker = threading.Thread(target=self._tick_loop, name="tmux-ticker", daemon=True)
-        self._ticker.start()
+        if alone:
+            release_others(self.sandbox, set(self._shells))
+            self._ticker = threading.Thread(target=self._tick_loop, name="tmux-ticker", daemon=True)
+            self._ticker.start()
         return adopted
 
     def close(self) -> None:
@@ -315,7 +327,7 @@ class TmuxDriver:
 
     def _create_shell(self, name: str, *, box: Box, cwd: str, full_env: dict[str, str], nonce: str, cols: int,
                       rows: int, timeout: float, epoch: int) -> ShellInfo:
-        bash = "/bin/bash" if box.sandboxed else self._bash
+        bash = "/bin/bash" if box.sandboxed else self.bash
         argv = box.argv([bash, "--noprofile", "--rcfile", box.rc_path, "-i"], cwd)
         args = [f"new-window -d -P -F '#{{window_id}} #{{pane_id}} #{{pane_tty}} #{{pane_pid}}' -t {TMUX_SESSION}:",
                 "-n", quote_format(WINDOW_PREFIX + name), "-c", quote_format("/" if box.sandboxed else cwd)]
@@ -464,10 +476,13 @@ class TmuxDriver:
         that is gone, busy (running or holding commands) or does not answer within ``timeout``
         (all shells are asked at once).
         """
-        out: dict[str, dict[str, str] | None] = {}
-        asked = []
+        asked = self.ask_env(names, timeout)
+        return self.read_env(asked, time.monotonic() + timeout)
+
+    def ask_env(self, names: list[str], timeout: float = ENV_CAPTURE_TIMEOUT) -> EnvAsk:
+        """capture_env's first half: type the hidden command into each idle shell of ``names``."""
+        asked = EnvAsk(names=list(names), timeout=timeout)
         for name in names:
-            out[name] = None
             with self._lock:
                 shell = self._shells.get(name)
                 if shell is None or shell.current is not None or shell.queue:
@@ -478,9 +493,13 @@ class TmuxDriver:
                                timeout=timeout, hidden=True, done=threading.Event())
                 shell.queue.append(cmd)
                 self._start_next(shell)
-            asked.append((name, shell, cmd, path))
-        deadline = time.monotonic() + timeout
-        for name, shell, cmd, path in asked:
+            asked.asked.append((name, shell, cmd, path))
+        return asked
+
+    def read_env(self, asked: EnvAsk, deadline: float) -> dict[str, dict[str, str] | None]:
+        """capture_env's second half: what the shells asked wrote, waited for until ``deadline``."""
+        out: dict[str, dict[str, str] | None] = dict.fromkeys(asked.names)
+        for name, shell, cmd, path in asked.asked:
             cmd.done.wait(max(0.0, deadline - time.monotonic()))
             with self._lock:
                 if cmd in shell.queue:
@@ -494,7 +513,7 @@ class TmuxDriver:
                         log.info("shell %s: not carried (too large or not UTF-8): %s", name, ", ".join(dropped))
                     out[name] = env
                 else:
-                    log.warning("shell %s did not write its environment in %g s", name, timeout)
+                    log.warning("shell %s did not write its environment in %g s", name, asked.timeout)
             except (OSError, EnvParseError) as exc:
                 log.warning("shell %s: could not read its environment: %s", name, exc)
             finally:
@@ -714,33 +733,37 @@ class TmuxDriver:
         self.listener.shell_exited(shell.name, reason)
 
     def _tick_loop(self) -> None:
-        while not self._stop.wait(0.05):
-            now = time.monotonic()
-            stubborn = []
-            with self._lock:
-                for shell in list(self._shells.values()):
-                    if shell.at_prompt is not None and now - shell.at_prompt > PROMPT_GRACE:
-                        # No bracketed-paste switch seen (a user's inputrc?): go on anyway.
-                        shell.at_prompt = None
-                        shell.muted = False
-                        shell.ready.set()
-                        self._start_next(shell)
-                    if shell.resize_until is not None:
-                        self._start_next(shell)
-                    cmd = shell.current
-                    if cmd is None:
-                        continue
-                    if cmd.stop_reason is None and cmd.deadline is not None and now >= cmd.deadline:
-                        self._stop_command(shell, cmd, "timed_out", f"timed out after {cmd.timeout:g} s")
-                    elif (cmd.stop_reason is None and cmd.idle_timeout and cmd.state == "running"
-                          and now - (cmd.last_output or cmd.started_mono) >= cmd.idle_timeout):
-                        self._stop_command(shell, cmd, "timed_out", f"no output for {cmd.idle_timeout:g} s")
-                    elif cmd.escalate_at is not None and now >= cmd.escalate_at:
-                        # Ctrl-C was ignored: end the shell's children, keep the shell.
-                        cmd.escalate_at = now + ESCALATE_AFTER
-                        stubborn.append(shell)
-            for shell in stubborn:
-                self._kill_children(shell)
+        while not self._stop.wait(TICK):
+            self.tick()
+
+    def tick(self) -> None:
+        """Prompts that never said readline reads, pending resizes, timeouts, ignored Ctrl-Cs."""
+        now = time.monotonic()
+        stubborn = []
+        with self._lock:
+            for shell in list(self._shells.values()):
+                if shell.at_prompt is not None and now - shell.at_prompt > PROMPT_GRACE:
+                    # No bracketed-paste switch seen (a user's inputrc?): go on anyway.
+                    shell.at_prompt = None
+                    shell.muted = False
+                    shell.ready.set()
+                    self._start_next(shell)
+                if shell.resize_until is not None:
+                    self._start_next(shell)
+                cmd = shell.current
+                if cmd is None:
+                    continue
+                if cmd.stop_reason is None and cmd.deadline is not None and now >= cmd.deadline:
+                    self._stop_command(shell, cmd, "timed_out", f"timed out after {cmd.timeout:g} s")
+                elif (cmd.stop_reason is None and cmd.idle_timeout and cmd.state == "running"
+                      and now - (cmd.last_output or cmd.started_mono) >= cmd.idle_timeout):
+                    self._stop_command(shell, cmd, "timed_out", f"no output for {cmd.idle_timeout:g} s")
+                elif cmd.escalate_at is not None and now >= cmd.escalate_at:
+                    # Ctrl-C was ignored: end the shell's children, keep the shell.
+                    cmd.escalate_at = now + ESCALATE_AFTER
+                    stubborn.append(shell)
+        for shell in stubborn:
+            self._kill_children(shell)
 
     def _kill_children(self, shell: _Shell) -> None:
         try:
@@ -873,6 +896,24 @@ class TmuxDriver:
     def _server_env(self) -> dict[str, str]:
         # The tmux server's environment becomes every shell's: built, not inherited.
         return dict(self.shell_env)
+
+
+def prepare_dir(path: str) -> None:
+    """The directory of a backend's tmux server(s): private, with the rc and tmux.conf they use,
+    without the hand-over files a previous worker left (it died between writing and removing one)."""
+    os.makedirs(path, mode=0o700, exist_ok=True)
+    os.chmod(path, 0o700)  # nobody else may reach the sockets
+    _write_if_changed(os.path.join(path, "vterm.bashrc"), BASHRC)
+    _write_if_changed(os.path.join(path, "tmux.conf"), TMUX_CONF)
+    for left in glob.glob(os.path.join(path, "x-*")):
+        _unlink(left)
+
+
+def release_others(sandbox: Sandbox | NoSandbox, keep: set[str]) -> None:
+    """What a shell gone meanwhile started (daemons, double forks) ends with its sandbox."""
+    for name in sandbox.names():
+        if name not in keep:
+            sandbox.release(name)
 
 
 def _size(n: int) -> str:
