@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import threading
+
+
+def shell_env(home) -> dict[str, str]:
+    """The environment driver tests give their shells: the test's PATH, a home of the test's own."""
+    return {"PATH": os.environ["PATH"], "HOME": str(home), "TERM": "xterm-256color", "LANG": "C.UTF-8"}
 
 
 class DriverRecorder:

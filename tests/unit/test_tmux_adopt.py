@@ -8,13 +8,12 @@ Against a real tmux and bash.
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 
 import pytest
 
-from tests.driver_recorder import DriverRecorder
+from tests.driver_recorder import DriverRecorder, shell_env
 from workers.tmux.driver import KEEP_SESSION, TmuxDriver
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -23,7 +22,7 @@ pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is no
 @pytest.fixture
 def make(tmp_path):
     sock = str(tmp_path / "s" / "tmux.sock")
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TERM": "xterm-256color", "LANG": "C.UTF-8"}
+    env = shell_env(tmp_path)
     made = []
 
     def _make() -> TmuxDriver:

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from tests.driver_recorder import DriverRecorder
+from tests.driver_recorder import DriverRecorder, shell_env
 from workers.tmux.control import ControlClosed
 from workers.tmux.driver import ShellError
 from workers.tmux.pool import (
@@ -87,7 +87,7 @@ class Recorder(DriverRecorder):
 def make(tmp_path):
     # A short path: a unix socket's path is limited to 107 bytes.
     d = str(tmp_path / "t")
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TERM": "xterm-256color", "LANG": "C.UTF-8"}
+    env = shell_env(tmp_path)
     made = []
 
     def _make(per_server: int = 2) -> TmuxPool:
@@ -180,7 +180,7 @@ def test_a_restarted_worker_adopts_the_shells_of_every_server(make, tmp_path):
 def test_the_old_single_socket_is_adopted_with_its_shells(make, tmp_path):
     from workers.tmux.driver import TmuxDriver
     d = str(tmp_path / "t")
-    env = {"PATH": os.environ["PATH"], "HOME": str(tmp_path), "TERM": "xterm-256color", "LANG": "C.UTF-8"}
+    env = shell_env(tmp_path)
     old = TmuxDriver(os.path.join(d, "tmux.sock"), Recorder(), shell_env=env, source_user_bashrc=False)
     old.start()
     old.create_shell("before", cwd=str(tmp_path), env={}, cols=120, rows=40, epoch=2)
