@@ -372,6 +372,9 @@ def test_a_backend_that_keeps_crashing_is_given_up_and_the_others_run_on(stack):
     assert stack.api.http.get(f"/api/v1/sessions/{moved}/").json()["backend"] == "backend-1"
     _record("backend given up", given_up_s=given_up_s, tries=out.count("backend could not start; the worker exits"))
     tmux_dir.unlink()  # repaired: `supervisorctl start backend-2` would bring it back
+    # Put back, so that the stack's cleanup finds the cgroups of the shells that lived on in it
+    # (their names come from the directory's path).
+    tmux_dir.with_name("backend-2.away").rename(tmux_dir)
     for sid in placed.values():
         stack.api.http.delete(f"/api/v1/sessions/{sid}/")
 

@@ -23,6 +23,13 @@ from workers.tmux.pool import server_sockets
 pytestmark = pytest.mark.integration
 
 
+def _pids_group(st, backend_id: str) -> str:
+    """The backend's own cgroup (pids hierarchy), named as workers/sandbox/box.py names it."""
+    state_dir = os.path.join(str(st.config.data_dir), "tmux", backend_id, "sandbox")
+    digest = hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:8]
+    return f"/sys/fs/cgroup/pids/vterm-{backend_id}-{digest}"
+
+
 def _block_tmux_dir(data_dir, backend_id: str):
     blocker = data_dir / "tmux" / backend_id
     blocker.parent.mkdir(parents=True, exist_ok=True)
@@ -70,14 +77,13 @@ def test_a_start_that_keeps_failing_ends_the_worker_with_exit_code_1(redis_url, 
     assert out.count("backend start failed (attempt") == 3, out[-3000:]
     assert "backend could not start; the worker exits" in out
     assert f"backend {bid} up:" not in out
-    state_dir = os.path.join(str(st.config.data_dir), "tmux", bid, "sandbox")
-    group = f"vterm-{bid}-{hashlib.sha1(os.path.abspath(state_dir).encode()).hexdigest()[:8]}"
-    assert not os.path.exists(f"/sys/fs/cgroup/pids/{group}")  # its cgroup is not left behind
+    assert not os.path.exists(_pids_group(st, bid))  # its cgroup is not left behind
 
 
 def test_a_lost_tmux_server_that_cannot_be_started_again_ends_the_worker(redis_url, tmp_path):
     st = make_stack(redis_url, tmp_path, backends=1, prefix="notmux")
     bid = st.config.backend_ids()[0]
+    moved = None
     try:
         st.start()
         api = Api(st.url, st.token("notmux"))
@@ -92,7 +98,11 @@ def test_a_lost_tmux_server_that_cannot_be_started_again_ends_the_worker(redis_u
             subprocess.run(["tmux", "-S", str(sock), "kill-server"], check=True)
         worker.wait(timeout=90)
     finally:
+        if moved is not None:  # put back, so that the stack's cleanup finds its shells' cgroups
+            tmux_dir.unlink(missing_ok=True)
+            moved.rename(tmux_dir)
         st.stop()
+    assert not os.path.exists(_pids_group(st, bid))  # nor its session's, once the stack is cleaned up
     text = (st.log_dir / f"{bid}.log").read_text(errors="replace")
     assert "tmux restart failed (attempt 20)" in text, text[-3000:]
     assert f"backend {bid}: no tmux server could be started; the worker exits" in text
