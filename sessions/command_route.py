@@ -33,6 +33,7 @@ from django.http import HttpResponse
 from rest_framework.exceptions import AuthenticationFailed
 from rest_framework.renderers import JSONRenderer
 
+from vterm_project import hop_trace
 from vterm_project.body_limit import body_complete, body_receive, body_replay
 from vterm_project.middleware_run import MiddlewareRun
 from vterm_project.sync_threads import sync_threads
@@ -61,6 +62,7 @@ class CommandRoute:
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["method"] != "POST" or not (m := PATH.fullmatch(scope["path"])):
             return await self.app(scope, receive, send)
+        hop_trace.mark("web.recv")
         headers = dict(scope["headers"])
         try:
             # Repeated headers joined as Django joins them, so that DRF would read the same value.
@@ -79,6 +81,7 @@ class CommandRoute:
             submitted = await sync_threads().run(self._submit, scope, body, token, m.group(1), data)
         except _NotServed:
             return await self.app(scope, replay, send)
+        hop_trace.mark("web.submitted")
         request, sub, answer = submitted
         if answer is not None:  # a middleware answered (a Host not in ALLOWED_HOSTS: 400), or an error
             return await _django_sender.send_response(answer, send)
@@ -86,18 +89,21 @@ class CommandRoute:
             try:
                 wait = data.get("wait") or 0
                 result = await services.command_wait(sub.cmd, wait) if wait else services.command_json(sub.cmd)
+                hop_trace.mark("web.reply")
                 response = self._response(sub.status, result)
             except Exception as exc:  # noqa: BLE001 (answered as the view would)
                 response = self._error(exc, request)
             response = self.middleware.response(request, response)
             await services.command_submit_answered(sub)  # the key is free before the answer leaves
             await _django_sender.send_response(response, send)
+            hop_trace.mark("web.sent")
         finally:  # after the answer: the wait is over, whatever became of it
             await services.command_submit_end(sub)
 
     def _submit(self, scope, body: bytes, token: str, session_id: str, data: dict):
         """On a sync thread: (the Django request, what command_submit gave, None), or (request, None,
         the finished answer) when a middleware or an error answered; _NotServed to leave it to Django."""
+        hop_trace.mark("web.thread")
         close_old_connections()  # as Django does at each request: drop a broken or expired connection
         user = token_user(token)
         if user is None:

@@ -28,6 +28,8 @@ from django.http import Http404
 from redis.exceptions import RedisError
 from rest_framework.exceptions import APIException, ValidationError
 
+from vterm_project import hop_trace
+
 from . import audit, metrics, selectors, services
 from .models import Command
 from .ratelimit import ws_claim, ws_release
@@ -219,6 +221,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     # -- client frames ----------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None) -> None:
+        hop_trace.mark("web.frame")
         if self.session is None:
             return
         if text_data is None:
@@ -274,6 +277,7 @@ class TerminalConsumer(AsyncWebsocketConsumer):
         data = {"data": text} if text is not None else self._valid(InputSerializer, frame)
         # On the loop, no thread: keystrokes wait on no one's database work.
         await services.session_input_ws(self.session, data=data.get("data"), keys=data.get("keys"))
+        hop_trace.mark("web.input_pushed")
         now = time.monotonic()
         if now - self._touched_at > TOUCH_EVERY:
             self._touched_at = now
@@ -381,9 +385,11 @@ class TerminalConsumer(AsyncWebsocketConsumer):
     # -- channel-layer messages (from backends and services) ---------------------------
 
     async def output_frame(self, event: dict) -> None:
+        hop_trace.mark("web.output_frame")
         seq, data = event["seq"], event["data"]
         if self.window.saw_live(seq, len(data)):
             await self._send_output(seq, data)
+            hop_trace.mark("web.output_sent")
         elif seq > self.window.sent + 1 and not self.window.paused:
             await self._pump()  # a gap: the channel layer dropped frames (it does, over capacity)
 

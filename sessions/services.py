@@ -24,6 +24,7 @@ from django.utils import timezone
 from rest_framework.exceptions import ValidationError
 from rest_framework.status import HTTP_201_CREATED
 
+from vterm_project import hop_trace
 from workers.jobs import session_end_reason
 from workers.routing import backend_queue
 
@@ -389,6 +390,7 @@ def command_create(user, session_id, *, command: str, timeout: float | None = No
     """
     webhooks.notify_url_check(notify_url)  # a DNS lookup: before the transaction, and before any spend
     wait_id = command_admit(_command_budget_owner(user, session_id), user.pk, wait)  # the owner's budget
+    hop_trace.mark("web.admitted")
     try:
         with writer_turn(), transaction.atomic():
             cmd = _command_record(session_id, command=command, timeout=timeout, idle_timeout=idle_timeout,
@@ -523,11 +525,13 @@ def _session_next_seq(session_id, owner_id: int | None) -> tuple[int, str, str |
 
 def _command_send(cmd: Command, backend_id: str, epoch: int) -> None:
     """Queue a recorded command on its backend; if Redis is down it ends, not lingers."""
+    hop_trace.mark("web.committed")
     try:
         push_to_backend(backend_id, "run", id=str(cmd.pk), session=str(cmd.session_id), epoch=epoch,
                         command=cmd.command, timeout=cmd.timeout, idle_timeout=cmd.idle_timeout, seq=cmd.seq,
                         submitted_at=cmd.submitted_at.isoformat(),
                         **({"notify_url": cmd.notify_url} if cmd.notify_url else {}))  # back in its end's `known`
+        hop_trace.mark("web.pushed")
     except Exception as exc:
         Command.objects.filter(pk=cmd.pk, status=Command.Status.QUEUED).update(
             status=Command.Status.INTERRUPTED, finished_at=timezone.now(),
@@ -586,6 +590,7 @@ def commands_finished(ends: list[dict]) -> list[dict | None]:
     with contextlib.nullcontext() if alone else transaction.atomic():
         stored = [_command_end_store(end["command_id"], *cmd) for end, cmd in zip(ends, cmds)]
         webhooks.commands_ended(stored)
+    hop_trace.mark("worker.stored")
     pipe = sync_client().pipeline(transaction=False)
     replies = []
     for end, cmd in zip(ends, stored):
@@ -600,6 +605,7 @@ def commands_finished(ends: list[dict]) -> list[dict | None]:
     for session_id, _ in done:
         pipe.exists(viewers_key(session_id))  # after the replies: see sessions/broadcast.py
     answers = pipe.execute()
+    hop_trace.mark("worker.replied")
     for (session_id, data), watched in zip(done, answers[len(answers) - len(done):]):
         if watched:
             session_broadcast(session_id, {"type": "command.event", "command": data})

@@ -35,6 +35,7 @@ from sessions import services
 from sessions.broadcast import ViewerSender, install_submitter, session_broadcast
 from sessions.metrics import record_output_bytes
 from sessions.redis_state import backend_stats_key, output_stream_key, sync_client
+from vterm_project import hop_trace
 
 from . import failover_runtime
 from .backend_jobs import BackendJobs
@@ -253,6 +254,7 @@ class BackendRuntime:
     # -- driver listener (driver threads) ---------------------------------------
 
     def shell_output(self, name: str, data: bytes) -> None:
+        hop_trace.mark("worker.output")
         with self._out_lock:
             pending = self._out[name]
             before = len(pending)
@@ -287,6 +289,7 @@ class BackendRuntime:
             self._known.popitem(last=False)
 
     def command_finished(self, name: str, result: CommandResult) -> None:
+        hop_trace.mark("worker.ended")
         self._finished.add(result.command_id)
         self._starting.pop(result.command_id, None)
         known = self._known.pop(result.command_id, None)
@@ -472,10 +475,12 @@ class BackendRuntime:
             for name in batch:
                 viewers.ask(pipe, name)
             replies = pipe.execute()
+            hop_trace.mark("worker.output_stored")
             watching = {name: channels for name, channels in zip(batch, replies[len(replies) - len(batch):])
                         if channels}
             viewers.send([(name, watching[name], {"type": "output.frame", "seq": seq, "data": text})
                           for name, seq, text in frames if name in watching])
+            hop_trace.mark("worker.output_sent")
         except Exception:
             log.exception("output flush failed")
 

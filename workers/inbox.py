@@ -38,6 +38,7 @@ from redis.exceptions import RedisError
 
 from sessions.redis_state import backend_inbox_key, sync_client
 from sessions.replies import post_reply
+from vterm_project import hop_trace
 
 from . import failover_runtime
 from .tmux.driver import ShellError
@@ -74,6 +75,7 @@ def _carry_out(parts: RuntimeParts, op: str, session_id: str, msg: dict) -> None
         if "seq" in msg:
             parts.remember_command(msg)
         failover_runtime.command_run(parts, session_id, msg["epoch"], msg)
+        hop_trace.mark("worker.typed")
         return
     if op == "screen":
         post_reply(msg.get("reply_to"), screen_reply(parts.driver, session_id, bool(msg.get("escapes"))))
@@ -82,6 +84,7 @@ def _carry_out(parts: RuntimeParts, op: str, session_id: str, msg: dict) -> None
         if op == "input":
             if msg.get("data") is not None:
                 parts.driver.send_text(session_id, msg["data"])
+                hop_trace.mark("worker.typed")
             if msg.get("keys"):
                 parts.driver.send_keys(session_id, msg["keys"])
         elif op == "interrupt":
@@ -185,6 +188,7 @@ class InboxThread(threading.Thread):
                 continue
             if not got:
                 continue
+            hop_trace.mark("worker.taken")
             try:
                 self.queues.put(json.loads(got[1]))
             except Exception:
@@ -196,6 +200,7 @@ class InboxThread(threading.Thread):
             if taken is None:
                 continue
             sid, msg = taken
+            hop_trace.mark("worker.served")
             try:
                 handle(self.parts, msg)
             except Exception:

@@ -54,3 +54,26 @@ def test_tmux_servers_probe_runs(tmp_path):
                               "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     assert [(r["shells"], r["per_server"], r["servers"]) for r in rows] == [(5, 0, 1), (5, 2, 3)]
+
+
+def test_hop_profile_marks_every_hop(redis_url):
+    """tests/bench/hop_profile.py (docs/bench.md, "Where the time goes, hop by hop"), small: each hop of
+    the tables is marked by the process that passes it, inside the client's window."""
+    from tests.bench import hop_profile
+    cmd_rows, key_rows = hop_profile.profile(redis_url, calls=8, keys=8, warmup=2)
+    for hops, rows in ((hop_profile.COMMAND_HOPS, cmd_rows), (hop_profile.KEY_HOPS, key_rows)):
+        assert len(rows) == 8
+        for hop, ref, _ in hops:
+            # A mark can fall outside its window only when the client's own wake-up came first.
+            assert sum(hop in r for r in rows) >= 6, (hop, rows)
+            assert all(r["client.send"] <= r[hop] <= r["client.recv"] for r in rows if hop in r)
+        assert "the path, p50s summed" in hop_profile.table("t", hops, rows)
+
+
+def test_hop_times_take_each_hops_first_mark_in_its_window():
+    from tests.bench.hop_profile import hop_times
+    marks = [(5, "web.recv"), (12, "web.recv"), (14, "worker.taken"), (15, "web.recv"), (31, "web.recv")]
+    assert hop_times(marks, [(10, 20), (30, 40)]) == [
+        {"client.send": 10, "client.recv": 20, "web.recv": 12, "worker.taken": 14},
+        {"client.send": 30, "client.recv": 40, "web.recv": 31},
+    ]
