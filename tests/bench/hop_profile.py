@@ -1,11 +1,11 @@
 """Where a command's and a keystroke's time goes, hop by hop, on a stack of its own.
 
-    .venv/bin/python -m tests.bench.hop_profile [--calls 300] [--keys 300] [--redis-url redis://127.0.0.1:6379/13]
+    .venv/bin/python -m tests.bench.hop_profile [--calls 300] [--keys 300] [--sessions 1] [--redis-url redis://127.0.0.1:6379/13]
 
 The stack runs with VTERM_HOP_TRACE (vterm_project/hop_trace.py): each process writes a
 CLOCK_MONOTONIC time at each hop it passes. The client here writes its own at sending and at the
 answer, on the same clock. One command (or keystroke) at a time, so each hop's first mark inside the
-client's window is that command's. Prints each hop's time after the hop it follows (p50, p90), and the
+client's window is that command's. Prints each hop's time after the hop it follows (p50, p90, p99), and the
 client's total. Marks cost a write(2) each (a few µs): the totals are a
 little above the bench's.
 
@@ -20,6 +20,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -88,24 +89,28 @@ def hop_times(marks: list[tuple[int, str]], windows: list[tuple[int, int]]) -> l
 
 def table(title: str, hops: list[tuple[str, str, str]], rows: list[dict[str, int]]) -> str:
     """Each hop's time after the one it is timed from (p50, p90, ms); the path's p50s summed."""
-    out = [title, f"{'hop':<22} {'p50 ms':>8} {'p90 ms':>8}  from {'':<16} what happens", "-" * 110]
+    out = [title, f"{'hop':<22} {'p50 ms':>8} {'p90 ms':>8} {'p99 ms':>8}  from {'':<16} what happens", "-" * 119]
     path_sum = 0.0
     for hop, ref, what in hops:
         deltas = sorted((r[hop] - r[ref]) / 1e6 for r in rows if hop in r and ref in r)
         if not deltas:
-            out.append(f"{hop:<22} {'-':>8} {'-':>8}  {ref:<21} {what} (no mark)")
+            out.append(f"{hop:<22} {'-':>8} {'-':>8} {'-':>8}  {ref:<21} {what} (no mark)")
             continue
         p50 = statistics.median(deltas)
         if not what.startswith("beside"):
             path_sum += p50
         seen = "" if len(deltas) == len(rows) else f" [{len(deltas)}/{len(rows)}]"
-        out.append(f"{hop:<22} {p50:8.3f} {deltas[int(0.9 * (len(deltas) - 1))]:8.3f}  {ref:<21} {what}{seen}")
+        out.append(f"{hop:<22} {p50:8.3f} {_pct(deltas, 0.9):8.3f} {_pct(deltas, 0.99):8.3f}  {ref:<21} {what}{seen}")
     total = sorted((r["client.recv"] - r["client.send"]) / 1e6 for r in rows)
-    out.append("-" * 110)
+    out.append("-" * 119)
     out.append(f"{'the path, p50s summed':<22} {path_sum:8.3f}")
-    out.append(f"{'client total':<22} {statistics.median(total):8.3f} {total[int(0.9 * (len(total) - 1))]:8.3f}"
+    out.append(f"{'client total':<22} {statistics.median(total):8.3f} {_pct(total, 0.9):8.3f} {_pct(total, 0.99):8.3f}"
                f"  ({len(rows)} samples)")
     return "\n".join(out)
+
+
+def _pct(ordered: list[float], q: float) -> float:
+    return ordered[int(q * (len(ordered) - 1))]
 
 
 def commands(url: str, token: str, sid: str, n: int, warmup: int) -> list[tuple[int, int]]:
@@ -141,16 +146,25 @@ def keystrokes(url: str, token: str, sid: str, n: int) -> list[tuple[int, int]]:
         term.close()
 
 
-def profile(redis_url: str, calls: int, keys: int, warmup: int = 30, **env) -> tuple[list[dict], list[dict]]:
-    """A stack of its own with the marks on; ``calls`` commands, then ``keys`` keystrokes: each one's hops."""
+def profile(redis_url: str, calls: int, keys: int, warmup: int = 30, sessions: int = 1,
+            **env) -> tuple[list[dict], list[dict]]:
+    """A stack of its own with the marks on, holding ``sessions`` (the others idle); ``calls`` commands,
+    then ``keys`` keystrokes on one of them: each one's hops."""
     with tempfile.TemporaryDirectory(prefix="vterm-hops-") as tmp:
         trace = Path(tmp) / "hops"
         trace.mkdir()
-        stack = make_stack(redis_url, Path(tmp) / "stack", backends=1, prefix="hops", VTERM_HOP_TRACE=str(trace), **env)
+        # One user holds every session: the per-user limits off, as in the bench (vterm_project/bench/runner.py).
+        room = {"VTERM_BACKEND_CAPACITY": str(max(200, sessions + 10)), "VTERM_MAX_SESSIONS_PER_USER": "0",
+                "VTERM_COMMAND_RATE": "0"}
+        stack = make_stack(redis_url, Path(tmp) / "stack", backends=1, prefix="hops", VTERM_HOP_TRACE=str(trace),
+                           **{**room, **env})
         stack.start()
         try:
             token = stack.token("hops")
-            sid = Api(stack.url, token).create_session()["id"]
+            api = Api(stack.url, token)
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda _: api.create_session(), range(sessions - 1)))
+            sid = api.create_session()["id"]
             cmd_windows = commands(stack.url, token, sid, calls, warmup) if calls else []
             key_windows = keystrokes(stack.url, token, sid, keys) if keys else []
         finally:
@@ -165,12 +179,13 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--keys", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
+    parser.add_argument("--sessions", type=int, default=1, help="sessions held (one measured, the others idle)")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment of the stack")
     args = parser.parse_args()
-    cmd_rows, key_rows = profile(args.redis_url, args.calls, args.keys, args.warmup,
+    cmd_rows, key_rows = profile(args.redis_url, args.calls, args.keys, args.warmup, args.sessions,
                                  **dict(e.split("=", 1) for e in args.env))
     if cmd_rows:
-        print(table(f"REST command `true` with wait, one session, {len(cmd_rows)} calls 10 ms apart",
+        print(table(f"REST command `true` with wait, one session of {args.sessions}, {len(cmd_rows)} calls 10 ms apart",
                     COMMAND_HOPS, cmd_rows))
         print()
     if key_rows:
