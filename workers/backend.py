@@ -472,14 +472,17 @@ class BackendRuntime:
                     frames.append((name, seq, piece))
             record_output_bytes(self.backend_id, sum(len(d) for d in batch.values()), pipe=pipe)
             # Asked after the stream is written: see sessions/broadcast.py.
+            asked = len(pipe)
             for name in batch:
                 viewers.ask(pipe, name)
-            replies = pipe.execute()
+            sends = [(name, {"type": "output.frame", "seq": seq, "data": text}) for name, seq, text in frames]
+            calls = viewers.send_known(pipe, sends)
+            replies = pipe.execute(raise_on_error=False)
             hop_trace.mark("worker.output_stored")
-            watching = {name: channels for name, channels in zip(batch, replies[len(replies) - len(batch):])
-                        if channels}
-            viewers.send([(name, watching[name], {"type": "output.frame", "seq": seq, "data": text})
-                          for name, seq, text in frames if name in watching])
+            told = asked + len(batch)
+            if failed := next((x for x in replies[:told] if isinstance(x, Exception)), None):
+                raise failed
+            viewers.send_rest(sends, dict(zip(batch, replies[asked:told])), calls, replies[told:])
             hop_trace.mark("worker.output_sent")
         except Exception:
             log.exception("output flush failed")

@@ -154,6 +154,31 @@ def test_backend_sends_to_a_session_group_only_while_someone_watches(stack, alic
     assert not r.exists(key), "the group outlived its last viewer"
 
 
+def test_a_viewer_who_joins_a_watched_session_mid_output_misses_nothing(stack, alice, session):
+    """The backend sends to the viewers it knew in the pipeline that writes the stream, and to the ones
+    the same pipeline found joined since right after (sessions/broadcast.ViewerSender): a second viewer
+    joining a watched, busy session gets every frame after its hello, and the first one all of them."""
+    one = Viewer(stack.url, session["id"], token=alice.token)
+    alice.run(session["id"], "(for i in $(seq 1 400); do echo tock-$i; sleep 0.005; done) &", wait=10)
+    one.until_output("tock-50")
+    two = Viewer(stack.url, session["id"], token=alice.token)
+    for v in (one, two):
+        v.until_output("tock-400")
+        assert v.breaks == []
+    seen = [int(x) for x in re.findall(r"tock-(\d+)", two.output())]
+    assert seen and seen[0] <= 400 and seen == list(range(seen[0], 401)), "a frame went missing after the join"
+    assert [int(x) for x in re.findall(r"tock-(\d+)", one.output())] == list(range(1, 401))
+    # A last frame with nothing after it: no later frame would show a viewer it missed it.
+    alice.run(session["id"], "(sleep 1; echo burst-$((3*3))) &", wait=10)
+    three = Viewer(stack.url, session["id"], token=alice.token)
+    for v in (one, two, three):
+        v.until_output("burst-9")
+        assert v.breaks == []
+    one.close()
+    two.close()
+    three.close()
+
+
 # Flow control with a small window, so that a few hundred kB of output exercise it.
 FLOW_ENV = {"VTERM_WS_WINDOW_HIGH": 64 * 1024, "VTERM_WS_WINDOW_LOW": 16 * 1024, "VTERM_WS_SKIP_AFTER": 256 * 1024}
 
