@@ -119,6 +119,7 @@ class BackendRuntime:
         self._stop = threading.Event()
         self._loop = asyncio.new_event_loop()
         self._threads: list[threading.Thread] = []
+        self._usage: ResourceUsageThread | None = None
         # Shell starts wait for the new shell's first prompt (up to the driver's timeout): off the
         # worker's one Celery thread, so that a start which hangs (a user's rc or history file
         # that blocks) delays no other session's start, stop or move.
@@ -176,6 +177,7 @@ class BackendRuntime:
                                     sandbox=self.driver.sandbox, write=self._writes.put, stop=self._stop)
         usage.start()
         self._threads.append(usage)
+        self._usage = usage
         adopted = self.driver.start()
         services.backend_register(backend_id=self.backend_id, hostname=socket.gethostname(),
                                   capacity=settings.VTERM["BACKEND_CAPACITY"], sandbox=self.driver.sandbox.mode)
@@ -521,10 +523,19 @@ class BackendRuntime:
                 last_stats = time.monotonic()
                 self._publish_stats(sampler)
 
+    def _session_totals(self) -> dict | None:
+        """The sandboxed sessions' summed figures from the resource sampler's last round, if recent."""
+        totals = self._usage.session_totals if self._usage is not None else None
+        if totals is None:
+            return None
+        at, figures = totals
+        fresh = 2 * settings.VTERM["RESOURCE_SAMPLE_INTERVAL"] + settings.VTERM["STATS_INTERVAL"]
+        return figures if time.monotonic() - at <= fresh else None
+
     def _publish_stats(self, sampler: StatsSampler) -> None:
         """Memory and CPU of this backend for the pool (sessions/pool.py), kept as long as a heartbeat."""
         try:
-            stats = sampler.sample(self.driver.server_pids())
+            stats = sampler.sample(self.driver.server_pids(), self._session_totals())
             key = backend_stats_key(self.backend_id)
             pipe = sync_client().pipeline(transaction=False)
             pipe.hset(key, mapping=stats)

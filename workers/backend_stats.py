@@ -17,6 +17,13 @@ from .proctree import children_map, tree_pids
 CGROUP = Path("/sys/fs/cgroup")
 
 
+def _process(pid: int) -> psutil.Process | None:
+    try:
+        return psutil.Process(pid)
+    except psutil.Error:
+        return None
+
+
 def memory_ratio() -> float:
     """Share of the memory this backend may use that is in use: its cgroup's limit when it has one
     (a container), else the host's."""
@@ -51,11 +58,20 @@ class StatsSampler:
         self._procs = seen
         return list(seen.values())
 
-    def sample(self, tmux_pids: list[int]) -> dict[str, float]:
-        """Figures for this worker and its tmux servers, with the shells below them."""
+    def sample(self, tmux_pids: list[int], sessions: dict | None = None) -> dict[str, float]:
+        """Figures for this worker and its tmux servers, with the shells below them. ``sessions``: the
+        sums of the sandboxed sessions' own figures (their cgroups, read by workers/resource_usage.py),
+        which cover every process of theirs: then only the worker and the tmux servers are read here,
+        not the thousands of processes below them."""
         roots = [os.getpid(), *tmux_pids]
         rss, cpu, n = 0, 0.0, 0
-        for p in self._tree(roots):
+        if sessions is not None:
+            procs = [p for p in (self._procs.get(pid) or _process(pid) for pid in roots) if p is not None]
+            self._procs = {p.pid: p for p in procs}
+            rss, cpu, n = sessions["memory_bytes"], sessions["cpu_percent"], sessions["processes"]
+        else:
+            procs = self._tree(roots)
+        for p in procs:
             try:
                 with p.oneshot():
                     rss += p.memory_info().rss

@@ -151,6 +151,9 @@ class ResourceUsageThread(threading.Thread):
         self.sampler = ProcessTreeSampler()
         # Sandboxed: the session's own accounting (every process it made, however detached).
         self.cgroups = CgroupSampler(sandbox, backend_id) if isinstance(sandbox, Sandbox) else None
+        # Sandboxed, the last round's sums over every session (monotonic time, figures), for the
+        # backend's stats (workers/backend_stats.py), which then need not walk every shell again.
+        self.session_totals: tuple[float, dict] | None = None
 
     def run(self) -> None:
         while not self.stop_event.wait(self.interval):
@@ -160,6 +163,9 @@ class ResourceUsageThread(threading.Thread):
             except Exception:
                 log.warning("resource usage sampling failed", exc_info=True)
                 continue
+            if self.cgroups:
+                self.session_totals = (time.monotonic(), {
+                    key: sum(u[key] for u in usage.values()) for key in ("memory_bytes", "cpu_percent", "processes")})
             if usage:
                 self.write(lambda usage=usage: services.session_resource_usage_record(
                     backend_id=self.backend_id, usage=usage))

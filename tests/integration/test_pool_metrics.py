@@ -52,6 +52,21 @@ def test_backends_list_each_backend_with_its_load(ops, alice, stack):
     alice.http.delete(f"/api/v1/sessions/{s['id']}/")
 
 
+def test_a_sessions_processes_count_in_its_backends_stats(ops, alice):
+    """The backend's figures include every process of its sessions: sandboxed, as the sessions' own
+    cgroups count them (the resource sampler's round, workers/backend_stats.py), detached ones too."""
+    s = alice.create_session(name="pool-procs")
+
+    def processes():
+        b = next(x for x in ops.http.get("/api/v1/backends/").json() if x["id"] == s["backend"])
+        return b["processes"]
+    before = wait_for(processes, what="backend stats")
+    alice.run(s["id"], "for i in 1 2 3 4 5 6; do setsid sleep 300 & done", wait=10)
+    # Five more of the six, in case one of the earlier tests' shells ended meanwhile.
+    wait_for(lambda: processes() >= before + 5 or None, what="the session's six sleeps in its backend's stats")
+    alice.http.delete(f"/api/v1/sessions/{s['id']}/")
+
+
 def test_pool_summary(ops, alice):
     s = alice.create_session(name="pool-summary")
     pool = ops.http.get("/api/v1/pool/").json()
