@@ -257,6 +257,8 @@ class BackendRuntime:
 
     def shell_output(self, name: str, data: bytes) -> None:
         hop_trace.mark("worker.output")
+        if not data:
+            return  # the output thread keeps no empty entries
         with self._out_lock:
             pending = self._out[name]
             before = len(pending)
@@ -417,11 +419,12 @@ class BackendRuntime:
                     close_old_connections()
 
     def _flush_loop(self) -> None:
-        """Send output as it comes, paced per session (workers/output_frames.FloodPacer): at once after
-        a quiet spell (a keystroke's echo, a prompt), else what came meanwhile once per interval, and in
-        whole frames while a session floods. Each send is a few Redis round trips, a group send and a
-        wake-up of each viewer's consumer whatever its size: a flood sent as tmux hands it over (a few KB
-        at a time) would pay them per few KB."""
+        """Send output as it comes, paced (workers/output_frames.FloodPacer): at once while this thread
+        is idle (a keystroke's echo, a prompt), else what came meanwhile, of every session, once per
+        interval in one send, and in whole frames while a session floods. Each send is a few Redis round
+        trips, a group send and a wake-up of each viewer's consumer whatever its size: a flood sent as
+        tmux hands it over (a few KB at a time) would pay them per few KB, and so would sessions sent
+        one by one under load."""
         r = sync_client()
         viewers = ViewerSender(r)
         pacer = self._pacer
@@ -433,17 +436,16 @@ class BackendRuntime:
             wake_at = [d for _, _, d in list(self._starting.values())]
             batch: dict[str, bytes | bytearray] = {}
             with self._out_lock:
-                for name, pending in list(self._out.items()):
-                    n, later = pacer.plan(name, len(pending), now)
-                    if not pending:
-                        del self._out[name]
-                    elif n == len(pending):
+                send, later = pacer.plan({name: len(pending) for name, pending in self._out.items()}, now)
+                for name, n in send.items():
+                    pending = self._out[name]
+                    if n == len(pending):
                         batch[name] = self._out.pop(name)
                     else:
-                        if n:
-                            batch[name] = pending[:n]
-                            del pending[:n]  # from the front of a bytearray: no copy of the rest
-                        wake_at.append(later)
+                        batch[name] = pending[:n]
+                        del pending[:n]  # from the front of a bytearray: no copy of the rest
+            if later is not None:
+                wake_at.append(later)
             if batch:
                 for name, data in batch.items():
                     pacer.sent(name, len(data), now)

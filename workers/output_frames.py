@@ -3,9 +3,10 @@
 Frames have a bounded size, so that a flood (`yes`) makes more frames rather than
 huge ones (flow control and replay work frame by frame), and the stream is bounded
 by characters as well as by entries, so that a flood cannot fill Redis. The pacer
-says when a session's gathered output goes out: at once after a quiet spell (a
-keystroke's echo), in full frames while it floods (each send costs the same
-round trips and wake-ups whatever its size).
+says when a session's gathered output goes out: at once while the backend's output
+is quiet (a keystroke's echo), else with the next send, which carries every
+session's output (one Redis pipeline for them all), and in full frames while a
+session floods (each send costs the same round trips and wake-ups whatever its size).
 """
 
 from __future__ import annotations
@@ -47,8 +48,10 @@ class StreamBudget:
 class FloodPacer:
     """When each session's gathered output is sent; the caller keeps the bytes and the clock.
 
-    - A session that sent nothing for ``interval`` sends at once (an echo, a prompt).
-    - Otherwise what comes is gathered until ``interval`` after its last send, as before.
+    - While the output thread is idle (it sent nothing for ``interval``), output goes at once (an
+      echo, a prompt).
+    - Otherwise it waits for the thread's next send, at most ``interval`` after its last one, and goes
+      with it: under load one send (one Redis pipeline) carries several sessions' output.
     - A session whose last send held ``flood_bytes`` or more is flooding: it sends only whole frames
       (``frame_max`` bytes; a frame of them decodes to at most ``frame_max`` characters) until
       ``flood_wait`` has passed since its last send, then all it has. A flood slower than
@@ -59,19 +62,35 @@ class FloodPacer:
         self.interval, self.flood_bytes, self.frame_max = interval, flood_bytes, frame_max
         self.flood_wait = max(flood_wait, interval) if flood_wait > 0 else 0.0
         self._last: dict[str, tuple[float, int]] = {}  # session -> (when its last send was, bytes in it)
+        self._thread_last = float("-inf")  # when the output thread last sent anything
 
-    def plan(self, name: str, pending: int, now: float) -> tuple[int, float]:
-        """For a session with ``pending`` bytes gathered: (bytes to send now, when to look again if
-        some are left)."""
-        last = self._last.get(name)
-        if last is None:
-            return pending, now
-        at, size = last
-        if size >= self.flood_bytes and now - at < self.flood_wait:
-            return pending - pending % self.frame_max, at + self.flood_wait
-        if now - at >= self.interval:
-            return pending, now
-        return 0, at + self.interval
+    def plan(self, pending: dict[str, int], now: float) -> tuple[dict[str, int], float | None]:
+        """For the sessions with bytes gathered (name -> bytes): the bytes each sends now, and when to
+        look again if some are left."""
+        send: dict[str, int] = {}
+        held: list[str] = []
+        later = float("inf")
+        # Compared as the times it returns, so that a look at exactly that time finds it due.
+        idle = now >= self._thread_last + self.interval
+        for name, size in pending.items():
+            last = self._last.get(name)
+            if last is not None and last[1] >= self.flood_bytes and now < last[0] + self.flood_wait:
+                whole = size - size % self.frame_max
+                if whole:
+                    send[name] = whole
+                if whole < size:
+                    later = min(later, last[0] + self.flood_wait)
+            elif idle:
+                send[name] = size
+            else:
+                held.append(name)
+        if held:
+            if send:  # a send goes out now anyway: they join it
+                for name in held:
+                    send[name] = pending[name]
+            else:
+                later = min(later, self._thread_last + self.interval)
+        return send, (later if later != float("inf") else None)
 
     def wakes(self, before: int, after: int) -> bool:
         """Whether output that took a session from ``before`` to ``after`` bytes gathered may make it
@@ -80,6 +99,7 @@ class FloodPacer:
 
     def sent(self, name: str, size: int, now: float) -> None:
         self._last[name] = (now, size)
+        self._thread_last = now
 
     def forget(self, name: str) -> None:
         self._last.pop(name, None)

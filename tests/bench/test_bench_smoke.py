@@ -77,3 +77,14 @@ def test_hop_times_take_each_hops_first_mark_in_its_window():
         {"client.send": 10, "client.recv": 20, "web.recv": 12, "worker.taken": 14},
         {"client.send": 30, "client.recv": 40, "web.recv": 31},
     ]
+
+
+def test_pacer_model_gathers_under_load_and_holds_no_chunk_past_the_interval():
+    from tests.bench.pacer_model import INTERVAL, SessionRule, simulate, thread_rule
+    send_s = 0.0007
+    idle, _ = simulate(thread_rule(), 20, 8, 500, send_s)
+    busy, waits = simulate(thread_rule(), 400, 8, 2000, send_s)
+    before, _ = simulate(SessionRule(), 400, 8, 2000, send_s)
+    assert idle > 0.95, "seldom output: nearly every chunk at once, alone"
+    assert busy < 0.6 * before, (busy, before)
+    assert max(waits) <= INTERVAL + send_s + 1e-9

@@ -19,14 +19,14 @@ import re
 import subprocess
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
-from ..sandbox import NoSandbox, Sandbox
+from ..sandbox import Box, NoSandbox, Sandbox
 from .driver import (
     ENV_CAPTURE_TIMEOUT,
     TICK,
     Listener,
+    Screen,
     ShellError,
     ShellInfo,
     TmuxDriver,
@@ -300,6 +300,44 @@ class TmuxPool:
             # Its exit may be being reported on the reader thread still: its place is free now.
             self._forget(name, driver)
 
+    # The calls about one shell: TmuxDriver's, on the server that holds the shell.
+
+    def shell_info(self, name: str) -> ShellInfo:
+        return self._driver_of(name).shell_info(name)
+
+    def drop_queued(self, name: str) -> list[str]:
+        return self._driver_of(name).drop_queued(name)
+
+    def adopt_command(self, name: str, command_id: str, started_at: float | None, *,
+                      timeout: float | None = None, idle_timeout: float | None = None) -> None:
+        return self._driver_of(name).adopt_command(name, command_id, started_at, timeout=timeout,
+                                                   idle_timeout=idle_timeout)
+
+    def resize(self, name: str, cols: int, rows: int) -> None:
+        return self._driver_of(name).resize(name, cols, rows)
+
+    def send_text(self, name: str, text: str) -> None:
+        return self._driver_of(name).send_text(name, text)
+
+    def send_keys(self, name: str, keys: list[str]) -> None:
+        return self._driver_of(name).send_keys(name, keys)
+
+    def screen(self, name: str, *, escapes: bool = False, history: int = 0) -> Screen:
+        return self._driver_of(name).screen(name, escapes=escapes, history=history)
+
+    def current_cwd(self, name: str) -> str:
+        return self._driver_of(name).current_cwd(name)
+
+    def job_context(self, name: str) -> tuple[Box, int | None, str]:
+        return self._driver_of(name).job_context(name)
+
+    def run(self, name: str, command_id: str, text: str, timeout: float | None = None,
+            idle_timeout: float | None = None) -> None:
+        return self._driver_of(name).run(name, command_id, text, timeout, idle_timeout)
+
+    def interrupt(self, name: str, command_id: str | None = None) -> bool:
+        return self._driver_of(name).interrupt(name, command_id)
+
     def capture_env(self, names: list[str], timeout: float = ENV_CAPTURE_TIMEOUT) -> dict[str, dict[str, str] | None]:
         """TmuxDriver.capture_env: every server's shells asked at once, then read."""
         by_driver: dict[TmuxDriver, list[str]] = {}
@@ -322,17 +360,3 @@ class TmuxPool:
                     driver.tick()
                 except Exception:
                     log.exception("tmux tick failed (%s)", driver.socket_path)
-
-
-def _routed(method: str) -> Callable:
-    def call(self: TmuxPool, name: str, *args, **kwargs):
-        return getattr(self._driver_of(name), method)(name, *args, **kwargs)
-    call.__name__ = method
-    call.__doc__ = f"TmuxDriver.{method}, on the server that holds the shell."
-    return call
-
-
-# The calls about one shell, each passed to the driver of its server.
-for _method in ("shell_info", "drop_queued", "adopt_command", "resize", "send_text", "send_keys", "screen",
-                "current_cwd", "job_context", "run", "interrupt"):
-    setattr(TmuxPool, _method, _routed(_method))
