@@ -393,7 +393,7 @@ VTERM = {
     # Shells per tmux server of a backend (workers/tmux/pool.py): tmux walks every window of a server
     # on each command, so a backend spreads its shells over servers of at most this many; 0: one
     # server for all (docs/bench.md, "Several tmux servers per backend").
-    "TMUX_WINDOWS_PER_SERVER": env_int("VTERM_TMUX_WINDOWS_PER_SERVER", 100),
+    "TMUX_WINDOWS_PER_SERVER": env_int("VTERM_TMUX_WINDOWS_PER_SERVER", 25),
     # Completion webhooks (sessions/webhooks.py, docs/api.md): hosts a notify_url may name although
     # they resolve to a loopback, private or link-local address; one POST's time limit; and the retry
     # schedule: FIRST seconds after the first attempt, each wait FACTOR times the one before, at most

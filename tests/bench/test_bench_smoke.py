@@ -88,3 +88,11 @@ def test_pacer_model_gathers_under_load_and_holds_no_chunk_past_the_interval():
     assert idle > 0.95, "seldom output: nearly every chunk at once, alone"
     assert busy < 0.6 * before, (busy, before)
     assert max(waits) <= INTERVAL + send_s + 1e-9
+
+
+def test_idle_cpu_probe_reports_each_group(redis_url):
+    """tests/bench/idle_cpu.py, small: the worker, the web and the tmux servers are found and measured."""
+    from tests.bench import idle_cpu
+    figures = idle_cpu.measure(redis_url, sessions=2, seconds=0.5, settle=0.5)
+    assert set(figures) == {"web", "worker", "tmux"}, figures
+    assert all(n >= 1 and percent >= 0 for percent, n in figures.values())
