@@ -1,5 +1,6 @@
-"""What holding N idle sessions costs: CPU of the backend worker, its tmux servers and the web while
-nothing runs, as % of one core (issue 16: cost as sessions grow).
+"""What holding N idle sessions costs: CPU of the backend worker, its tmux servers, the shells and the
+web while nothing runs, as % of one core (issue 16: cost as sessions grow), grouped as the bench groups
+them (vterm_project/bench/resources.py).
 
     .venv/bin/python -m tests.bench.idle_cpu [--sessions 1000] [--seconds 20] [--redis-url redis://127.0.0.1:6379/13]
 
@@ -16,30 +17,8 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import psutil
-
 from tests.conftest import Api, make_stack
-
-
-def _groups(stack, data_dir: Path) -> dict[str, list[psutil.Process]]:
-    groups: dict[str, list[psutil.Process]] = {}
-    for name, proc in stack.procs.items():  # the web process(es) and the backend worker
-        groups.setdefault("web" if name.startswith("web") else "worker", []).append(psutil.Process(proc.pid))
-    for p in psutil.process_iter(["name", "cmdline"]):
-        if (p.info["name"] or "").startswith("tmux") and str(data_dir) in " ".join(p.info["cmdline"] or ()):
-            groups.setdefault("tmux", []).append(p)
-    return groups
-
-
-def _cpu(procs: list[psutil.Process]) -> float:
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.Error:
-            pass
-    return total
+from vterm_project.bench.resources import collect_groups, cpu_seconds
 
 
 def measure(redis_url: str, sessions: int, seconds: float, settle: float = 10.0,
@@ -55,12 +34,16 @@ def measure(redis_url: str, sessions: int, seconds: float, settle: float = 10.0,
             with ThreadPoolExecutor(16) as pool:
                 list(pool.map(lambda _: api.create_session(), range(sessions)))
             time.sleep(settle)
-            groups = _groups(stack, data_dir)
-            before = {name: _cpu(procs) for name, procs in groups.items()}
+            pids = {name: proc.pid for name, proc in stack.procs.items()}  # the web and the backend worker
+            groups = collect_groups(data_dir, [pid for name, pid in pids.items() if not name.startswith("web")],
+                                    [pid for name, pid in pids.items() if name.startswith("web")], [])
+            before = cpu_seconds(groups)
             t0 = time.monotonic()
             time.sleep(seconds)
             elapsed = time.monotonic() - t0
-            return {name: (100 * (_cpu(procs) - before[name]) / elapsed, len(procs)) for name, procs in groups.items()}
+            after = cpu_seconds(groups)
+            return {name: (100 * (after[name] - before[name]) / elapsed, len(procs))
+                    for name, procs in groups.groups.items() if procs}
         finally:
             stack.stop()
 

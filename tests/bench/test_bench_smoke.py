@@ -91,8 +91,8 @@ def test_pacer_model_gathers_under_load_and_holds_no_chunk_past_the_interval():
 
 
 def test_idle_cpu_probe_reports_each_group(redis_url):
-    """tests/bench/idle_cpu.py, small: the worker, the web and the tmux servers are found and measured."""
+    """tests/bench/idle_cpu.py, small: the worker, the web, the tmux servers and the shells are found and measured."""
     from tests.bench import idle_cpu
     figures = idle_cpu.measure(redis_url, sessions=2, seconds=0.5, settle=0.5)
-    assert set(figures) == {"web", "worker", "tmux"}, figures
+    assert set(figures) == {"web", "workers", "tmux", "shells"}, figures
     assert all(n >= 1 and percent >= 0 for percent, n in figures.values())
