@@ -164,14 +164,17 @@ async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | No
     ``limits``: sandbox limits lowered for this session (sessions/sandbox.py). ``session_id``: its
     id, when the caller chose it (an Idempotency-Key's planned id)."""
     began = time.monotonic()
+    hop_trace.mark("web.create")
     session, sandbox = await sync_to_async(_session_place)(owner=owner, name=name, cwd=cwd, env=env or {},
                                                            cols=cols, rows=rows, limits=limits,
                                                            session_id=session_id)
+    hop_trace.mark("web.placed")
     try:
         reply = await call_backend(
             session.backend.queue, T + "session_start", str(session.pk), session.epoch, cwd, env or {}, cols, rows,
             timeout=settings.VTERM["SESSION_START_TIMEOUT"], sandbox=sandbox,
         )
+        hop_trace.mark("web.start_reply")
     except Exception:
         # Broker or Redis down: the client gets a 503, so no session must appear later.
         await sync_to_async(_session_start_failed)(session)
@@ -190,7 +193,9 @@ async def session_create(*, owner, name: str = "", cwd: str = "", env: dict | No
     # No reply in time: the session stays "initializing" and the backend finishes it later.
     if reply is not None:
         metrics.record_session_created(time.monotonic() - began)
-    return await sync_to_async(_session_created)(session.pk, owner, env or {}, remote_addr, via)
+    created = await sync_to_async(_session_created)(session.pk, owner, env or {}, remote_addr, via)
+    hop_trace.mark("web.created")
+    return created
 
 
 async def session_submit(*, owner, idempotency_key: str | None = None, remote_addr: str = "",

@@ -240,12 +240,15 @@ class BackendRuntime:
 
     def _session_create(self, session_id: str, epoch: int, cwd: str, env: dict, cols: int, rows: int,
                         sandbox: dict | None) -> dict:
+        hop_trace.mark("worker.start_thread")
         info = self.driver.create_shell(session_id, cwd=cwd, env=env, cols=cols, rows=rows, epoch=epoch,
                                         sandbox=self.sandbox_spec(session_id, sandbox))
+        hop_trace.mark("worker.shell_ready")
         self.ledger.epochs[session_id] = epoch
         self.forget_output_seq(session_id)
         close_old_connections()
         queued = services.session_started(session_id=session_id, epoch=epoch, cwd=info.cwd)
+        hop_trace.mark("worker.started")
         if queued is None:
             self.driver.kill_shell(session_id)
             return {"ok": False, "error": "the session was placed elsewhere meanwhile"}

@@ -7,6 +7,7 @@ import logging
 from celery import shared_task
 
 from sessions.replies import post_reply
+from vterm_project import hop_trace
 
 from . import failover_runtime, inbox
 from .backend import runtime
@@ -18,6 +19,7 @@ log = logging.getLogger(__name__)
 
 @shared_task(name="workers.tasks.session_start")
 def session_start(session_id, epoch, cwd, env, cols, rows, reply_to=None, resume=False, sandbox=None):
+    hop_trace.mark("worker.start_task")
     rt = runtime()
 
     def start() -> None:

@@ -1,6 +1,6 @@
-"""Where a command's and a keystroke's time goes, hop by hop, on a stack of its own.
+"""Where a command's, a keystroke's and a session's creation's time goes, hop by hop, on a stack of its own.
 
-    .venv/bin/python -m tests.bench.hop_profile [--calls 300] [--keys 300] [--sessions 1] [--redis-url redis://127.0.0.1:6379/13]
+    .venv/bin/python -m tests.bench.hop_profile [--calls 300] [--keys 300] [--creates 0] [--sessions 1] [--redis-url redis://127.0.0.1:6379/13]
 
 The stack runs with VTERM_HOP_TRACE (vterm_project/hop_trace.py): each process writes a
 CLOCK_MONOTONIC time at each hop it passes. The client here writes its own at sending and at the
@@ -11,7 +11,8 @@ little above the bench's.
 
 A REST command: `POST …/commands/` {"command": "true", "wait": 5} on the hot route. A keystroke:
 one character typed over the WebSocket at an idle prompt, until the frame that echoes it (the
-bench's figure, vterm_project/bench/terminal_figures.py).
+bench's figure, vterm_project/bench/terminal_figures.py). A session (`--creates`): `POST /api/v1/sessions/`,
+one at a time, until its answer (201, active).
 """
 
 from __future__ import annotations
@@ -59,6 +60,18 @@ KEY_HOPS = [
     ("web.output_frame", "worker.output_sent", "the consumer has it (channels-redis receive)"),
     ("web.output_sent", "web.output_frame", "the frame written"),
     ("client.recv", "web.output_sent", "the client has the frame"),
+]
+
+CREATE_HOPS = [
+    ("web.create", "client.send", "Daphne, Django's handler and middleware, DRF's view and serializer"),
+    ("web.placed", "web.create", "a backend picked, the session's row and its events written (SQLite)"),
+    ("worker.start_task", "web.placed", "the start task sent (Celery over Redis); the worker has it"),
+    ("worker.start_thread", "worker.start_task", "on one of the backend's start threads"),
+    ("worker.shell_ready", "worker.start_thread", "sandbox, cgroup, tmux window, bash up to its first prompt"),
+    ("worker.started", "worker.shell_ready", "the session marked active (SQLite)"),
+    ("web.start_reply", "worker.started", "the reply (Redis) reaches the web's wait"),
+    ("web.created", "web.start_reply", "the session read again, the audit row written (SQLite)"),
+    ("client.recv", "web.created", "the answer rendered and written; the client has it"),
 ]
 
 
@@ -113,6 +126,16 @@ def _pct(ordered: list[float], q: float) -> float:
     return ordered[int(q * (len(ordered) - 1))]
 
 
+def creations(api: Api, n: int) -> list[tuple[int, int]]:
+    windows = []
+    for _ in range(n):
+        t0 = time.monotonic_ns()
+        api.create_session()
+        windows.append((t0, time.monotonic_ns()))
+        time.sleep(0.05)
+    return windows
+
+
 def commands(url: str, token: str, sid: str, n: int, warmup: int) -> list[tuple[int, int]]:
     windows = []
     with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60) as http:
@@ -146,10 +169,10 @@ def keystrokes(url: str, token: str, sid: str, n: int) -> list[tuple[int, int]]:
         term.close()
 
 
-def profile(redis_url: str, calls: int, keys: int, warmup: int = 30, sessions: int = 1,
-            **env) -> tuple[list[dict], list[dict]]:
+def profile(redis_url: str, calls: int, keys: int, warmup: int = 30, sessions: int = 1, creates: int = 0,
+            **env) -> tuple[list[dict], list[dict], list[dict]]:
     """A stack of its own with the marks on, holding ``sessions`` (the others idle); ``calls`` commands,
-    then ``keys`` keystrokes on one of them: each one's hops."""
+    then ``keys`` keystrokes on one of them, then ``creates`` sessions made one at a time: each one's hops."""
     with tempfile.TemporaryDirectory(prefix="vterm-hops-") as tmp:
         trace = Path(tmp) / "hops"
         trace.mkdir()
@@ -167,10 +190,11 @@ def profile(redis_url: str, calls: int, keys: int, warmup: int = 30, sessions: i
             sid = api.create_session()["id"]
             cmd_windows = commands(stack.url, token, sid, calls, warmup) if calls else []
             key_windows = keystrokes(stack.url, token, sid, keys) if keys else []
+            create_windows = creations(api, creates) if creates else []
         finally:
             stack.stop()
         marks = read_marks(trace)
-    return hop_times(marks, cmd_windows), hop_times(marks, key_windows)
+    return hop_times(marks, cmd_windows), hop_times(marks, key_windows), hop_times(marks, create_windows)
 
 
 def main() -> None:
@@ -180,16 +204,21 @@ def main() -> None:
     parser.add_argument("--keys", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--sessions", type=int, default=1, help="sessions held (one measured, the others idle)")
+    parser.add_argument("--creates", type=int, default=0, help="sessions then made one at a time, 50 ms apart")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment of the stack")
     args = parser.parse_args()
-    cmd_rows, key_rows = profile(args.redis_url, args.calls, args.keys, args.warmup, args.sessions,
-                                 **dict(e.split("=", 1) for e in args.env))
+    cmd_rows, key_rows, create_rows = profile(args.redis_url, args.calls, args.keys, args.warmup, args.sessions,
+                                              args.creates, **dict(e.split("=", 1) for e in args.env))
     if cmd_rows:
         print(table(f"REST command `true` with wait, one session of {args.sessions}, {len(cmd_rows)} calls 10 ms apart",
                     COMMAND_HOPS, cmd_rows))
         print()
     if key_rows:
         print(table(f"Keystroke echo over the WebSocket, {len(key_rows)} keys 20 ms apart", KEY_HOPS, key_rows))
+        print()
+    if create_rows:
+        print(table(f"Session creation, POST /api/v1/sessions/, {len(create_rows)} one at a time", CREATE_HOPS,
+                    create_rows))
 
 
 if __name__ == "__main__":

@@ -60,8 +60,9 @@ def test_hop_profile_marks_every_hop(redis_url):
     """tests/bench/hop_profile.py (docs/bench.md, "Where the time goes, hop by hop"), small: each hop of
     the tables is marked by the process that passes it, inside the client's window."""
     from tests.bench import hop_profile
-    cmd_rows, key_rows = hop_profile.profile(redis_url, calls=8, keys=8, warmup=2)
-    for hops, rows in ((hop_profile.COMMAND_HOPS, cmd_rows), (hop_profile.KEY_HOPS, key_rows)):
+    cmd_rows, key_rows, create_rows = hop_profile.profile(redis_url, calls=8, keys=8, warmup=2, creates=8)
+    for hops, rows in ((hop_profile.COMMAND_HOPS, cmd_rows), (hop_profile.KEY_HOPS, key_rows),
+                       (hop_profile.CREATE_HOPS, create_rows)):
         assert len(rows) == 8
         for hop, ref, _ in hops:
             # A mark can fall outside its window only when the client's own wake-up came first.
