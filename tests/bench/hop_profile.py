@@ -154,17 +154,7 @@ def commands(url: str, token: str, sid: str, n: int, warmup: int) -> list[tuple[
 def keystrokes(url: str, token: str, sid: str, n: int) -> list[tuple[int, int]]:
     term = tf.VtermTerminal(url, token, sid)
     try:
-        tf.settle(term)
-        windows = []
-        for _ in range(n):
-            t0 = time.monotonic_ns()
-            term.type("x")
-            while "x" not in term.output(30):
-                pass
-            windows.append((t0, time.monotonic_ns()))
-            time.sleep(0.02)
-        term.clear_line()
-        return windows
+        return tf.keystroke_windows(term, n, pause=0.02)
     finally:
         term.close()
 

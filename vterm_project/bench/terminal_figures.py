@@ -137,17 +137,25 @@ def until_mark(term: Terminal, timeout: float) -> int:
 
 def keystroke_echo(term: Terminal, n: int) -> list[float]:
     """``n`` keystrokes at an idle prompt, each timed from sending to the output that echoes it (ms)."""
+    return [(echoed - sent) / 1e6 for sent, echoed in keystroke_windows(term, n)]
+
+
+def keystroke_windows(term: Terminal, n: int, pause: float = 0.0) -> list[tuple[int, int]]:
+    """``n`` keystrokes at an idle prompt, ``pause`` seconds apart: each one's (sent, echoed), in
+    CLOCK_MONOTONIC ns (the clock the stack's hop marks use: tests/bench/hop_profile.py)."""
     settle(term)
-    times = []
+    windows = []
     for _ in range(n):
-        t0 = time.perf_counter()
+        sent = time.monotonic_ns()
         term.type("x")
         while "x" not in term.output(30):
             pass
-        times.append((time.perf_counter() - t0) * 1000)
+        windows.append((sent, time.monotonic_ns()))
+        if pause:
+            time.sleep(pause)
     term.clear_line()
     settle(term)
-    return times
+    return windows
 
 
 def output_rate(term: Terminal, path: str, timeout: float = 600) -> dict:
