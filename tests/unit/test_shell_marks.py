@@ -35,6 +35,14 @@ def test_marks_split_across_chunks_at_every_byte():
         assert data == b"outmore\x1b[?2004h", cut
 
 
+def test_readline_starting_and_stopping_to_read_are_marks_kept_as_output():
+    stream = b"ls\r\n\x1b[?2004l\rbash: !x: event not found\r\n\x1b[?2004h$ \x1b[?2004"
+    for cut in range(1, len(stream)):
+        data, marks = feed_all(MarkParser(NONCE), [stream[:cut], stream[cut:], b"l"])
+        assert [m.kind for m in marks] == ["L", "R", "L"], cut
+        assert data == stream + b"l", cut
+
+
 def test_plain_text_passes_whole_and_a_held_mark_start_still_completes():
     parser = MarkParser(NONCE)
     assert parser.feed(b"") == []

@@ -33,7 +33,7 @@ from typing import Protocol
 from ..sandbox import Box, NoSandbox, Sandbox, SandboxSpec, SandboxUnavailable
 from .control import ControlClient, ControlClosed, TmuxCommandError
 from .protocol import quote, quote_format, valid_key
-from .shell import BASHRC, HISTORY_ENV, NONCE_ENV, Mark, MarkParser
+from .shell import BASHRC, CLEAR_LINE, HISTORY_ENV, NONCE_ENV, Mark, MarkParser
 from .shellenv import EnvParseError, parse_declare_px, user_env
 
 log = logging.getLogger(__name__)
@@ -60,6 +60,13 @@ set -g exit-empty off
 """
 # After a timeout or interrupt, how long to wait before pressing harder.
 ESCALATE_AFTER = 2.0
+# How many times the shell's children are killed before a stopped command is ended anyway: a shell
+# that ignores Ctrl-C and has nothing to kill (a loop of builtins under `trap '' INT`) never ends it.
+ESCALATE_ROUNDS = 2
+# How long readline may read again, with no start mark, before the line typed is taken as not run
+# (a history expansion that failed) or, after a Ctrl-C, as not yet abandoned: a continuation prompt,
+# readline's end or an end mark would follow at once.
+REREAD_GRACE = 0.5
 # Longest wait for tmux to pass a resize on to the terminal.
 RESIZE_GRACE = 1.0
 # How long after an end mark to wait for readline to announce it is reading.
@@ -68,6 +75,10 @@ PROMPT_GRACE = 0.25
 ENV_CAPTURE_TIMEOUT = 5.0
 # How often the ticker looks at timeouts, prompts and pending resizes.
 TICK = 0.05
+
+
+# The reason of a line bash read and did not run.
+NOT_RUN = "not run: the shell read the line and ran nothing (a failed history expansion: a '!' in it?)"
 
 
 class ShellError(RuntimeError):
@@ -139,6 +150,8 @@ class _Command:
     timeout: float | None
     idle_timeout: float | None = None  # seconds without output before it is stopped
     state: str = "queued"  # queued -> typed -> running
+    # Typed, and readline took the line: what bash prints before it starts (a syntax error) is its output.
+    accepted: bool = False
     raw: bytearray = field(default_factory=bytearray)
     truncated: bool = False
     started_mono: float | None = None
@@ -148,6 +161,8 @@ class _Command:
     stop_reason: str | None = None  # "timed_out" | "interrupted"
     stop_note: str = ""  # why it was stopped, for its result's reason
     escalate_at: float | None = None
+    escalations: int = 0  # rounds of killing the shell's children since the stop
+    reread_at: float | None = None  # while typed: readline reads again, and nothing ran yet
     stopped_at: int | None = None  # len(raw) at the first stop
     incomplete: bool = False
     # The driver's own (capture_env): no listener hears of it, its output is not forwarded.
@@ -175,6 +190,7 @@ class _Shell:
     epoch: int = 0
     last_command: str = ""
     muted: bool = False  # a hidden command was typed: its echo and prompt are not forwarded
+    late_read: bool = False  # typed without readline's R (PROMPT_GRACE): that R may still come
     box: Box | None = None
     oom_kills: int = 0  # the sandbox's out-of-memory kills already told of
 
@@ -583,8 +599,10 @@ class TmuxDriver:
         if "\n" in text:
             # One unit for bash: one start mark, one end mark, one exit code.
             text = "{ " + text + "\n}"
-        # A bracketed paste: readline takes tabs and control keys literally.
-        self._send_nowait(f"send-keys -t {shell.pane_id} -l -- " + quote("\x1b[200~" + text + "\x1b[201~\r"))
+        # What a person left on the line (half typed, an incremental search) would join the command:
+        # the rc's CLEAR_LINE key kills it first (C-y brings it back); on an empty line it prints nothing.
+        # Then a bracketed paste: readline takes tabs and control keys literally.
+        self._send_nowait(f"send-keys -t {shell.pane_id} -l -- " + quote(CLEAR_LINE + "\x1b[200~" + text + "\x1b[201~\r"))
 
     # -- events from tmux (reader thread) ---------------------------------------
 
@@ -603,7 +621,7 @@ class TmuxDriver:
             prompt_after = False
             for piece in shell.parser.feed(data):
                 cur = shell.current
-                if piece.data and cur is not None and cur.state == "running" and not cur.hidden:
+                if piece.data and cur is not None and (cur.state == "running" or cur.accepted) and not cur.hidden:
                     self._capture(cur, piece.data)
                     cur.last_output = time.monotonic()
                 if kept is not None and not shell.muted and not prompt_after:
@@ -635,6 +653,22 @@ class TmuxDriver:
                 shell.muted = False
                 shell.ready.set()
                 self._start_next(shell)
+            elif shell.late_read:
+                shell.late_read = False  # the prompt's own, after the ticker went on without it
+            elif cmd is not None and (cmd.state == "typed" or cmd.incomplete):
+                # Readline reads again and the line did not start: it was not run (a history expansion
+                # failed) or a Ctrl-C did not reach bash, unless a continuation prompt, readline's end
+                # or an end mark follows (the ticker decides).
+                cmd.reread_at = time.monotonic()
+                if cmd.accepted:
+                    cmd.accepted = False
+                    if cmd.raw.endswith(mark_bytes := b"\x1b[?2004h"):
+                        del cmd.raw[-len(mark_bytes):]
+        elif mark.kind == "L":
+            if cmd is not None:
+                cmd.reread_at = None
+                if cmd.state == "typed":
+                    cmd.accepted = True
         elif mark.kind == "D":
             shell.cwd = mark.cwd or shell.cwd
             # Readline is about to read: the next command goes in once it says so.
@@ -642,9 +676,7 @@ class TmuxDriver:
             shell.at_prompt = time.monotonic()
             if cmd is not None and cmd.state in ("typed", "running"):
                 if cmd.incomplete:
-                    cmd.raw = bytearray(b"vterm: incomplete command: the shell wanted more input "
-                                        b"(an unclosed quote, bracket or here-document?)\n")
-                    self._finish(shell, cmd, "failed", 2, cwd=shell.cwd, reason="incomplete command")
+                    self._finish_incomplete(shell, cmd)
                 else:
                     status = cmd.stop_reason or ("succeeded" if mark.exit_code == 0 else "failed")
                     self._finish(shell, cmd, status, mark.exit_code, cwd=shell.cwd)
@@ -654,14 +686,22 @@ class TmuxDriver:
             shell.ready.clear()
             if cmd is not None and cmd.state == "typed":
                 cmd.state = "running"
+                cmd.raw = bytearray()  # readline's leftovers: the command's output starts here
+                cmd.truncated = False
+                if cmd.stopped_at is not None:
+                    cmd.stopped_at = 0
                 cmd.started_mono = time.monotonic()
                 cmd.started_wall = time.time()
                 if not cmd.hidden:
                     self.listener.command_started(shell.name, cmd.id, cmd.started_wall)
         elif mark.kind == "P":
-            if cmd is not None and cmd.state == "typed" and not cmd.incomplete:
-                # The whole paste was read and bash still wants more: it never will.
+            if cmd is not None:
+                cmd.reread_at = None
+            if cmd is not None and cmd.state in ("typed", "running") and not cmd.incomplete:
+                # The whole paste was read and bash still wants more: it never will. (Running: bash ran
+                # the first lines of a multi-line command before it found the rest incomplete.)
                 cmd.incomplete = True
+                cmd.escalate_at = time.monotonic() + ESCALATE_AFTER
                 self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
         elif mark.kind == "X":
             shell.exit_code = mark.exit_code
@@ -696,6 +736,9 @@ class TmuxDriver:
             cmd.done.set()  # its caller reads what it wrote
             return
         duration = (now_mono - cmd.started_mono) * 1000 if cmd.started_mono else None
+        if cmd.started_mono is None:
+            # What bash said of a line it did not start (a syntax error), without readline's line ends.
+            cmd.raw = bytearray(cmd.raw.lstrip(b"\r")) if cmd.raw.strip(b"\r\n") else bytearray()
         if not reason and status in ("timed_out", "interrupted"):
             reason = cmd.stop_note or status.replace("_", " ")
         if exit_code == 137 and shell.box is not None and shell.box.sandboxed:
@@ -707,6 +750,11 @@ class TmuxDriver:
             stopped_at=cmd.stopped_at,
         )
         self.listener.command_finished(shell.name, result)
+
+    def _finish_incomplete(self, shell: _Shell, cmd: _Command) -> None:
+        cmd.raw = bytearray(b"vterm: incomplete command: the shell wanted more input "
+                            b"(an unclosed quote, bracket or here-document?)\n")
+        self._finish(shell, cmd, "failed", 2, cwd=shell.cwd, reason="incomplete command")
 
     def _oom_reason(self, shell: _Shell) -> str:
         """A command killed (137) by its sandbox's memory limit says so."""
@@ -745,6 +793,7 @@ class TmuxDriver:
                 if shell.at_prompt is not None and now - shell.at_prompt > PROMPT_GRACE:
                     # No bracketed-paste switch seen (a user's inputrc?): go on anyway.
                     shell.at_prompt = None
+                    shell.late_read = True
                     shell.muted = False
                     shell.ready.set()
                     self._start_next(shell)
@@ -758,12 +807,43 @@ class TmuxDriver:
                 elif (cmd.stop_reason is None and cmd.idle_timeout and cmd.state == "running"
                       and now - (cmd.last_output or cmd.started_mono) >= cmd.idle_timeout):
                     self._stop_command(shell, cmd, "timed_out", f"no output for {cmd.idle_timeout:g} s")
+                elif cmd.reread_at is not None and now - cmd.reread_at > REREAD_GRACE:
+                    cmd.reread_at = None
+                    if cmd.escalate_at is not None:
+                        # Our Ctrl-C came while readline was busy: bash holds it until the next one.
+                        self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
+                    else:
+                        self._finish(shell, cmd, "failed", 1, cwd=shell.cwd, reason=NOT_RUN)
+                        self._start_next(shell)
                 elif cmd.escalate_at is not None and now >= cmd.escalate_at:
-                    # Ctrl-C was ignored: end the shell's children, keep the shell.
+                    if cmd.escalations >= ESCALATE_ROUNDS:
+                        self._give_up(shell, cmd)
+                        continue
+                    cmd.escalations += 1
                     cmd.escalate_at = now + ESCALATE_AFTER
-                    stubborn.append(shell)
+                    if cmd.state == "typed" or cmd.incomplete:  # bash itself holds it: Ctrl-C again
+                        self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
+                    else:  # Ctrl-C was ignored: end the shell's children, keep the shell
+                        stubborn.append(shell)
         for shell in stubborn:
             self._kill_children(shell)
+
+    def _give_up(self, shell: _Shell, cmd: _Command) -> None:
+        """A stopped command the shell never came back from (Ctrl-C ignored, no children to kill) ends
+        anyway. If it had started, what comes next waits for the shell's prompt rather than being typed
+        into whatever holds it. Under the lock."""
+        log.warning("shell %s: command %s did not stop; it ends, the shell is left as it is", shell.name, cmd.id)
+        if cmd.incomplete:
+            self._finish_incomplete(shell, cmd)
+            return
+        if cmd.state == "running":
+            shell.ready.clear()
+            why = "the shell ignored Ctrl-C, had no process to kill and has not come back to its prompt " \
+                  "(later commands wait for it)"
+        else:
+            why = "the shell did not take the Ctrl-C"
+        self._finish(shell, cmd, cmd.stop_reason, None, cwd=shell.cwd, reason=f"{cmd.stop_note}; it did not stop: {why}")
+        self._start_next(shell)
 
     def _kill_children(self, shell: _Shell) -> None:
         try:

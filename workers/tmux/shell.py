@@ -13,7 +13,8 @@ page's command list reads the command line from there).
 
 and readline's ``ESC [ ? 2004 h`` (bracketed paste on) says the prompt is reading
 input with the terminal in raw mode: typing earlier would make the kernel echo the
-keys itself. The parser reports it as mark ``R`` and keeps its bytes as output.
+keys itself. The parser reports it as mark ``R`` and keeps its bytes as output; likewise
+``ESC [ ? 2004 l`` (bracketed paste off: readline stopped reading) as mark ``L``.
 
 The cwd is percent-encoded by the shell, bytes as they are on disk.
 """
@@ -25,6 +26,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 NONCE_ENV = "__VTERM_NONCE"
+# A key the rc binds to readline's kill-whole-line in every keymap (no terminal sends it).
+CLEAR_LINE = "\x1b[5099~"
 HISTORY_ENV = "__VTERM_HISTORY"
 
 BASHRC = r"""# vterm shell integration: generated, do not edit.
@@ -38,6 +41,15 @@ unset VTERM_SOURCE_BASHRC
 # Pagers would swallow the next command typed into the session.
 export PAGER=cat GIT_PAGER=cat MANPAGER=cat SYSTEMD_PAGER= LESS=-FRX
 bind 'set enable-bracketed-paste on' 2>/dev/null
+# Typed before each command: what a person left on the line goes to the kill ring, in any mode (and vi's
+# command mode goes back to inserting, for the paste that follows).
+bind -m emacs '"\e[5099~": kill-whole-line' 2>/dev/null
+bind -m vi-insert '"\e[5099~": kill-whole-line' 2>/dev/null
+bind -m vi-command '"\e[5098~": kill-whole-line' 2>/dev/null
+bind -m vi-command '"\e[5099~": "\e[5098~i"' 2>/dev/null
+# A Ctrl-S typed at the terminal (XOFF) would hold all the shell prints, its marks too, until a Ctrl-Q:
+# every command would wait for it. Readline's C-s (forward search) is what it does then.
+stty -ixon 2>/dev/null
 __vterm_user_prompt_command=${PROMPT_COMMAND:-}
 __vterm_prompt() {
   local __vterm_ec=$? __vterm_p=$PWD
@@ -81,6 +93,8 @@ readonly -f __vterm_prompt __vterm_env
 
 _MARK_START = b"\x1b]133;"
 _READY = b"\x1b[?2004h"
+# readline's bracketed paste on (it reads) or off (it stopped): marks R and L.
+_READLINE = re.compile(rb"\x1b\[\?2004([hl])")
 _MARK_RE = re.compile(rb"\x1b\]133;([CPDX]);([^\x07\x1b]*)\x07")
 # Longest mark we ever wait for before giving up on it being one (cwd may be long).
 _MAX_MARK = 16384
@@ -88,7 +102,7 @@ _MAX_MARK = 16384
 
 @dataclass(frozen=True)
 class Mark:
-    kind: str  # "C", "P", "D", "X", or "R" (prompt reading input)
+    kind: str  # "C", "P", "D", "X", "R" (readline reading input) or "L" (readline stopped reading)
     exit_code: int | None = None
     cwd: str | None = None
 
@@ -122,10 +136,10 @@ class MarkParser:
         pos = 0
         while True:
             start = buf.find(_MARK_START, pos)
-            ready = buf.find(_READY, pos, start if start >= 0 else len(buf))
-            if ready >= 0:
-                pieces.append(Piece(data=buf[pos : ready + len(_READY)], mark=Mark("R")))
-                pos = ready + len(_READY)
+            rl = _READLINE.search(buf, pos, start if start >= 0 else len(buf))
+            if rl is not None:
+                pieces.append(Piece(data=buf[pos : rl.end()], mark=Mark("R" if rl.group(1) == b"h" else "L")))
+                pos = rl.end()
                 continue
             if start < 0:
                 # An ESC (or "ESC ]13") at the very end may begin a mark: hold it.
