@@ -695,7 +695,9 @@ class TmuxDriver:
                 if not cmd.hidden:
                     self.listener.command_started(shell.name, cmd.id, cmd.started_wall)
         elif mark.kind == "P":
-            if cmd is not None:
+            if cmd is None:
+                shell.ready.clear()  # a person's line wants more: a command typed now would join it
+            else:
                 cmd.reread_at = None
             if cmd is not None and cmd.state in ("typed", "running") and not cmd.incomplete:
                 # The whole paste was read and bash still wants more: it never will. (Running: bash ran
