@@ -18,7 +18,6 @@ import pytest
 
 from tests.driver_recorder import DriverRecorder, shell_env
 from workers.tmux import driver as driver_mod
-from workers.tmux.control import TmuxCommandError
 from workers.tmux.driver import NOT_RUN, ShellError, TmuxDriver
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
@@ -212,6 +211,16 @@ def test_whatever_a_person_types_a_command_with_a_timeout_ends(driver, monkeypat
                         # more, or their Enter ran `cat`), until their Ctrl-C. Once typed, it must end alone.
                         driver.send_keys(name, ["C-c"])
                 assert ended, f"command {i} {text!r} did not end"
-        except (ShellError, TmuxCommandError):  # only a shell that is gone (a Ctrl-D) refuses
+        except ShellError:  # only a shell that is gone (a Ctrl-D) refuses
             with driver.rec.cond:
                 assert driver.rec.cond.wait_for(lambda: name in driver.rec.exited, 10)
+
+
+def test_a_shell_whose_pane_has_just_gone_is_a_shell_error(driver):
+    """Between a shell's exit and the driver hearing of its closed window, a call about it is the
+    ShellError of a shell that is not here (the inbox answers it as such), not tmux's error."""
+    driver._get("s").pane_id = "%999999"  # that moment, held still: registered, its pane gone
+    for call in (lambda: driver.send_text("s", "x"), lambda: driver.send_keys("s", ["Enter"]),
+                 lambda: driver.screen("s")):
+        with pytest.raises(ShellError, match="has exited"):
+            call()

@@ -445,7 +445,7 @@ class TmuxDriver:
         shell = self._get(name)
         if text:
             # "--": text beginning with '-' is text, not an option (quotes do not stop tmux's getopt).
-            self._call(f"send-keys -t {shell.pane_id} -l -- {quote(text)}")
+            self._shell_call(shell, f"send-keys -t {shell.pane_id} -l -- {quote(text)}")
 
     def send_keys(self, name: str, keys: list[str]) -> None:
         shell = self._get(name)
@@ -453,15 +453,15 @@ class TmuxDriver:
         if bad:
             raise ShellError(f"keys: not key names: {bad}")
         if keys:
-            self._call(f"send-keys -t {shell.pane_id} -- " + " ".join(quote(k) for k in keys))
+            self._shell_call(shell, f"send-keys -t {shell.pane_id} -- " + " ".join(quote(k) for k in keys))
 
     def screen(self, name: str, *, escapes: bool = False, history: int = 0) -> Screen:
         shell = self._get(name)
         flags = "-p -e" if escapes else "-p"
         if history:
             flags += f" -S -{int(history)}"
-        lines = self._call(f"capture-pane {flags} -t {shell.pane_id}")
-        info = self._call(f"display-message -p -t {shell.pane_id} "
+        lines = self._shell_call(shell, f"capture-pane {flags} -t {shell.pane_id}")
+        info = self._shell_call(shell, f"display-message -p -t {shell.pane_id} "
                           "'#{cursor_x} #{cursor_y} #{pane_width} #{pane_height}'")
         x, y, w, h = (int(v) for v in info[0].split())
         lines = lines[: h + history] + [""] * max(0, h + history - len(lines))
@@ -954,6 +954,16 @@ class TmuxDriver:
         if shell is None:
             raise ShellError(f"no shell {name} on this backend")
         return shell
+
+    def _shell_call(self, shell: _Shell, command: str) -> list[str]:
+        """_call for a command about one shell: its pane gone meanwhile (the shell exited, its window
+        not yet forgotten) is the ShellError of a shell that is not here."""
+        try:
+            return self._call(command)
+        except TmuxCommandError as exc:
+            if "can't find" in str(exc):
+                raise ShellError(f"shell {shell.name} has exited") from exc
+            raise
 
     def _send_nowait(self, command: str) -> None:
         if self._control is None:
