@@ -20,9 +20,9 @@ import threading
 import time
 
 from workers.tmux.control import ControlClient
+from workers.tmux.shell import READING
 
 _MARK = b"\x1b]133;D;"
-_READY = b"\x1b[?2004h"
 _RC = "PS1='$ '\nPROMPT_COMMAND='printf \"\\033]133;D;%s\\007\" $?'\n"
 
 
@@ -74,14 +74,14 @@ def floor_latency(samples: int = 200, gap: float = 0.0) -> list[float]:
     try:
         pane = client.call("display-message -p '#{pane_id}'")[0]
         out: list[float] = []
-        waiter.wait_for(_READY)
+        waiter.wait_for(READING)
         for i in range(samples + 5):
             t0 = time.perf_counter()
             client.send(f"send-keys -t {pane} -l 'true\r'")
             if not waiter.wait_for(_MARK):
                 raise RuntimeError("the floor shell did not answer")
             dt = (time.perf_counter() - t0) * 1000
-            waiter.wait_for(_READY)
+            waiter.wait_for(READING)
             if i >= 5:  # the first few warm the caches
                 out.append(dt)
             time.sleep(gap)

@@ -33,7 +33,7 @@ from typing import Protocol
 from ..sandbox import Box, NoSandbox, Sandbox, SandboxSpec, SandboxUnavailable
 from .control import ControlClient, ControlClosed, TmuxCommandError
 from .protocol import quote, quote_format, valid_key
-from .shell import BASHRC, CLEAR_LINE, HISTORY_ENV, NONCE_ENV, Mark, MarkParser
+from .shell import BASHRC, CLEAR_LINE, HISTORY_ENV, NONCE_ENV, READING, Mark, MarkParser
 from .shellenv import EnvParseError, parse_declare_px, user_env
 
 log = logging.getLogger(__name__)
@@ -562,7 +562,7 @@ class TmuxDriver:
                                  reason="interrupted before it started")
                     return True
         if command_id is None:
-            self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
+            self._ctrl_c(shell)
             return True
         return False
 
@@ -574,7 +574,7 @@ class TmuxDriver:
         if cmd.stopped_at is None:
             cmd.stopped_at = len(cmd.raw)
         cmd.escalate_at = time.monotonic() + ESCALATE_AFTER
-        self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
+        self._ctrl_c(shell)
 
     def _start_next(self, shell: _Shell) -> None:
         # Called under the lock.
@@ -662,8 +662,8 @@ class TmuxDriver:
                 cmd.reread_at = time.monotonic()
                 if cmd.accepted:
                     cmd.accepted = False
-                    if cmd.raw.endswith(mark_bytes := b"\x1b[?2004h"):
-                        del cmd.raw[-len(mark_bytes):]
+                    if cmd.raw.endswith(READING):
+                        del cmd.raw[-len(READING):]
         elif mark.kind == "L":
             if cmd is not None:
                 cmd.reread_at = None
@@ -704,7 +704,7 @@ class TmuxDriver:
                 # the first lines of a multi-line command before it found the rest incomplete.)
                 cmd.incomplete = True
                 cmd.escalate_at = time.monotonic() + ESCALATE_AFTER
-                self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
+                self._ctrl_c(shell)
         elif mark.kind == "X":
             shell.exit_code = mark.exit_code
             if cmd is not None:
@@ -813,7 +813,7 @@ class TmuxDriver:
                     cmd.reread_at = None
                     if cmd.escalate_at is not None:
                         # Our Ctrl-C came while readline was busy: bash holds it until the next one.
-                        self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
+                        self._ctrl_c(shell)
                     else:
                         self._finish(shell, cmd, "failed", 1, cwd=shell.cwd, reason=NOT_RUN)
                         self._start_next(shell)
@@ -824,7 +824,7 @@ class TmuxDriver:
                     cmd.escalations += 1
                     cmd.escalate_at = now + ESCALATE_AFTER
                     if cmd.state == "typed" or cmd.incomplete:  # bash itself holds it: Ctrl-C again
-                        self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
+                        self._ctrl_c(shell)
                     else:  # Ctrl-C was ignored: end the shell's children, keep the shell
                         stubborn.append(shell)
         for shell in stubborn:
@@ -964,6 +964,9 @@ class TmuxDriver:
             if "can't find" in str(exc):
                 raise ShellError(f"shell {shell.name} has exited") from exc
             raise
+
+    def _ctrl_c(self, shell: _Shell) -> None:
+        self._send_nowait(f"send-keys -t {shell.pane_id} C-c")
 
     def _send_nowait(self, command: str) -> None:
         if self._control is None:

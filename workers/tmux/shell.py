@@ -92,7 +92,8 @@ readonly -f __vterm_prompt __vterm_env
 """
 
 _MARK_START = b"\x1b]133;"
-_READY = b"\x1b[?2004h"
+# Readline reads (bracketed paste on): mark R, whose bytes stay in the output.
+READING = b"\x1b[?2004h"
 # readline's bracketed paste on (it reads) or off (it stopped): marks R and L.
 _READLINE = re.compile(rb"\x1b\[\?2004([hl])")
 _MARK_RE = re.compile(rb"\x1b\]133;([CPDX]);([^\x07\x1b]*)\x07")
@@ -190,8 +191,8 @@ class MarkParser:
 
 def _partial_prefix_len(buf: bytes, pos: int) -> int:
     """Length of the longest suffix of buf[pos:] that is a proper prefix of a mark start."""
-    for n in range(min(max(len(_MARK_START), len(_READY)) - 1, len(buf) - pos), 0, -1):
-        if buf.endswith(_MARK_START[:n]) or buf.endswith(_READY[:n]):
+    for n in range(min(max(len(_MARK_START), len(READING)) - 1, len(buf) - pos), 0, -1):
+        if buf.endswith(_MARK_START[:n]) or buf.endswith(READING[:n]):
             return n
     return 0
 
