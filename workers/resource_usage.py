@@ -17,6 +17,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 import psutil
@@ -87,13 +88,27 @@ class ProcessTreeSampler:
         return out
 
 
+# A session none of whose processes ran since the last reading keeps its figures (nothing of it ran,
+# so neither its memory nor its processes grew) without its files being read; they are read again
+# at least this often. At 1000 idle sessions the full reading was two thirds of an idle worker's CPU.
+FULL_READ_EVERY = 60.0
+
+
+@dataclass
+class _Reading:
+    cpu_seconds: float
+    at: float  # monotonic, of cpu_seconds
+    full_at: float  # monotonic, of the last full reading
+    figures: dict
+
+
 class CgroupSampler:
     """Each session's figures from its sandbox's cgroup; PSS summed over the cgroup's processes."""
 
     def __init__(self, sandbox: Sandbox, backend_id: str) -> None:
         self.sandbox = sandbox
         self.backend_id = backend_id
-        self._last: dict[str, tuple[float, float, int, int]] = {}  # cpu s, at, oom kills, fork refusals
+        self._last: dict[str, _Reading] = {}
         # The first round finds the shells a restarted worker adopted, with the limit events they
         # had before: those were counted by the worker before, so they are the baseline here.
         self._first_round = True
@@ -103,22 +118,32 @@ class CgroupSampler:
         now = datetime.now(UTC).isoformat()
         out, last = {}, {}
         for name in names:
+            prev = self._last.get(name)
+            if prev is not None and at - prev.full_at < FULL_READ_EVERY:
+                cpu_seconds = self.sandbox.cpu_seconds(name)
+                if cpu_seconds is None:
+                    continue
+                if cpu_seconds == prev.cpu_seconds:
+                    last[name] = _Reading(cpu_seconds, at, prev.full_at, prev.figures)
+                    out[name] = {**prev.figures, "cpu_percent": 0.0, "sampled_at": now}
+                    continue
             usage = self.sandbox.usage(name)
             if usage is None:
                 continue
-            prev = self._last.get(name)
             cpu = 0.0
-            if prev is not None and at > prev[1]:
-                cpu = max(0.0, (usage.cpu_seconds - prev[0]) / (at - prev[1]) * 100)
-            for kind, n, before in (("memory", usage.oom_kills, prev[2] if prev else 0),
-                                    ("processes", usage.process_limit_hits, prev[3] if prev else 0)):
-                if n > before and not (prev is None and self._first_round):
-                    metrics.count(metrics.SANDBOX_LIMIT_EVENTS, [kind, self.backend_id], n - before)
-            last[name] = (usage.cpu_seconds, at, usage.oom_kills, usage.process_limit_hits)
-            out[name] = {"memory_bytes": usage.memory_bytes, "pss_bytes": _pss(self.sandbox.pids(name)),
-                         "cpu_percent": round(cpu, 1), "processes": usage.processes,
-                         "oom_kills": usage.oom_kills, "process_limit_hits": usage.process_limit_hits,
-                         "sampled_at": now}
+            if prev is not None and at > prev.at:
+                cpu = max(0.0, (usage.cpu_seconds - prev.cpu_seconds) / (at - prev.at) * 100)
+            before = prev.figures if prev else {"oom_kills": 0, "process_limit_hits": 0}
+            for kind, n, was in (("memory", usage.oom_kills, before["oom_kills"]),
+                                 ("processes", usage.process_limit_hits, before["process_limit_hits"])):
+                if n > was and not (prev is None and self._first_round):
+                    metrics.count(metrics.SANDBOX_LIMIT_EVENTS, [kind, self.backend_id], n - was)
+            figures = {"memory_bytes": usage.memory_bytes, "pss_bytes": _pss(self.sandbox.pids(name)),
+                       "cpu_percent": round(cpu, 1), "processes": usage.processes,
+                       "oom_kills": usage.oom_kills, "process_limit_hits": usage.process_limit_hits,
+                       "sampled_at": now}
+            last[name] = _Reading(usage.cpu_seconds, at, at, figures)
+            out[name] = figures
         self._last = last
         self._first_round = False
         return out

@@ -65,6 +65,14 @@ def test_a_sessions_process_tree_is_measured(stack, alice):
                 r = browser.get(page, params={"o": f"{col}", "status__exact": "active"})
                 ids = re.findall(r'href="/admin/vterm_sessions/terminalsession/([0-9a-f-]{36})/change/', r.text)
                 assert ids.index(quiet.id) < ids.index(hog.id)
+
+            # An idle session's figures are carried from round to round without reading its files
+            # (nothing of it ran): still sampled, and the moment it runs something, read again.
+            later = _usage_when(vt, quiet.id, lambda u: u["sampled_at"] > small["sampled_at"])
+            assert later["sampled_at"] > small["sampled_at"] and later["processes"] == 2, (small, later)
+            vt.run(quiet, f"python3 -c 'x=bytearray({HOG_MB}<<20); import time; time.sleep(300)' & true")
+            grown = _usage_when(vt, quiet.id, lambda u: u["processes"] >= 3 and u["memory_bytes"] > HOG_MB << 20)
+            assert grown["processes"] >= 3 and grown["memory_bytes"] > HOG_MB << 20, grown
         finally:
             vt.end_session(hog)
             vt.end_session(quiet)

@@ -192,6 +192,9 @@ class NoSandbox:
     def usage(self, name: str) -> Usage | None:
         return None
 
+    def cpu_seconds(self, name: str) -> float | None:
+        return None
+
     def pids(self, name: str) -> list[int]:
         return []
 
@@ -336,6 +339,9 @@ class Sandbox:
 
     def usage(self, name: str) -> Usage | None:
         return self.cgroups.usage(name)
+
+    def cpu_seconds(self, name: str) -> float | None:
+        return self.cgroups.cpu_seconds(name)
 
     def pids(self, name: str) -> list[int]:
         return self.cgroups.pids(name)

@@ -257,14 +257,30 @@ class Cgroups:
         """Kill every process of the job's group and remove it. True when nothing is left."""
         return _kill_and_remove(self.job_dirs(name, job), self.version, timeout)
 
+    def _cpu_seconds(self, name: str) -> float:
+        if self.version == 1:
+            return int(_read(f"{os.path.join(self._base['cpuacct'], name)}/cpuacct.usage")) / 1e9
+        return _keyed(_read(f"{self.dirs(name)[0]}/cpu.stat")).get("usage_usec", 0) / 1e6
+
+    def cpu_seconds(self, name: str) -> float | None:
+        """The CPU the session's group has used, one file read: what tells whether anything of it ran."""
+        try:
+            return self._cpu_seconds(name)
+        except ValueError:
+            return None
+        except OSError as exc:
+            if exc.errno in GONE:
+                return None
+            raise
+
     def usage(self, name: str) -> Usage | None:
         dirs = self.dirs(name)
         try:
+            cpu = self._cpu_seconds(name)
             if self.version == 1:
                 g = {c: os.path.join(base, name) for c, base in self._base.items()}
                 stat = _keyed(_read(f"{g['memory']}/memory.stat"))
                 mem = int(_read(f"{g['memory']}/memory.usage_in_bytes")) - stat.get("total_inactive_file", 0)
-                cpu = int(_read(f"{g['cpuacct']}/cpuacct.usage")) / 1e9
                 procs = int(_read(f"{g['pids']}/pids.current"))
                 ooms = _keyed(_read(f"{g['memory']}/memory.oom_control")).get("oom_kill", 0)
                 hits = _keyed(_read(f"{g['pids']}/pids.events")).get("max", 0)
@@ -272,7 +288,6 @@ class Cgroups:
                 d = dirs[0]
                 stat = _keyed(_read(f"{d}/memory.stat"))
                 mem = int(_read(f"{d}/memory.current")) - stat.get("inactive_file", 0)
-                cpu = _keyed(_read(f"{d}/cpu.stat")).get("usage_usec", 0) / 1e6
                 procs = int(_read(f"{d}/pids.current"))
                 ooms = _keyed(_read(f"{d}/memory.events")).get("oom_kill", 0)
                 hits = _keyed(_read(f"{d}/pids.events")).get("max", 0)
