@@ -44,31 +44,44 @@ def _claim_redis_db() -> tuple[int, object]:
     raise RuntimeError("no free Redis test database (6-15): too many test runs at once")
 
 
-@pytest.fixture(scope="session")
-def redis_url():
+@contextlib.contextmanager
+def scratch_redis(url: str | None = None):
+    """A Redis database of its own, empty before and emptied after: a test run's, or a bench tool's.
+    ``url`` (VTERM_TEST_REDIS_URL, a bench tool's --redis-url) in place of a free database of the
+    machine's Redis; a redis-server of its own when neither answers."""
     db, lock = _claim_redis_db()
-    url = os.environ.get("VTERM_TEST_REDIS_URL", f"redis://127.0.0.1:6379/{db}")
+    url = url or f"redis://127.0.0.1:6379/{db}"
     proc = None
     tmp = None
-    if not redis_answers(url):
-        tmp = tempfile.mkdtemp(prefix="vterm-redis-")
-        port = free_port()
-        proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
-                                 "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"redis://127.0.0.1:{port}/0"
-        deadline = time.monotonic() + 10
-        while not redis_answers(url) and time.monotonic() < deadline:
-            time.sleep(0.1)
-    client = client_for_url(url)
-    client.flushdb()
-    yield url
-    client.flushdb()
-    if proc:
-        proc.terminate()
-        proc.wait(10)
-        shutil.rmtree(tmp, ignore_errors=True)
-    lock.close()
+    try:
+        if not redis_answers(url):
+            tmp = tempfile.mkdtemp(prefix="vterm-redis-")
+            port = free_port()
+            proc = subprocess.Popen([shutil.which("redis-server") or "redis-server", "--port", str(port), "--bind",
+                                     "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            url = f"redis://127.0.0.1:{port}/0"
+            deadline = time.monotonic() + 10
+            while not redis_answers(url) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        client = client_for_url(url)
+        client.flushdb()
+        try:
+            yield url
+        finally:
+            client.flushdb()
+    finally:
+        if proc:
+            proc.terminate()
+            proc.wait(10)
+            shutil.rmtree(tmp, ignore_errors=True)
+        lock.close()
+
+
+@pytest.fixture(scope="session")
+def redis_url():
+    with scratch_redis(os.environ.get("VTERM_TEST_REDIS_URL")) as url:
+        yield url
 
 
 def make_stack(redis_url: str, tmp: Path, *, backends: int = 2, prefix: str = "tb", **extra_env) -> Stack:

@@ -1,8 +1,8 @@
 """Latency of one command over REST: `POST …/commands/` with {"command": "true", "wait": 5}, N calls in a row
-on one session, against a stack of its own (Redis from --redis-url). Prints median, p99 and max, and the
+on one session, against a stack of its own (a Redis database of its own, emptied afterwards). Prints median, p99 and max, and the
 CPU time each process of the stack (with its children: tmux, bash) spent per command.
 
-    .venv/bin/python -m tests.bench.command_latency --redis-url redis://127.0.0.1:6379/3 --calls 200
+    .venv/bin/python -m tests.bench.command_latency [--calls 200] [--redis-url URL]
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.conftest import Api, make_stack
+from tests.conftest import Api, make_stack, scratch_redis
 from vterm_project.bench import terminal_figures as tf
 
 
@@ -32,15 +32,15 @@ def _cpu(proc: psutil.Process) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis-url", required=True)
+    parser.add_argument("--redis-url", help="a Redis database the tool may empty, before and after (default: a free one of 127.0.0.1:6379)")
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment of the stack, e.g. VTERM_HOT_CALLS=celery")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="vterm-lat-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="vterm-lat-") as tmp, scratch_redis(args.redis_url) as redis_url:
         env = dict(e.split("=", 1) for e in args.env)
-        stack = make_stack(args.redis_url, Path(tmp), backends=1, prefix="lat", **env)
+        stack = make_stack(redis_url, Path(tmp), backends=1, prefix="lat", **env)
         stack.start()
         try:
             token = stack.token("latency")

@@ -1,6 +1,6 @@
 """Where a command's, a keystroke's and a session's creation's time goes, hop by hop, on a stack of its own.
 
-    .venv/bin/python -m tests.bench.hop_profile [--calls 300] [--keys 300] [--creates 0] [--sessions 1] [--redis-url redis://127.0.0.1:6379/13]
+    .venv/bin/python -m tests.bench.hop_profile [--calls 300] [--keys 300] [--creates 0] [--sessions 1] [--redis-url URL]
 
 The stack runs with VTERM_HOP_TRACE (vterm_project/hop_trace.py): each process writes a
 CLOCK_MONOTONIC time at each hop it passes. The client here writes its own at sending and at the
@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import Api, make_stack
+from tests.conftest import Api, make_stack, scratch_redis
 from vterm_project.bench import terminal_figures as tf
 
 # (hop, the hop it is timed from, what happens between). Each hop's time is the first mark of its name
@@ -189,7 +189,7 @@ def profile(redis_url: str, calls: int, keys: int, warmup: int = 30, sessions: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--redis-url", help="a Redis database the tool may empty, before and after (default: a free one of 127.0.0.1:6379)")
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--keys", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
@@ -197,8 +197,9 @@ def main() -> None:
     parser.add_argument("--creates", type=int, default=0, help="sessions then made one at a time, 50 ms apart")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment of the stack")
     args = parser.parse_args()
-    cmd_rows, key_rows, create_rows = profile(args.redis_url, args.calls, args.keys, args.warmup, args.sessions,
-                                              args.creates, **dict(e.split("=", 1) for e in args.env))
+    with scratch_redis(args.redis_url) as redis_url:
+        cmd_rows, key_rows, create_rows = profile(redis_url, args.calls, args.keys, args.warmup, args.sessions,
+                                                  args.creates, **dict(e.split("=", 1) for e in args.env))
     if cmd_rows:
         print(table(f"REST command `true` with wait, one session of {args.sessions}, {len(cmd_rows)} calls 10 ms apart",
                     COMMAND_HOPS, cmd_rows))

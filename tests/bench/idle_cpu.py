@@ -2,7 +2,7 @@
 web while nothing runs, as % of one core (issue 16: cost as sessions grow), grouped as the bench groups
 them (vterm_project/bench/resources.py).
 
-    .venv/bin/python -m tests.bench.idle_cpu [--sessions 1000] [--seconds 20] [--redis-url redis://127.0.0.1:6379/13]
+    .venv/bin/python -m tests.bench.idle_cpu [--sessions 1000] [--seconds 20] [--redis-url URL]
 
 A stack of its own (one backend), N sessions created 16 at a time, --settle seconds, then user + system
 CPU seconds of each process over --seconds (psutil). CPU time, not the wall clock: it repeats on a
@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.conftest import Api, make_stack
+from tests.conftest import Api, make_stack, scratch_redis
 from vterm_project.bench.resources import collect_groups, cpu_seconds
 
 
@@ -50,14 +50,15 @@ def measure(redis_url: str, sessions: int, seconds: float, settle: float = 10.0,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/13")
+    parser.add_argument("--redis-url", help="a Redis database the tool may empty, before and after (default: a free one of 127.0.0.1:6379)")
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--settle", type=float, default=10, help="seconds after the sessions are made")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE", help="environment of the stack")
     args = parser.parse_args()
-    figures = measure(args.redis_url, args.sessions, args.seconds, args.settle,
-                      **dict(e.split("=", 1) for e in args.env))
+    with scratch_redis(args.redis_url) as redis_url:
+        figures = measure(redis_url, args.sessions, args.seconds, args.settle,
+                          **dict(e.split("=", 1) for e in args.env))
     for name, (percent, n) in sorted(figures.items()):
         print(f"{name:<8} {percent:6.1f} % of a core  ({n} processes, {args.sessions} idle sessions)")
 

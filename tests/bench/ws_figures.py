@@ -2,8 +2,8 @@
 
     .venv/bin/python -m tests.bench.ws_figures [--keys 200] [--mb 50]
 
-Starts its own stack (Daphne, one backend worker, tmux; Redis from $REDIS_URL or
-127.0.0.1:6379, its keys under a prefix of its own) unless --url and --token are given, then measures
+Starts its own stack (Daphne, one backend worker, tmux; a free database of the Redis at
+127.0.0.1:6379, emptied afterwards, or $REDIS_URL's, which it empties too) unless --url and --token are given, then measures
 keystroke → echo and the output rate of a `cat` as `manage.py vterm_bench --peers` does for vterm
 (vterm_project/bench/terminal_figures.py), without the peers.
 """
@@ -11,10 +11,10 @@ keystroke → echo and the output rate of a `cat` as `manage.py vterm_bench --pe
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import statistics
 import tempfile
-import uuid
 from pathlib import Path
 
 import httpx
@@ -32,14 +32,15 @@ def main() -> None:
     args = parser.parse_args()
 
     stack = None
+    scratch = contextlib.ExitStack()
     if args.url and args.token:
         url, token = args.url, args.token
     else:
-        from tests.conftest import make_stack
+        from tests.conftest import make_stack, scratch_redis
 
-        redis_url = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+        redis_url = scratch.enter_context(scratch_redis(os.environ.get("REDIS_URL")))
         stack = make_stack(redis_url, Path(tempfile.mkdtemp(prefix="vterm-wsbench-")), backends=1,
-                           prefix="wsbench", VTERM_REDIS_PREFIX=f"wsbench{uuid.uuid4().hex[:6]}:").start()
+                           prefix="wsbench").start()
         url, token = stack.url, stack.token("bench")
     try:
         http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
@@ -59,6 +60,7 @@ def main() -> None:
     finally:
         if stack:
             stack.stop()
+        scratch.close()
 
 
 if __name__ == "__main__":
