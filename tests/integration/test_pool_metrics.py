@@ -60,9 +60,16 @@ def test_a_sessions_processes_count_in_its_backends_stats(ops, alice):
     def processes():
         b = next(x for x in ops.http.get("/api/v1/backends/").json() if x["id"] == s["backend"])
         return b["processes"]
-    before = wait_for(processes, what="backend stats")
+    wait_for(processes, what="backend stats")
+
+    def settled():
+        # The same count over a whole sampling round (5 s): the earlier tests' sessions, ended, are out of it.
+        first = processes()
+        time.sleep(6)
+        return first if processes() == first else None
+    before = wait_for(settled, timeout=60, what="the backend's process count to settle")
     alice.run(s["id"], "for i in 1 2 3 4 5 6; do setsid sleep 300 & done", wait=10)
-    # Five more of the six, in case one of the earlier tests' shells ended meanwhile.
+    # Five more of the six, in case another shell ends meanwhile.
     wait_for(lambda: processes() >= before + 5 or None, what="the session's six sleeps in its backend's stats")
     alice.http.delete(f"/api/v1/sessions/{s['id']}/")
 

@@ -264,45 +264,45 @@ class Cgroups:
 
     def cpu_seconds(self, name: str) -> float | None:
         """The CPU the session's group has used, one file read: what tells whether anything of it ran."""
-        try:
-            return self._cpu_seconds(name)
-        except ValueError:
-            return None
-        except OSError as exc:
-            if exc.errno in GONE:
-                return None
-            raise
+        return _unless_gone(lambda: self._cpu_seconds(name))
 
     def usage(self, name: str) -> Usage | None:
-        dirs = self.dirs(name)
-        try:
-            cpu = self._cpu_seconds(name)
-            if self.version == 1:
-                g = {c: os.path.join(base, name) for c, base in self._base.items()}
-                stat = _keyed(_read(f"{g['memory']}/memory.stat"))
-                mem = int(_read(f"{g['memory']}/memory.usage_in_bytes")) - stat.get("total_inactive_file", 0)
-                procs = int(_read(f"{g['pids']}/pids.current"))
-                ooms = _keyed(_read(f"{g['memory']}/memory.oom_control")).get("oom_kill", 0)
-                hits = _keyed(_read(f"{g['pids']}/pids.events")).get("max", 0)
-            else:
-                d = dirs[0]
-                stat = _keyed(_read(f"{d}/memory.stat"))
-                mem = int(_read(f"{d}/memory.current")) - stat.get("inactive_file", 0)
-                procs = int(_read(f"{d}/pids.current"))
-                ooms = _keyed(_read(f"{d}/memory.events")).get("oom_kill", 0)
-                hits = _keyed(_read(f"{d}/pids.events")).get("max", 0)
-        except ValueError:
-            return None
-        except OSError as exc:
-            if exc.errno in GONE:
-                return None
-            raise
+        return _unless_gone(lambda: self._usage(name))
+
+    def _usage(self, name: str) -> Usage:
+        cpu = self._cpu_seconds(name)
+        if self.version == 1:
+            g = {c: os.path.join(base, name) for c, base in self._base.items()}
+            stat = _keyed(_read(f"{g['memory']}/memory.stat"))
+            mem = int(_read(f"{g['memory']}/memory.usage_in_bytes")) - stat.get("total_inactive_file", 0)
+            procs = int(_read(f"{g['pids']}/pids.current"))
+            ooms = _keyed(_read(f"{g['memory']}/memory.oom_control")).get("oom_kill", 0)
+            hits = _keyed(_read(f"{g['pids']}/pids.events")).get("max", 0)
+        else:
+            d = self.dirs(name)[0]
+            stat = _keyed(_read(f"{d}/memory.stat"))
+            mem = int(_read(f"{d}/memory.current")) - stat.get("inactive_file", 0)
+            procs = int(_read(f"{d}/pids.current"))
+            ooms = _keyed(_read(f"{d}/memory.events")).get("oom_kill", 0)
+            hits = _keyed(_read(f"{d}/pids.events")).get("max", 0)
         return Usage(memory_bytes=max(0, mem), cpu_seconds=cpu, processes=procs, oom_kills=ooms,
                      process_limit_hits=hits)
 
     def destroy(self, name: str, timeout: float = 5.0) -> bool:
         """Kill every process in the session's group (its jobs' too), then remove it. True when nothing is left."""
         return _kill_and_remove(self.dirs(name), self.version, timeout)
+
+
+def _unless_gone(read):
+    """``read()``, or None when the group is gone or a file of it does not read as a number."""
+    try:
+        return read()
+    except ValueError:
+        return None
+    except OSError as exc:
+        if exc.errno in GONE:
+            return None
+        raise
 
 
 def _tree(top: str) -> list[str]:
