@@ -44,6 +44,10 @@ def _claim_redis_db() -> tuple[int, object]:
     raise RuntimeError("no free Redis test database (6-15): too many test runs at once")
 
 
+# A bench tool's --redis-url: what scratch_redis does with it.
+SCRATCH_REDIS_HELP = "a Redis database the tool may empty, before and after (default: a free one of 127.0.0.1:6379)"
+
+
 @contextlib.contextmanager
 def scratch_redis(url: str | None = None):
     """A Redis database of its own, empty before and emptied after: a test run's, or a bench tool's.

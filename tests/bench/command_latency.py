@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psutil
 
-from tests.conftest import Api, make_stack, scratch_redis
+from tests.conftest import SCRATCH_REDIS_HELP, Api, make_stack, scratch_redis
 from vterm_project.bench import terminal_figures as tf
 
 
@@ -32,7 +32,7 @@ def _cpu(proc: psutil.Process) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--redis-url", help="a Redis database the tool may empty, before and after (default: a free one of 127.0.0.1:6379)")
+    parser.add_argument("--redis-url", help=SCRATCH_REDIS_HELP)
     parser.add_argument("--calls", type=int, default=200)
     parser.add_argument("--warmup", type=int, default=20)
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",

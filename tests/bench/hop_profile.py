@@ -26,7 +26,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import Api, make_stack, scratch_redis
+from tests.conftest import SCRATCH_REDIS_HELP, Api, make_stack, scratch_redis
 from vterm_project.bench import terminal_figures as tf
 
 # (hop, the hop it is timed from, what happens between). Each hop's time is the first mark of its name
@@ -189,7 +189,7 @@ def profile(redis_url: str, calls: int, keys: int, warmup: int = 30, sessions: i
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--redis-url", help="a Redis database the tool may empty, before and after (default: a free one of 127.0.0.1:6379)")
+    parser.add_argument("--redis-url", help=SCRATCH_REDIS_HELP)
     parser.add_argument("--calls", type=int, default=300)
     parser.add_argument("--keys", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)

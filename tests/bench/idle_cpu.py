@@ -17,7 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from tests.conftest import Api, make_stack, scratch_redis
+from tests.conftest import SCRATCH_REDIS_HELP, Api, make_stack, scratch_redis
 from vterm_project.bench.resources import collect_groups, cpu_seconds
 
 
@@ -50,7 +50,7 @@ def measure(redis_url: str, sessions: int, seconds: float, settle: float = 10.0,
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--redis-url", help="a Redis database the tool may empty, before and after (default: a free one of 127.0.0.1:6379)")
+    parser.add_argument("--redis-url", help=SCRATCH_REDIS_HELP)
     parser.add_argument("--sessions", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=20)
     parser.add_argument("--settle", type=float, default=10, help="seconds after the sessions are made")

@@ -31,18 +31,18 @@ def main() -> None:
     parser.add_argument("--token")
     args = parser.parse_args()
 
-    stack = None
-    scratch = contextlib.ExitStack()
-    if args.url and args.token:
-        url, token = args.url, args.token
-    else:
-        from tests.conftest import make_stack, scratch_redis
+    # What this run starts ends in reverse, however it ends: the stack, then its Redis database.
+    with contextlib.ExitStack() as scratch:
+        if args.url and args.token:
+            url, token = args.url, args.token
+        else:
+            from tests.conftest import make_stack, scratch_redis
 
-        redis_url = scratch.enter_context(scratch_redis(os.environ.get("REDIS_URL")))
-        stack = make_stack(redis_url, Path(tempfile.mkdtemp(prefix="vterm-wsbench-")), backends=1,
-                           prefix="wsbench").start()
-        url, token = stack.url, stack.token("bench")
-    try:
+            redis_url = scratch.enter_context(scratch_redis(os.environ.get("REDIS_URL")))
+            stack = make_stack(redis_url, Path(tempfile.mkdtemp(prefix="vterm-wsbench-")), backends=1,
+                               prefix="wsbench")
+            scratch.callback(stack.stop)
+            url, token = stack.start().url, stack.token("bench")
         http = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {token}"}, timeout=60)
         session = http.post("/api/v1/sessions/", json={"cols": 120, "rows": 40}).json()
         term = tf.VtermTerminal(url, token, session["id"])
@@ -57,10 +57,6 @@ def main() -> None:
         tf.run_line(term, f"rm -f {path}")
         term.close()
         http.delete(f"/api/v1/sessions/{session['id']}/")
-    finally:
-        if stack:
-            stack.stop()
-        scratch.close()
 
 
 if __name__ == "__main__":
